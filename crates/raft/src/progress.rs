@@ -131,11 +131,13 @@ impl Progress {
     /// computed `next` from the follower's hint. Returns false if the rejection is stale (an
     /// answer to an older message) and was ignored.
     pub fn reject(&mut self, rejected: Index, next: Index) -> bool {
+        // The follower has acknowledged everything up to match_index, so a rejection at or below
+        // it answers an older message that the network delayed or reordered.
+        if rejected <= self.match_index {
+            return false;
+        }
         match self.state {
             ProgressState::Replicate => {
-                if rejected <= self.match_index {
-                    return false;
-                }
                 self.become_probe();
                 self.next_index = next.clamp(self.match_index + 1, rejected);
                 true
@@ -195,5 +197,9 @@ mod tests {
         assert!(!p.reject(8, 3), "probe answers a different index");
         assert!(p.reject(6, 1));
         assert_eq!(p.next_index, 6, "next never drops below match + 1");
+        // A reordered rejection from before the follower acknowledged index 5.
+        p.become_probe();
+        assert_eq!(p.next_index, 6);
+        assert!(!p.reject(5, 1), "rejection at the match index is stale, even in probe");
     }
 }

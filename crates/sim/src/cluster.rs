@@ -1,0 +1,774 @@
+//! The simulated cluster: servers running the real core over a simulated network and disk,
+//! clients issuing reads and writes, and a nemesis injecting faults — all from one seed.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use balsa_raft::rng::SplitMix64;
+use balsa_raft::{
+    Config, EntryKind, GatedMessages, Membership, Message, NodeId, PersistBatch, ProposeError, Raft,
+    ReadState, Role, Snapshot, SnapshotMeta,
+};
+use bytes::Bytes;
+
+use crate::config::SimConfig;
+use crate::disk::Disk;
+use crate::history::{check_history, Micros, Op, OpKind};
+use crate::invariants::SafetyChecker;
+use crate::kv::{Applied, ClientId, KvStore, Put};
+use crate::network::Partition;
+
+/// Why a run failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// When, in simulated microseconds.
+    pub at_us: Micros,
+    /// What broke.
+    pub what: String,
+}
+
+/// Figures from a run that passed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Events processed.
+    pub events: u64,
+    /// Leaders elected.
+    pub elections: usize,
+    /// Highest committed index.
+    pub committed_index: u64,
+    /// Client operations completed.
+    pub ops_completed: usize,
+    /// Faults injected.
+    pub faults: usize,
+}
+
+/// A client request as it travels to a server.
+#[derive(Clone, Copy, Debug)]
+struct Request {
+    client: ClientId,
+    seq: u32,
+    key: u8,
+    /// `Some(value)` for a write, `None` for a read.
+    put: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Reply {
+    Done { seq: u32, read: Option<u64> },
+    Redirect { seq: u32, hint: Option<NodeId> },
+}
+
+#[derive(Debug)]
+enum Event {
+    Tick(NodeId),
+    Deliver(Message),
+    PersistDone { node: NodeId, incarnation: u64 },
+    Request { node: NodeId, request: Request },
+    Reply { client: ClientId, reply: Reply },
+    ClientTimeout { client: ClientId, seq: u32, attempt: u32 },
+    ClientNext(ClientId),
+    Nemesis,
+    Restart(NodeId),
+    Heal,
+}
+
+/// A write of one Ready waiting for its simulated fsync.
+struct InflightWrite {
+    batch: PersistBatch,
+    gated: GatedMessages,
+}
+
+/// One simulated server: the core, its disk, its state machine and the requests it serves.
+struct SimNode {
+    id: NodeId,
+    /// `None` while crashed.
+    raft: Option<Raft>,
+    disk: Disk,
+    kv: KvStore,
+    /// Bumped at every crash, so completions of writes from before the crash are ignored.
+    incarnation: u64,
+    inflight: Option<InflightWrite>,
+    /// Writes to answer once applied, by (client, seq).
+    waiting_puts: BTreeMap<(ClientId, u32), ()>,
+    /// Reads waiting for their ReadState, by context.
+    reads_by_context: BTreeMap<u64, Request>,
+    /// Reads with a read index, waiting to be applied up to it.
+    reads_ready: Vec<(u64, Request)>,
+    next_context: u64,
+    tick_us: Micros,
+}
+
+struct SimClient {
+    id: ClientId,
+    seq: u32,
+    target: NodeId,
+    attempt: u32,
+    /// The operation in progress: its request and its place in the history.
+    current: Option<(Request, usize)>,
+}
+
+/// A cluster under simulation.
+pub struct Cluster {
+    cfg: SimConfig,
+    now_us: Micros,
+    queue: BinaryHeap<Reverse<(Micros, u64)>>,
+    events: BTreeMap<u64, Event>,
+    next_event: u64,
+    nodes: BTreeMap<NodeId, SimNode>,
+    node_ids: Vec<NodeId>,
+    membership: Membership,
+    clients: Vec<SimClient>,
+    history: Vec<Op>,
+    /// Write order per register, as the committed log applied it.
+    effective: BTreeMap<u8, Vec<u64>>,
+    applied_through: u64,
+    partition: Partition,
+    healed: bool,
+    clients_stop_us: Micros,
+    net_rng: SplitMix64,
+    nemesis_rng: SplitMix64,
+    client_rng: SplitMix64,
+    checker: SafetyChecker,
+    trace: Vec<String>,
+    summary: Summary,
+}
+
+const CLIENT_TIMEOUT_US: Micros = 300_000;
+
+impl Cluster {
+    /// Builds the cluster of a run; nothing happens until [`Cluster::run`].
+    pub fn new(cfg: SimConfig) -> Self {
+        let node_ids: Vec<NodeId> = (1..=cfg.nodes as NodeId).collect();
+        let membership = Membership::new(node_ids.iter().copied());
+        let mut setup = SplitMix64::new(cfg.seed ^ 0x0123_4567_89AB_CDEF);
+        let mut nodes = BTreeMap::new();
+        for &id in &node_ids {
+            let skew = cfg.tick_us * cfg.tick_skew_per_mille / 1000;
+            let tick_us =
+                if skew == 0 { cfg.tick_us } else { setup.range(cfg.tick_us - skew, cfg.tick_us + skew + 1) };
+            nodes.insert(
+                id,
+                SimNode {
+                    id,
+                    raft: None,
+                    disk: Disk::default(),
+                    kv: KvStore::default(),
+                    incarnation: 0,
+                    inflight: None,
+                    waiting_puts: BTreeMap::new(),
+                    reads_by_context: BTreeMap::new(),
+                    reads_ready: Vec::new(),
+                    next_context: 0,
+                    tick_us,
+                },
+            );
+        }
+        let clients = (0..cfg.clients as ClientId)
+            .map(|id| SimClient {
+                id: id + 1,
+                seq: 0,
+                target: node_ids[id as usize % node_ids.len()],
+                attempt: 0,
+                current: None,
+            })
+            .collect();
+        Self {
+            clients_stop_us: cfg.fault_phase_us + cfg.heal_phase_us / 2,
+            net_rng: SplitMix64::new(cfg.seed ^ 0x4E45_5400_0000_0001),
+            nemesis_rng: SplitMix64::new(cfg.seed ^ 0x4E45_4D00_0000_0002),
+            client_rng: SplitMix64::new(cfg.seed ^ 0x434C_4900_0000_0003),
+            cfg,
+            now_us: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            next_event: 0,
+            nodes,
+            node_ids,
+            membership,
+            clients,
+            history: Vec::new(),
+            effective: BTreeMap::new(),
+            applied_through: 0,
+            partition: Partition::healed(),
+            healed: false,
+            checker: SafetyChecker::default(),
+            trace: Vec::new(),
+            summary: Summary::default(),
+        }
+    }
+
+    /// The trace recorded so far (empty unless `cfg.trace`).
+    pub fn trace(&self) -> &[String] {
+        &self.trace
+    }
+
+    fn log(&mut self, line: impl FnOnce() -> String) {
+        if self.cfg.trace {
+            let t = self.now_us;
+            self.trace.push(format!("{:>6}.{:03}ms {}", t / 1000, t % 1000, line()));
+        }
+    }
+
+    fn schedule(&mut self, delay_us: Micros, event: Event) {
+        let id = self.next_event;
+        self.next_event += 1;
+        self.queue.push(Reverse((self.now_us + delay_us, id)));
+        self.events.insert(id, event);
+    }
+
+    /// Runs the fault phase, then the heal phase, checking safety after every event and
+    /// convergence at the end.
+    pub fn run(&mut self) -> Result<Summary, Violation> {
+        let ids = self.node_ids.clone();
+        for id in ids {
+            self.start_node(id);
+            let phase = self.net_rng.range(0, self.cfg.tick_us);
+            self.schedule(phase, Event::Tick(id));
+        }
+        for c in 0..self.clients.len() {
+            let id = self.clients[c].id;
+            let start = self.client_rng.range(0, 50_000);
+            self.schedule(start, Event::ClientNext(id));
+        }
+        self.schedule(self.cfg.nemesis_interval_us.0, Event::Nemesis);
+        self.schedule(self.cfg.fault_phase_us, Event::Heal);
+        let end_us = self.cfg.fault_phase_us + self.cfg.heal_phase_us;
+        while let Some(Reverse((at, id))) = self.queue.pop() {
+            if at > end_us {
+                break;
+            }
+            self.now_us = at;
+            let event = self.events.remove(&id).expect("scheduled event");
+            self.summary.events += 1;
+            self.handle(event).map_err(|what| Violation { at_us: self.now_us, what })?;
+        }
+        self.now_us = end_us;
+        self.final_checks().map_err(|what| Violation { at_us: end_us, what })?;
+        self.summary.elections = self.checker.elections();
+        self.summary.committed_index = self.checker.committed_index();
+        self.summary.ops_completed = self.history.iter().filter(|o| o.completed_us.is_some()).count();
+        Ok(self.summary.clone())
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), String> {
+        let touched = match event {
+            Event::Tick(id) => {
+                let tick_us = self.nodes[&id].tick_us;
+                self.schedule(tick_us, Event::Tick(id));
+                self.with_raft(id, Raft::tick);
+                Some(id)
+            }
+            Event::Deliver(m) => {
+                let to = m.to;
+                self.log(|| format!("n{} -> n{} {} t{}", m.from, m.to, m.kind_name(), m.term));
+                self.with_raft(to, |r| r.step(m).expect("simulator addresses messages correctly"));
+                Some(to)
+            }
+            Event::PersistDone { node, incarnation } => {
+                self.persist_done(node, incarnation)?;
+                Some(node)
+            }
+            Event::Request { node, request } => {
+                self.serve_request(node, request);
+                Some(node)
+            }
+            Event::Reply { client, reply } => {
+                self.client_reply(client, reply);
+                None
+            }
+            Event::ClientTimeout { client, seq, attempt } => {
+                self.client_timeout(client, seq, attempt);
+                None
+            }
+            Event::ClientNext(client) => {
+                self.client_next(client);
+                None
+            }
+            Event::Nemesis => {
+                self.nemesis();
+                None
+            }
+            Event::Restart(id) => {
+                self.start_node(id);
+                Some(id)
+            }
+            Event::Heal => {
+                self.heal();
+                None
+            }
+        };
+        if let Some(id) = touched {
+            self.drive(id)?;
+        }
+        Ok(())
+    }
+
+    fn with_raft(&mut self, id: NodeId, f: impl FnOnce(&mut Raft)) {
+        if let Some(raft) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
+            f(raft);
+        }
+    }
+
+    // ----- servers --------------------------------------------------------------------------
+
+    fn raft_config(&self, id: NodeId, incarnation: u64) -> Config {
+        let mut c = Config::new(id);
+        c.election_timeout_ticks = self.cfg.election_timeout_ticks;
+        c.heartbeat_interval_ticks = self.cfg.heartbeat_interval_ticks;
+        c.pre_vote = self.cfg.pre_vote;
+        c.check_quorum = true;
+        c.read_mode = self.cfg.read_mode;
+        c.max_inflight_msgs = self.cfg.max_inflight_msgs;
+        c.max_msg_bytes = self.cfg.max_msg_bytes;
+        c.seed = self.cfg.seed ^ (id << 32) ^ incarnation;
+        c
+    }
+
+    /// Boots (or reboots) a server from its disk.
+    fn start_node(&mut self, id: NodeId) {
+        let incarnation = self.nodes[&id].incarnation;
+        let config = self.raft_config(id, incarnation);
+        let membership = self.membership.clone();
+        let node = self.nodes.get_mut(&id).expect("node");
+        if node.raft.is_some() {
+            return;
+        }
+        let initial = node.disk.recover(&membership);
+        node.kv = match &initial.snapshot {
+            Some(s) => KvStore::decode(&s.data),
+            None => KvStore::default(),
+        };
+        node.raft = Some(Raft::new(config, initial).expect("valid config"));
+        self.log(|| format!("n{id} starts (incarnation {incarnation})"));
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node");
+        if node.raft.take().is_none() {
+            return;
+        }
+        node.incarnation += 1;
+        node.inflight = None;
+        node.kv = KvStore::default();
+        node.waiting_puts.clear();
+        node.reads_by_context.clear();
+        node.reads_ready.clear();
+        self.summary.faults += 1;
+        self.log(|| format!("n{id} CRASHES, losing unsynced writes"));
+    }
+
+    /// Carries out Readies until the server has nothing to do or waits for its disk.
+    fn drive(&mut self, id: NodeId) -> Result<(), String> {
+        loop {
+            let node = self.nodes.get_mut(&id).expect("node");
+            let Some(raft) = node.raft.as_mut() else { return Ok(()) };
+            if node.inflight.is_some() || !raft.has_ready() {
+                break;
+            }
+            let mut ready = raft.ready();
+            if let Some(ss) = ready.soft_state {
+                self.log(|| {
+                    format!("n{id} is {:?} in term {} (leader {:?})", ss.role, ss.term, ss.leader_id)
+                });
+            }
+            let node = self.nodes.get_mut(&id).expect("node");
+            let raft = node.raft.as_ref().expect("running");
+            self.checker
+                .observe_written(id, raft, &ready.persist.entries)
+                .map_err(|v| format!("{}: {}", v.property, v.detail))?;
+            for m in std::mem::take(&mut ready.messages) {
+                self.send(m);
+            }
+            self.apply(id, std::mem::take(&mut ready.committed_entries))?;
+            self.take_read_states(id, std::mem::take(&mut ready.read_states));
+            let inflight =
+                InflightWrite { batch: std::mem::take(&mut ready.persist), gated: ready.gated_messages };
+            let node = self.nodes.get_mut(&id).expect("node");
+            let incarnation = node.incarnation;
+            node.inflight = Some(inflight);
+            let fsync_us = self.net_rng.range(50, 2_000);
+            self.schedule(fsync_us, Event::PersistDone { node: id, incarnation });
+        }
+        self.serve_ready_reads(id);
+        self.maybe_snapshot(id);
+        let raft = self.nodes[&id].raft.as_ref().expect("running");
+        self.checker.check_server(raft).map_err(|v| format!("{}: {}", v.property, v.detail))
+    }
+
+    /// The simulated fsync finished: the batch is on disk; release what waited for it.
+    fn persist_done(&mut self, id: NodeId, incarnation: u64) -> Result<(), String> {
+        let node = self.nodes.get_mut(&id).expect("node");
+        if node.incarnation != incarnation || node.raft.is_none() {
+            return Ok(());
+        }
+        let write = node.inflight.take().expect("a write was in flight");
+        node.disk.write(&write.batch);
+        let installed = write.batch.snapshot.as_ref().map(|s| {
+            node.kv = KvStore::decode(&s.data);
+            s.meta.last_included_index
+        });
+        let receipt = write.batch.durable();
+        let gated = write.gated.release(&receipt);
+        node.raft.as_mut().expect("running").advance(receipt);
+        if let Some(index) = installed {
+            self.log(|| format!("n{id} installed snapshot up to {index}"));
+        }
+        for m in gated {
+            self.send(m);
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, id: NodeId, entries: Vec<balsa_raft::Entry>) -> Result<(), String> {
+        for e in entries {
+            let term = self.nodes[&id].raft.as_ref().map_or(0, Raft::current_term);
+            self.checker
+                .observe_applied(id, term, &e)
+                .map_err(|v| format!("{}: {}", v.property, v.detail))?;
+            let node = self.nodes.get_mut(&id).expect("node");
+            let put = match e.kind {
+                EntryKind::Noop => None,
+                EntryKind::Normal => Some(Put::decode(&e.data).ok_or("undecodable command in the log")?),
+            };
+            let Some(put) = put else {
+                node.kv.skip(e.index);
+                continue;
+            };
+            let outcome = node.kv.apply(e.index, &put);
+            if outcome == Applied::Written && e.index > self.applied_through {
+                self.effective.entry(put.key).or_default().push(put.value);
+            }
+            self.applied_through = self.applied_through.max(e.index);
+            let node = self.nodes.get_mut(&id).expect("node");
+            if node.waiting_puts.remove(&(put.client, put.seq)).is_some() {
+                let reply = Reply::Done { seq: put.seq, read: None };
+                self.reply(put.client, reply);
+            }
+        }
+        Ok(())
+    }
+
+    fn take_read_states(&mut self, id: NodeId, states: Vec<ReadState>) {
+        for rs in states {
+            let context = u64::from_be_bytes(rs.context[..8].try_into().expect("8-byte context"));
+            let node = self.nodes.get_mut(&id).expect("node");
+            let Some(request) = node.reads_by_context.remove(&context) else { continue };
+            match rs.result {
+                Ok(index) => node.reads_ready.push((index, request)),
+                Err(_) => {
+                    let hint = node.raft.as_ref().and_then(Raft::leader_id);
+                    self.reply(request.client, Reply::Redirect { seq: request.seq, hint });
+                }
+            }
+        }
+    }
+
+    /// Thesis 6.4 step 4: answer a read once the state machine has applied its read index.
+    fn serve_ready_reads(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node");
+        let applied = node.kv.applied_index;
+        let (ready, waiting): (Vec<_>, Vec<_>) = node.reads_ready.drain(..).partition(|(i, _)| *i <= applied);
+        node.reads_ready = waiting;
+        let answers: Vec<_> =
+            ready.into_iter().map(|(_, r)| (r, node.kv.values.get(&r.key).copied())).collect();
+        for (r, value) in answers {
+            self.reply(r.client, Reply::Done { seq: r.seq, read: value });
+        }
+    }
+
+    /// Section 7: each server snapshots on its own once enough entries were applied.
+    fn maybe_snapshot(&mut self, id: NodeId) {
+        let Some(every) = self.cfg.snapshot_every_entries else { return };
+        let membership = self.membership.clone();
+        let node = self.nodes.get_mut(&id).expect("node");
+        let raft = node.raft.as_mut().expect("running");
+        let status = raft.status();
+        let applied = node.kv.applied_index;
+        if applied < status.snapshot_index + every || applied != status.last_applied {
+            return;
+        }
+        let term = raft.term_at(applied).expect("applied entry in the log");
+        let meta = SnapshotMeta { last_included_index: applied, last_included_term: term, membership };
+        let snapshot = Snapshot { meta, data: node.kv.encode() };
+        raft.snapshot_taken(snapshot.clone()).expect("snapshot of applied state");
+        node.disk.install_local_snapshot(snapshot);
+        self.log(|| format!("n{id} compacted its log up to {applied}"));
+    }
+
+    // ----- network --------------------------------------------------------------------------
+
+    fn send(&mut self, m: Message) {
+        if self.partition.blocks(m.from, m.to) {
+            return;
+        }
+        if !self.healed && self.net_rng.chance(self.cfg.loss_per_mille, 1000) {
+            return;
+        }
+        let copies =
+            if !self.healed && self.net_rng.chance(self.cfg.duplicate_per_mille, 1000) { 2 } else { 1 };
+        for _ in 0..copies {
+            let delay = self.message_delay();
+            self.schedule(delay, Event::Deliver(m.clone()));
+        }
+    }
+
+    fn message_delay(&mut self) -> Micros {
+        if !self.healed && self.net_rng.chance(self.cfg.long_delay_per_mille, 1000) {
+            self.net_rng.range(1_000, self.cfg.long_delay_us)
+        } else {
+            self.net_rng.range(100, 1_500)
+        }
+    }
+
+    // ----- clients --------------------------------------------------------------------------
+
+    fn client_next(&mut self, client: ClientId) {
+        if self.now_us >= self.clients_stop_us {
+            return;
+        }
+        let keys = self.cfg.keys;
+        let is_put = self.client_rng.chance(3, 5);
+        let key = self.client_rng.range(0, u64::from(keys)) as u8;
+        let c = &mut self.clients[client as usize - 1];
+        c.seq += 1;
+        c.attempt = 0;
+        let value = (u64::from(c.id) << 32) | u64::from(c.seq);
+        let request = Request { client, seq: c.seq, key, put: is_put.then_some(value) };
+        let kind = if is_put { OpKind::Put { value } } else { OpKind::Get { result: None } };
+        self.history.push(Op { client, key, kind, invoked_us: self.now_us, completed_us: None });
+        c.current = Some((request, self.history.len() - 1));
+        self.log(|| format!("client {client} invokes {request:?}"));
+        self.send_request(client);
+    }
+
+    fn send_request(&mut self, client: ClientId) {
+        let c = &self.clients[client as usize - 1];
+        let Some((request, _)) = c.current else { return };
+        let (node, seq, attempt) = (c.target, c.seq, c.attempt);
+        let delay = self.client_rng.range(100, 2_000);
+        self.schedule(delay, Event::Request { node, request });
+        self.schedule(CLIENT_TIMEOUT_US, Event::ClientTimeout { client, seq, attempt });
+    }
+
+    fn serve_request(&mut self, id: NodeId, request: Request) {
+        let node = self.nodes.get_mut(&id).expect("node");
+        let Some(raft) = node.raft.as_mut() else { return };
+        let outcome = match request.put {
+            Some(value) => {
+                let put = Put { client: request.client, seq: request.seq, key: request.key, value };
+                raft.propose(put.encode()).map(|_| {
+                    node.waiting_puts.insert((request.client, request.seq), ());
+                })
+            }
+            None => {
+                let context = node.next_context;
+                node.next_context += 1;
+                match raft.read_index(Bytes::copy_from_slice(&context.to_be_bytes())) {
+                    Ok(()) => {
+                        node.reads_by_context.insert(context, request);
+                        Ok(())
+                    }
+                    Err(e) => Err(ProposeError::NotLeader {
+                        leader_hint: match e {
+                            balsa_raft::ReadIndexError::NotLeader { leader_hint } => leader_hint,
+                        },
+                    }),
+                }
+            }
+        };
+        if let Err(e) = outcome {
+            let hint = match e {
+                ProposeError::NotLeader { leader_hint } => leader_hint,
+                ProposeError::TransferInProgress { .. } => None,
+            };
+            self.reply(request.client, Reply::Redirect { seq: request.seq, hint });
+        }
+    }
+
+    fn reply(&mut self, client: ClientId, reply: Reply) {
+        let delay = self.client_rng.range(100, 2_000);
+        self.schedule(delay, Event::Reply { client, reply });
+    }
+
+    fn client_reply(&mut self, client: ClientId, reply: Reply) {
+        let c = &mut self.clients[client as usize - 1];
+        let Some((request, op)) = c.current else { return };
+        match reply {
+            Reply::Done { seq, read } if seq == request.seq => {
+                c.current = None;
+                let entry = &mut self.history[op];
+                entry.completed_us = Some(self.now_us);
+                if let OpKind::Get { result } = &mut entry.kind {
+                    *result = Some(read);
+                }
+                self.log(|| format!("client {client} completes seq {seq}: read {read:?}"));
+                let think = self.client_rng.range(0, 20_000);
+                self.schedule(think, Event::ClientNext(client));
+            }
+            Reply::Redirect { seq, hint } if seq == request.seq => {
+                c.attempt += 1;
+                c.target = match hint {
+                    Some(h) => h,
+                    None => self.node_ids[self.client_rng.range(0, self.node_ids.len() as u64) as usize],
+                };
+                let backoff = self.client_rng.range(1_000, 20_000);
+                let attempt = c.attempt;
+                self.schedule(backoff, Event::ClientTimeout { client, seq, attempt });
+            }
+            _ => {}
+        }
+    }
+
+    /// No answer in time (or a redirect's back-off ended): retry the same request, same
+    /// sequence number, so a write that did commit is not applied twice.
+    fn client_timeout(&mut self, client: ClientId, seq: u32, attempt: u32) {
+        let c = &mut self.clients[client as usize - 1];
+        if c.seq != seq || c.attempt != attempt || c.current.is_none() {
+            return;
+        }
+        c.attempt += 1;
+        if self.client_rng.chance(1, 2) {
+            c.target = self.node_ids[self.client_rng.range(0, self.node_ids.len() as u64) as usize];
+        }
+        self.send_request(client);
+    }
+
+    // ----- nemesis --------------------------------------------------------------------------
+
+    fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .values()
+            .filter_map(|n| n.raft.as_ref())
+            .filter(|r| r.role() == Role::Leader)
+            .max_by_key(|r| r.current_term())
+            .map(Raft::id)
+    }
+
+    fn random_node(&mut self) -> NodeId {
+        self.node_ids[self.nemesis_rng.range(0, self.node_ids.len() as u64) as usize]
+    }
+
+    fn nemesis(&mut self) {
+        if self.healed {
+            return;
+        }
+        let (lo, hi) = self.cfg.nemesis_interval_us;
+        let next = self.nemesis_rng.range(lo, hi);
+        self.schedule(next, Event::Nemesis);
+        let victim = match self.leader() {
+            Some(l) if self.nemesis_rng.chance(1, 2) => l,
+            _ => self.random_node(),
+        };
+        match self.nemesis_rng.range(0, 10) {
+            0 | 1 => {
+                self.partition = Partition::healed();
+                self.log(|| "nemesis heals the network".into());
+                return;
+            }
+            2 | 3 => {
+                self.crash(victim);
+                let down = self.nemesis_rng.range(0, 800_000);
+                self.schedule(down, Event::Restart(victim));
+                return;
+            }
+            4 => {
+                let to = self.random_node();
+                self.with_raft(victim, |r| {
+                    let _ = r.transfer_leader(to);
+                });
+                self.log(|| format!("nemesis asks n{victim} to transfer leadership to n{to}"));
+                self.drive(victim).ok();
+                return;
+            }
+            _ => {}
+        }
+        self.partition = self.random_partition(victim);
+        self.summary.faults += 1;
+        let p = self.partition.to_string();
+        self.log(|| format!("nemesis partitions: {p}"));
+    }
+
+    fn random_partition(&mut self, victim: NodeId) -> Partition {
+        let nodes = self.node_ids.clone();
+        let other = loop {
+            let n = self.random_node();
+            if n != victim {
+                break n;
+            }
+        };
+        match self.nemesis_rng.range(0, 7) {
+            0 => Partition::isolate(&nodes, victim),
+            1 => {
+                let mut side = std::collections::BTreeSet::new();
+                let minority = self.nemesis_rng.range(1, nodes.len() as u64 / 2 + 1);
+                while (side.len() as u64) < minority {
+                    side.insert(self.random_node());
+                }
+                Partition::split(&nodes, &side, "split")
+            }
+            2 => Partition::one_way(victim, other),
+            3 => Partition::chained(victim, other),
+            4 => Partition::quorum_loss(&nodes, other),
+            5 => {
+                // Constrained election: the only server that can reach a quorum is the one with
+                // the most outdated log, so no one can be elected until the network heals.
+                let laggard = nodes
+                    .iter()
+                    .copied()
+                    .min_by_key(|id| self.nodes[id].raft.as_ref().map_or(0, |r| r.status().last_index))
+                    .expect("nodes");
+                let mut p = Partition::quorum_loss(&nodes, laggard);
+                p.name = format!("constrained election, hub n{laggard}");
+                p
+            }
+            _ => Partition::random_links(&nodes, &mut self.nemesis_rng, 300),
+        }
+    }
+
+    fn heal(&mut self) {
+        self.healed = true;
+        self.partition = Partition::healed();
+        self.log(|| "HEAL: network healed, every server restarted, no more faults".into());
+        let ids = self.node_ids.clone();
+        for id in ids {
+            if self.nodes[&id].raft.is_none() {
+                self.start_node(id);
+                let _ = self.drive(id);
+            }
+        }
+    }
+
+    // ----- final checks ---------------------------------------------------------------------
+
+    /// After the heal phase: one leader, every server converged, every client answered, and the
+    /// client history linearizable with no acknowledged write lost.
+    fn final_checks(&mut self) -> Result<(), String> {
+        let leader = self.leader().ok_or("no leader elected within the heal phase")?;
+        let lraft = self.nodes[&leader].raft.as_ref().expect("leader runs");
+        let (last, term) = (lraft.status().last_index, lraft.current_term());
+        let expected_kv = self.nodes[&leader].kv.values.clone();
+        for node in self.nodes.values() {
+            let raft = node.raft.as_ref().ok_or_else(|| format!("n{} still down after heal", node.id))?;
+            let s = raft.status();
+            if s.current_term != term || s.leader_id != Some(leader) {
+                return Err(format!(
+                    "n{} in term {} follows {:?}, not leader n{leader} of term {term}",
+                    s.id, s.current_term, s.leader_id
+                ));
+            }
+            if s.commit_index != last || node.kv.applied_index != last {
+                return Err(format!(
+                    "n{} has not converged: commit {} applied {} (leader last index {last})",
+                    s.id, s.commit_index, node.kv.applied_index
+                ));
+            }
+            if node.kv.values != expected_kv {
+                return Err(format!("n{} state machine differs from the leader's", s.id));
+            }
+        }
+        if let Some(c) = self.clients.iter().find(|c| c.current.is_some()) {
+            return Err(format!("client {} still waiting for seq {} after the heal phase", c.id, c.seq));
+        }
+        check_history(&self.history, &self.effective).map_err(|v| format!("client oracle: {}", v.0))
+    }
+}

@@ -351,7 +351,13 @@ impl Raft {
         let ready = Ready {
             soft_state,
             messages,
-            persist: PersistBatch { ready_id, hard_state, snapshot, entries },
+            persist: PersistBatch {
+                ready_id,
+                last_entry: entries.last().map(|e| (e.index, e.term)),
+                hard_state,
+                snapshot,
+                entries,
+            },
             gated_messages: GatedMessages { ready_id, messages: gated },
             committed_entries,
             read_states: std::mem::take(&mut self.read_states),

@@ -40,6 +40,9 @@ pub struct Ready {
 #[must_use = "persist the batch, then call durable() to release the gated messages"]
 pub struct PersistBatch {
     pub(crate) ready_id: u64,
+    /// Index and term of the last entry of `entries`, recorded when the batch was built so the
+    /// driver may move `entries` out (to a log writer) without copying them.
+    pub(crate) last_entry: Option<(Index, Term)>,
     /// Changed term, vote or commit index.
     pub hard_state: Option<HardState>,
     /// A snapshot received from the leader, replacing the whole log and the state machine.

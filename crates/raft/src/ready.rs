@@ -61,7 +61,7 @@ impl PersistBatch {
     /// Declares the batch durable and yields the receipt that releases gated messages and
     /// advances the core. Call it only after the write has been synced.
     pub fn durable(self) -> Durable {
-        Durable { ready_id: self.ready_id, last_entry: self.entries.last().map(|e| (e.index, e.term)) }
+        Durable { ready_id: self.ready_id, last_entry: self.last_entry }
     }
 }
 

@@ -1,0 +1,170 @@
+//! Snapshot files: written to a temporary file, synced, renamed into place, directory synced;
+//! checksummed end to end; the newest `keep` retained; read back whole or in chunks for
+//! InstallSnapshot.
+//!
+//! Layout: `"BALSASNP"`, version (u32), metadata length (u32), metadata, data length (u64), data,
+//! CRC32C of everything before it (u32).
+
+use std::path::{Path, PathBuf};
+
+use balsa_raft::{Index, Snapshot, Term};
+use bytes::{Buf, Bytes};
+
+use crate::codec;
+use crate::error::{Result, StorageError};
+use crate::vfs::{Vfs, VfsFile};
+
+const MAGIC: &[u8; 8] = b"BALSASNP";
+const VERSION: u32 = 1;
+
+/// The snapshot directory.
+pub struct SnapshotStore<V: Vfs> {
+    vfs: V,
+    dir: PathBuf,
+    keep: usize,
+}
+
+fn snapshot_name(index: Index, term: Term) -> String {
+    format!("{index:016x}-{term:016x}.snap")
+}
+
+fn parse_name(name: &str) -> Option<(Index, Term)> {
+    let stem = name.strip_suffix(".snap")?;
+    let (i, t) = stem.split_once('-')?;
+    Some((u64::from_str_radix(i, 16).ok()?, u64::from_str_radix(t, 16).ok()?))
+}
+
+/// Serializes a snapshot into the file layout.
+pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
+    let mut meta = Vec::new();
+    codec::put_snapshot_meta(&mut meta, &snapshot.meta);
+    let mut out = Vec::with_capacity(32 + meta.len() + snapshot.data.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
+    out.extend_from_slice(&snapshot.data);
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Parses and verifies a snapshot file's bytes.
+pub fn decode(bytes: Bytes, path: &Path) -> Result<Snapshot> {
+    let bad =
+        |reason: &str| StorageError::Corrupt { path: path.to_path_buf(), offset: 0, reason: reason.into() };
+    if bytes.len() < 28 || &bytes[..8] != MAGIC {
+        return Err(bad("not a balsa snapshot"));
+    }
+    let (body, trailer) = bytes.split_at(bytes.len() - 4);
+    if crc32c::crc32c(body) != u32::from_le_bytes(trailer.try_into().expect("4 bytes")) {
+        return Err(bad("checksum mismatch"));
+    }
+    let mut b = bytes.slice(8..bytes.len() - 4);
+    if b.get_u32_le() != VERSION {
+        return Err(bad("unsupported snapshot version"));
+    }
+    let meta_len = b.get_u32_le() as usize;
+    if b.len() < meta_len + 8 {
+        return Err(bad("truncated metadata"));
+    }
+    let mut meta_bytes = b.split_to(meta_len);
+    let meta = codec::get_snapshot_meta(&mut meta_bytes).map_err(|e| bad(e.0))?;
+    let data_len = b.get_u64_le() as usize;
+    if b.len() != data_len {
+        return Err(bad("data length does not match the file"));
+    }
+    Ok(Snapshot { meta, data: b })
+}
+
+impl<V: Vfs> SnapshotStore<V> {
+    /// Opens the directory, removing temporary files left by a crash mid-write.
+    pub fn open(vfs: V, dir: &Path, keep: usize) -> Result<Self> {
+        vfs.create_dir_all(dir).map_err(|e| StorageError::io("create directory", dir, e))?;
+        let store = Self { vfs, dir: dir.to_path_buf(), keep: keep.max(1) };
+        let names = store.vfs.list(dir).map_err(|e| StorageError::io("list", dir, e))?;
+        for name in names.iter().filter(|n| n.ends_with(".tmp")) {
+            let path = dir.join(name);
+            store.vfs.remove(&path).map_err(|e| StorageError::io("remove", &path, e))?;
+        }
+        Ok(store)
+    }
+
+    /// Snapshot files present, oldest first.
+    pub fn list(&self) -> Result<Vec<(Index, Term, PathBuf)>> {
+        let names = self.vfs.list(&self.dir).map_err(|e| StorageError::io("list", &self.dir, e))?;
+        let mut found: Vec<_> =
+            names.iter().filter_map(|n| parse_name(n).map(|(i, t)| (i, t, self.dir.join(n)))).collect();
+        found.sort();
+        Ok(found)
+    }
+
+    /// Writes a snapshot durably, then removes all but the newest `keep`.
+    pub fn save(&self, snapshot: &Snapshot) -> Result<PathBuf> {
+        let name = snapshot_name(snapshot.meta.last_included_index, snapshot.meta.last_included_term);
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let mut file = self.vfs.create(&tmp).map_err(|e| StorageError::io("create", &tmp, e))?;
+        file.append(&encode(snapshot)).map_err(|e| StorageError::io("write", &tmp, e))?;
+        file.sync_data().map_err(|source| StorageError::SyncFailed { path: tmp.clone(), source })?;
+        self.vfs.rename(&tmp, &path).map_err(|e| StorageError::io("rename", &tmp, e))?;
+        self.sync_dir()?;
+        self.retain()?;
+        Ok(path)
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        self.vfs
+            .sync_dir(&self.dir)
+            .map_err(|source| StorageError::SyncFailed { path: self.dir.clone(), source })
+    }
+
+    fn retain(&self) -> Result<()> {
+        let all = self.list()?;
+        if all.len() <= self.keep {
+            return Ok(());
+        }
+        for (_, _, path) in &all[..all.len() - self.keep] {
+            self.vfs.remove(path).map_err(|e| StorageError::io("remove", path, e))?;
+        }
+        self.sync_dir()
+    }
+
+    /// The newest snapshot. If it fails verification that is an error, not a reason to fall
+    /// back: the log before it may already be gone.
+    pub fn latest(&self) -> Result<Option<Snapshot>> {
+        let Some((_, _, path)) = self.list()?.pop() else { return Ok(None) };
+        let bytes = self.vfs.read(&path).map_err(|e| StorageError::io("read", &path, e))?;
+        decode(Bytes::from(bytes), &path).map(Some)
+    }
+}
+
+/// A verified snapshot handed out in chunks of at most `chunk_bytes` (for InstallSnapshot).
+pub struct Chunks {
+    data: Bytes,
+    chunk_bytes: usize,
+    offset: usize,
+}
+
+impl Chunks {
+    /// Chunks of a snapshot's data.
+    pub fn new(snapshot: &Snapshot, chunk_bytes: usize) -> Self {
+        Self { data: snapshot.data.clone(), chunk_bytes: chunk_bytes.max(1), offset: 0 }
+    }
+}
+
+impl Iterator for Chunks {
+    /// Offset of the chunk and its bytes.
+    type Item = (u64, Bytes);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.offset >= self.data.len() {
+            return None;
+        }
+        let end = (self.offset + self.chunk_bytes).min(self.data.len());
+        let chunk = (self.offset as u64, self.data.slice(self.offset..end));
+        self.offset = end;
+        Some(chunk)
+    }
+}

@@ -1,0 +1,210 @@
+//! One contract, several stores: what a Raft driver needs from durable storage.
+
+use std::path::{Path, PathBuf};
+
+use balsa_raft::{Entry, HardState, InitialState, Membership, PersistBatch, Snapshot};
+
+use crate::error::{Result, StorageError};
+use crate::snapshot::SnapshotStore;
+use crate::vfs::{StdFs, Vfs};
+use crate::wal::{TornTail, Wal, WalOptions};
+
+/// The persistence contract of `shared/DESIGN.md`, as a trait.
+///
+/// A driver calls [`LogStore::write`] with each Ready's batch, then [`LogStore::sync`], and only
+/// then releases the Ready's gated messages. Entries in a batch replace every stored entry at or
+/// after the first one's index.
+pub trait LogStore {
+    /// Writes a batch: snapshot (made durable at once), entries, hard state. Entries and hard
+    /// state are durable only after [`LogStore::sync`].
+    fn write(&mut self, batch: &PersistBatch) -> Result<()>;
+    /// Makes every write so far durable.
+    fn sync(&mut self) -> Result<()>;
+    /// Durably stores a snapshot the state machine took, and drops the log prefix it covers.
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<()>;
+    /// What a restarting server recovers. `membership` is used if no snapshot records one.
+    fn initial_state(&self, membership: &Membership) -> Result<InitialState>;
+}
+
+/// Options of the disk store.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// Log segment size.
+    pub wal: WalOptions,
+    /// Snapshots kept.
+    pub keep_snapshots: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { wal: WalOptions::default(), keep_snapshots: 2 }
+    }
+}
+
+/// The real store: a WAL in `DIR/wal` and snapshots in `DIR/snap`.
+pub struct DiskStore<V: Vfs + Clone = StdFs> {
+    wal: Wal<V>,
+    snapshots: SnapshotStore<V>,
+    snapshot: Option<Snapshot>,
+    dir: PathBuf,
+}
+
+impl DiskStore<StdFs> {
+    /// Opens (recovering) or creates a store on the real file system.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Self> {
+        Self::open_with(StdFs, dir, options)
+    }
+}
+
+impl<V: Vfs + Clone> DiskStore<V> {
+    /// Opens a store over any file system.
+    pub fn open_with(vfs: V, dir: &Path, options: StoreOptions) -> Result<Self> {
+        let snapshots = SnapshotStore::open(vfs.clone(), &dir.join("snap"), options.keep_snapshots)?;
+        let snapshot = snapshots.latest()?;
+        let floor = snapshot.as_ref().map_or(0, |s| s.meta.last_included_index);
+        let mut wal = Wal::open(vfs, &dir.join("wal"), options.wal, floor)?;
+        if let Some(s) = &snapshot {
+            // A crash between saving a received snapshot and resetting the log can leave entries
+            // that contradict the snapshot; they were never committed (the snapshot's entry is),
+            // so they go.
+            let t = wal.term(s.meta.last_included_index);
+            if t.is_some_and(|t| t != s.meta.last_included_term) {
+                wal.reset(s.meta.last_included_index)?;
+            }
+        }
+        let store = Self { wal, snapshots, snapshot, dir: dir.to_path_buf() };
+        let hs = store.wal.hard_state();
+        if hs.commit_index > store.wal.last_index() {
+            return Err(StorageError::Corrupt {
+                path: store.dir.join("wal"),
+                offset: 0,
+                reason: format!(
+                    "commit index {} beyond the last entry {}",
+                    hs.commit_index,
+                    store.wal.last_index()
+                ),
+            });
+        }
+        Ok(store)
+    }
+
+    /// The log, for inspection.
+    pub fn wal(&self) -> &Wal<V> {
+        &self.wal
+    }
+
+    /// A torn tail cut during recovery.
+    pub fn torn_tail(&self) -> Option<&TornTail> {
+        self.wal.torn_tail()
+    }
+
+    /// Entries `lo..=hi`.
+    pub fn entries(&self, lo: u64, hi: u64) -> Result<Vec<Entry>> {
+        self.wal.entries(lo, hi)
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
+    }
+
+    /// The latest hard state.
+    pub fn hard_state(&self) -> HardState {
+        self.wal.hard_state()
+    }
+}
+
+impl<V: Vfs + Clone> LogStore for DiskStore<V> {
+    fn write(&mut self, batch: &PersistBatch) -> Result<()> {
+        if let Some(s) = &batch.snapshot {
+            self.snapshots.save(s)?;
+            self.wal.reset(s.meta.last_included_index)?;
+            self.snapshot = Some(s.clone());
+        }
+        self.wal.append(&batch.entries)?;
+        if let Some(hs) = batch.hard_state {
+            self.wal.set_hard_state(hs)?;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.wal.sync()
+    }
+
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<()> {
+        self.snapshots.save(snapshot)?;
+        self.wal.compact(snapshot.meta.last_included_index)?;
+        self.snapshot = Some(snapshot.clone());
+        Ok(())
+    }
+
+    fn initial_state(&self, membership: &Membership) -> Result<InitialState> {
+        let floor = self.snapshot.as_ref().map_or(0, |s| s.meta.last_included_index);
+        let lo = self.wal.first_index().max(floor + 1);
+        let entries = self.wal.entries(lo, self.wal.last_index())?;
+        Ok(InitialState {
+            hard_state: self.wal.hard_state(),
+            snapshot: self.snapshot.clone(),
+            entries,
+            applied_index: floor,
+            membership: membership.clone(),
+        })
+    }
+}
+
+/// The in-memory store: the same contract, nothing durable across process restarts. For tests,
+/// and as the reference model the disk store is checked against.
+#[derive(Clone, Debug, Default)]
+pub struct MemStore {
+    /// Term, vote, commit.
+    pub hard_state: HardState,
+    /// The latest snapshot.
+    pub snapshot: Option<Snapshot>,
+    /// Entries after the snapshot.
+    pub entries: Vec<Entry>,
+}
+
+impl LogStore for MemStore {
+    fn write(&mut self, batch: &PersistBatch) -> Result<()> {
+        if let Some(s) = &batch.snapshot {
+            self.snapshot = Some(s.clone());
+            self.entries.clear();
+        }
+        if let Some(first) = batch.entries.first() {
+            let floor = self.snapshot.as_ref().map_or(0, |s| s.meta.last_included_index);
+            let last = self.entries.last().map_or(floor, |e| e.index);
+            if first.index > last + 1 || first.index <= floor {
+                return Err(StorageError::Invalid(format!("append at {} after {last}", first.index)));
+            }
+            self.entries.retain(|e| e.index < first.index);
+            self.entries.extend(batch.entries.iter().cloned());
+        }
+        if let Some(hs) = batch.hard_state {
+            self.hard_state = hs;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<()> {
+        let index = snapshot.meta.last_included_index;
+        self.entries.retain(|e| e.index > index);
+        self.snapshot = Some(snapshot.clone());
+        Ok(())
+    }
+
+    fn initial_state(&self, membership: &Membership) -> Result<InitialState> {
+        let floor = self.snapshot.as_ref().map_or(0, |s| s.meta.last_included_index);
+        Ok(InitialState {
+            hard_state: self.hard_state,
+            snapshot: self.snapshot.clone(),
+            entries: self.entries.iter().filter(|e| e.index > floor).cloned().collect(),
+            applied_index: floor,
+            membership: membership.clone(),
+        })
+    }
+}

@@ -1,0 +1,130 @@
+//! The few file-system calls the store makes, behind a trait, so the simulator can run the real
+//! log and recovery code over a simulated disk that loses unsynced writes and tears the last one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// An open file the store appends to.
+pub trait VfsFile {
+    /// Appends `buf` (not yet durable).
+    fn append(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Makes every append so far durable (fdatasync).
+    fn sync_data(&mut self) -> io::Result<()>;
+    /// A second handle to the same file, so a sync can run while another thread appends.
+    fn try_clone(&self) -> io::Result<Self>
+    where
+        Self: Sized;
+}
+
+/// A file system.
+pub trait Vfs {
+    /// The file handle type.
+    type File: VfsFile;
+    /// Creates a directory and its parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// File names in `dir`, sorted.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Creates (or truncates) a file for appending. The caller syncs the directory.
+    fn create(&self, path: &Path) -> io::Result<Self::File>;
+    /// Opens an existing file for appending at its end.
+    fn open_append(&self, path: &Path) -> io::Result<Self::File>;
+    /// The whole content of a file.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// `len` bytes at `offset`.
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Cuts a file to `len` bytes and syncs it.
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// Renames a file. The caller syncs the directory.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file. The caller syncs the directory.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (creations, renames, removals) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// The real file system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StdFs;
+
+/// A real file opened for appending.
+#[derive(Debug)]
+pub struct StdFile {
+    file: File,
+}
+
+impl VfsFile for StdFile {
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all(buf)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self { file: self.file.try_clone()? })
+    }
+}
+
+impl Vfs for StdFs {
+    type File = StdFile;
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn create(&self, path: &Path) -> io::Result<StdFile> {
+        let file = OpenOptions::new().create(true).write(true).truncate(true).open(path)?;
+        Ok(StdFile { file })
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<StdFile> {
+        let file = OpenOptions::new().append(true).open(path)?;
+        Ok(StdFile { file })
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        fs::read(path)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut file = File::open(path)?;
+        file.seek(SeekFrom::Start(offset))?;
+        let mut buf = vec![0; len];
+        file.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let file = OpenOptions::new().write(true).open(path)?;
+        file.set_len(len)?;
+        file.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+/// Joins a directory and a file name.
+pub fn join(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}

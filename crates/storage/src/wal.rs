@@ -1,0 +1,606 @@
+//! The write-ahead log: numbered segment files of framed records.
+//!
+//! Segments are append-only: no byte is ever overwritten. Truncating a suffix (conflict repair,
+//! paper section 5.3) starts a new segment whose header says "the log continues from index i",
+//! superseding every older entry at or after i; dropping a prefix (after a snapshot) removes
+//! whole segments. Because of this, a record can only be torn at the very end of the last
+//! segment, which is what lets recovery tell a torn write (truncate it) from damage to data
+//! already acknowledged (stop with an error naming file and offset).
+//!
+//! Every segment starts with a header record and a copy of the current hard state, so removing
+//! old segments never loses the latest term and vote.
+
+use std::path::{Path, PathBuf};
+
+use balsa_raft::{Entry, HardState, Index, Term};
+use bytes::{Buf, Bytes};
+
+use crate::codec;
+use crate::error::{Result, StorageError};
+use crate::record::{self, Decoded, RecordType, HEADER_BYTES};
+use crate::vfs::{Vfs, VfsFile};
+
+const MAGIC: &[u8; 8] = b"BALSAWAL";
+const VERSION: u32 = 1;
+
+/// Tunables of the log.
+#[derive(Clone, Copy, Debug)]
+pub struct WalOptions {
+    /// A segment is closed and a new one started once it reaches this size.
+    pub segment_bytes: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        Self { segment_bytes: 64 << 20 }
+    }
+}
+
+/// Where one entry lives.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    offset: u64,
+    /// Whole record, framing included.
+    len: u32,
+    term: Term,
+}
+
+/// One segment file and the live entries it holds.
+#[derive(Debug)]
+struct Segment {
+    seq: u64,
+    path: PathBuf,
+    /// The index its header declares: the log continues from here.
+    first_index: Index,
+    /// Live entries, `slots[k]` holding index `first_index + k`.
+    slots: Vec<Slot>,
+    size: u64,
+}
+
+impl Segment {
+    fn last_index(&self) -> Index {
+        self.first_index + self.slots.len() as u64 - 1
+    }
+}
+
+/// What recovery found at the tail, reported rather than silently repaired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment whose end was torn.
+    pub path: PathBuf,
+    /// Where the first incomplete record started; the file was cut here.
+    pub offset: u64,
+    /// Bytes discarded.
+    pub discarded_bytes: u64,
+}
+
+/// The log.
+pub struct Wal<V: Vfs> {
+    vfs: V,
+    dir: PathBuf,
+    options: WalOptions,
+    segments: Vec<Segment>,
+    active: V::File,
+    /// Entries at or below this index are covered by a snapshot and not kept.
+    floor: Index,
+    hard_state: HardState,
+    /// Set by a failed sync: nothing more may be written (fsyncgate).
+    poisoned: bool,
+    /// A torn tail cut off during recovery, if any.
+    torn_tail: Option<TornTail>,
+    scratch: Vec<u8>,
+}
+
+fn segment_name(seq: u64, first_index: Index) -> String {
+    format!("{seq:016x}-{first_index:016x}.wal")
+}
+
+fn parse_segment_name(name: &str) -> Option<(u64, Index)> {
+    let stem = name.strip_suffix(".wal")?;
+    let (seq, first) = stem.split_once('-')?;
+    Some((u64::from_str_radix(seq, 16).ok()?, u64::from_str_radix(first, 16).ok()?))
+}
+
+impl<V: Vfs> Wal<V> {
+    /// Opens (recovering) or creates the log in `dir`. `floor` is the last index covered by the
+    /// latest snapshot: entries at or below it are not needed.
+    pub fn open(vfs: V, dir: &Path, options: WalOptions, floor: Index) -> Result<Self> {
+        vfs.create_dir_all(dir).map_err(|e| StorageError::io("create directory", dir, e))?;
+        let names = vfs.list(dir).map_err(|e| StorageError::io("list", dir, e))?;
+        let mut found: Vec<(u64, Index, String)> =
+            names.iter().filter_map(|n| parse_segment_name(n).map(|(s, f)| (s, f, n.clone()))).collect();
+        found.sort();
+        let mut recovery =
+            Recovery { floor, segments: Vec::new(), hard_state: HardState::default(), torn: None };
+        let count = found.len();
+        for (i, (seq, first_index, name)) in found.into_iter().enumerate() {
+            let path = dir.join(&name);
+            recovery.load_segment(&vfs, seq, first_index, path, i + 1 == count)?;
+        }
+        let Recovery { segments, hard_state, torn, .. } = recovery;
+        let (active, segments) = match segments.last() {
+            Some(last) => {
+                let file =
+                    vfs.open_append(&last.path).map_err(|e| StorageError::io("open", &last.path, e))?;
+                (file, segments)
+            }
+            None => {
+                let (file, segment) = create_segment(&vfs, dir, 1, floor + 1, &hard_state)?;
+                (file, vec![segment])
+            }
+        };
+        Ok(Self {
+            vfs,
+            dir: dir.to_path_buf(),
+            options,
+            segments,
+            active,
+            floor,
+            hard_state,
+            poisoned: false,
+            torn_tail: torn,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The latest hard state written.
+    pub fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    /// First index held (after the floor).
+    pub fn first_index(&self) -> Index {
+        self.segments
+            .iter()
+            .find(|s| !s.slots.is_empty())
+            .map_or(self.last_index() + 1, |s| s.first_index.max(self.floor + 1))
+    }
+
+    /// Last index held (the floor if the log is empty).
+    pub fn last_index(&self) -> Index {
+        self.segments
+            .iter()
+            .rev()
+            .find(|s| !s.slots.is_empty())
+            .map_or(self.floor, Segment::last_index)
+            .max(self.floor)
+    }
+
+    /// Term of the entry at `index`, if held.
+    pub fn term(&self, index: Index) -> Option<Term> {
+        self.slot(index).map(|(_, s)| s.term)
+    }
+
+    /// A torn tail removed during recovery.
+    pub fn torn_tail(&self) -> Option<&TornTail> {
+        self.torn_tail.as_ref()
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn slot(&self, index: Index) -> Option<(&Segment, Slot)> {
+        if index <= self.floor {
+            return None;
+        }
+        let seg = self.segments.iter().rev().find(|s| s.first_index <= index)?;
+        let slot = *seg.slots.get((index - seg.first_index) as usize)?;
+        Some((seg, slot))
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.poisoned {
+            return Err(StorageError::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Appends entries (not yet durable). If the first one's index is already in the log, the
+    /// log is truncated there first, by starting a segment that supersedes the old suffix.
+    pub fn append(&mut self, entries: &[Entry]) -> Result<()> {
+        self.check_usable()?;
+        let Some(first) = entries.first() else { return Ok(()) };
+        let last = self.last_index();
+        if first.index > last + 1 {
+            return Err(StorageError::Invalid(format!(
+                "append at {} leaves a gap after {last}",
+                first.index
+            )));
+        }
+        if first.index <= self.floor {
+            return Err(StorageError::Invalid(format!(
+                "append at {} below the snapshot at {}",
+                first.index, self.floor
+            )));
+        }
+        if first.index <= last || self.active_segment().size >= self.options.segment_bytes {
+            self.roll(first.index)?;
+        }
+        self.scratch.clear();
+        let base = self.active_segment().size;
+        let mut slots = Vec::with_capacity(entries.len());
+        for (k, e) in entries.iter().enumerate() {
+            if e.index != first.index + k as u64 {
+                return Err(StorageError::Invalid(format!("entries not contiguous at {}", e.index)));
+            }
+            let start = self.scratch.len();
+            let mut payload = Vec::with_capacity(e.data.len() + 21);
+            codec::put_entry(&mut payload, e);
+            record::encode(&mut self.scratch, RecordType::Entry, &payload);
+            let len = (self.scratch.len() - start) as u32;
+            slots.push(Slot { offset: base + start as u64, len, term: e.term });
+        }
+        self.write_scratch()?;
+        let seg = self.segments.last_mut().expect("active segment");
+        debug_assert_eq!(seg.first_index + seg.slots.len() as u64, first.index);
+        seg.slots.extend(slots);
+        Ok(())
+    }
+
+    /// Appends a hard state record (not yet durable).
+    pub fn set_hard_state(&mut self, hs: HardState) -> Result<()> {
+        self.check_usable()?;
+        self.scratch.clear();
+        let mut payload = Vec::with_capacity(24);
+        codec::put_hard_state(&mut payload, &hs);
+        record::encode(&mut self.scratch, RecordType::HardState, &payload);
+        self.write_scratch()?;
+        self.hard_state = hs;
+        Ok(())
+    }
+
+    fn write_scratch(&mut self) -> Result<()> {
+        let path = self.active_segment().path.clone();
+        if let Err(e) = self.active.append(&self.scratch) {
+            // A failed write may have left part of the bytes in the file; nothing after them
+            // could be trusted, so the store stops.
+            self.poisoned = true;
+            return Err(StorageError::io("append to", path, e));
+        }
+        self.segments.last_mut().expect("active").size += self.scratch.len() as u64;
+        Ok(())
+    }
+
+    /// Makes every append so far durable (fdatasync). A failure poisons the log.
+    pub fn sync(&mut self) -> Result<()> {
+        self.check_usable()?;
+        if let Err(source) = self.active.sync_data() {
+            self.poisoned = true;
+            return Err(StorageError::SyncFailed { path: self.active_segment().path.clone(), source });
+        }
+        Ok(())
+    }
+
+    /// A handle to the active segment for syncing without holding the log (group commit).
+    /// Everything appended before the call is in this file or in closed, already synced ones.
+    pub fn sync_handle(&self) -> Result<V::File> {
+        self.check_usable()?;
+        self.active
+            .try_clone()
+            .map_err(|e| StorageError::io("duplicate handle of", &self.active_segment().path, e))
+    }
+
+    /// Marks the log unusable after a failed sync made elsewhere.
+    pub fn poison(&mut self) {
+        self.poisoned = true;
+    }
+
+    fn active_segment(&self) -> &Segment {
+        self.segments.last().expect("there is always an active segment")
+    }
+
+    /// Closes the active segment (durably) and starts one declaring that the log continues from
+    /// `first_index`; older entries at or after it are superseded.
+    fn roll(&mut self, first_index: Index) -> Result<()> {
+        self.sync()?;
+        let seq = self.active_segment().seq + 1;
+        let (file, segment) = create_segment(&self.vfs, &self.dir, seq, first_index, &self.hard_state)?;
+        for seg in &mut self.segments {
+            let keep = first_index.saturating_sub(seg.first_index).min(seg.slots.len() as u64);
+            seg.slots.truncate(keep as usize);
+        }
+        self.segments.push(segment);
+        self.active = file;
+        Ok(())
+    }
+
+    /// Forgets entries up to `floor` (now in a snapshot) and removes the segments that held only
+    /// such entries. Only a prefix of segments is removed: a later segment may supersede part of
+    /// an earlier one, and recovery replays them in order.
+    pub fn compact(&mut self, floor: Index) -> Result<()> {
+        self.check_usable()?;
+        self.floor = self.floor.max(floor);
+        let mut removable = 0;
+        for seg in &self.segments[..self.segments.len() - 1] {
+            let live_end =
+                if seg.slots.is_empty() { seg.first_index.saturating_sub(1) } else { seg.last_index() };
+            if live_end > self.floor {
+                break;
+            }
+            removable += 1;
+        }
+        self.remove_segments(removable)
+    }
+
+    /// Discards the whole log for an installed snapshot at `floor` (deck 000: a follower far
+    /// behind). The new segment supersedes everything after the snapshot before old files go.
+    pub fn reset(&mut self, floor: Index) -> Result<()> {
+        self.check_usable()?;
+        self.roll(floor + 1)?;
+        self.floor = floor;
+        for seg in &mut self.segments {
+            seg.slots.clear();
+        }
+        let removable = self.segments.len() - 1;
+        self.remove_segments(removable)
+    }
+
+    fn remove_segments(&mut self, count: usize) -> Result<()> {
+        if count == 0 {
+            return Ok(());
+        }
+        for seg in self.segments.drain(..count) {
+            self.vfs.remove(&seg.path).map_err(|e| StorageError::io("remove", &seg.path, e))?;
+        }
+        sync_dir(&self.vfs, &self.dir)
+    }
+
+    /// Reads entries `lo..=hi` from disk.
+    pub fn entries(&self, lo: Index, hi: Index) -> Result<Vec<Entry>> {
+        let (first, last) = (self.first_index(), self.last_index());
+        if lo > hi {
+            return Ok(Vec::new());
+        }
+        if lo < first || hi > last {
+            let index = if lo < first { lo } else { hi };
+            return Err(StorageError::OutOfRange { index, first, last });
+        }
+        let mut out = Vec::with_capacity((hi - lo + 1) as usize);
+        let mut index = lo;
+        while index <= hi {
+            let (seg, slot) = self.slot(index).expect("within range");
+            let run_end = hi.min(seg.last_index());
+            let last_slot = seg.slots[(run_end - seg.first_index) as usize];
+            let span = (last_slot.offset + u64::from(last_slot.len) - slot.offset) as usize;
+            let buf = self
+                .vfs
+                .read_at(&seg.path, slot.offset, span)
+                .map_err(|e| StorageError::io("read", &seg.path, e))?;
+            let buf = Bytes::from(buf);
+            for i in index..=run_end {
+                let s = seg.slots[(i - seg.first_index) as usize];
+                let at = (s.offset - slot.offset) as usize;
+                let entry = decode_entry_at(&buf, at, &seg.path, s.offset)?;
+                if entry.index != i {
+                    return Err(corrupt(&seg.path, s.offset, "entry index does not match the index"));
+                }
+                out.push(entry);
+            }
+            index = run_end + 1;
+        }
+        Ok(out)
+    }
+}
+
+fn decode_entry_at(buf: &Bytes, at: usize, path: &Path, offset: u64) -> Result<Entry> {
+    match record::decode(buf, at) {
+        Decoded::Record { ty: RecordType::Entry, mut payload, .. } => {
+            codec::get_entry(&mut payload).map_err(|e| corrupt(path, offset, e.0))
+        }
+        Decoded::Record { .. } => Err(corrupt(path, offset, "expected an entry record")),
+        Decoded::End => Err(corrupt(path, offset, "unexpected end of segment")),
+        Decoded::Invalid { reason } => Err(corrupt(path, offset, reason)),
+    }
+}
+
+fn corrupt(path: &Path, offset: u64, reason: &str) -> StorageError {
+    StorageError::Corrupt { path: path.to_path_buf(), offset, reason: reason.to_string() }
+}
+
+fn sync_dir<V: Vfs>(vfs: &V, dir: &Path) -> Result<()> {
+    vfs.sync_dir(dir).map_err(|source| StorageError::SyncFailed { path: dir.to_path_buf(), source })
+}
+
+/// Creates a segment holding its header and the current hard state, durably, directory included.
+fn create_segment<V: Vfs>(
+    vfs: &V,
+    dir: &Path,
+    seq: u64,
+    first_index: Index,
+    hs: &HardState,
+) -> Result<(V::File, Segment)> {
+    let path = dir.join(segment_name(seq, first_index));
+    let mut file = vfs.create(&path).map_err(|e| StorageError::io("create", &path, e))?;
+    let mut buf = Vec::new();
+    let mut header = Vec::with_capacity(28);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&VERSION.to_le_bytes());
+    header.extend_from_slice(&seq.to_le_bytes());
+    header.extend_from_slice(&first_index.to_le_bytes());
+    record::encode(&mut buf, RecordType::SegmentHeader, &header);
+    let mut payload = Vec::with_capacity(24);
+    codec::put_hard_state(&mut payload, hs);
+    record::encode(&mut buf, RecordType::HardState, &payload);
+    file.append(&buf).map_err(|e| StorageError::io("write", &path, e))?;
+    file.sync_data().map_err(|source| StorageError::SyncFailed { path: path.clone(), source })?;
+    sync_dir(vfs, dir)?;
+    let segment = Segment { seq, path, first_index, slots: Vec::new(), size: buf.len() as u64 };
+    Ok((file, segment))
+}
+
+/// State built while replaying segments in order.
+struct Recovery {
+    floor: Index,
+    segments: Vec<Segment>,
+    hard_state: HardState,
+    torn: Option<TornTail>,
+}
+
+impl Recovery {
+    fn last_index(&self) -> Index {
+        self.segments.iter().rev().find(|s| !s.slots.is_empty()).map_or(0, Segment::last_index)
+    }
+
+    /// Replays one segment. When something looks damaged the file is read again: a read that
+    /// returns different bytes was a transient error, not damage, and must not lead recovery to
+    /// cut acknowledged data as a "torn" tail.
+    fn load_segment<V: Vfs>(
+        &mut self,
+        vfs: &V,
+        seq: u64,
+        named_first: Index,
+        path: PathBuf,
+        is_last: bool,
+    ) -> Result<()> {
+        let mut data = read_file(vfs, &path)?;
+        for _ in 0..4 {
+            let (segment, damage) = match self.scan_segment(&data, seq, named_first, &path)? {
+                Scan::Clean(segment) => return self.accept(segment),
+                Scan::Damaged { segment, offset, reason } => (segment, (offset, reason)),
+            };
+            let again = read_file(vfs, &path)?;
+            if again != data {
+                data = again;
+                continue;
+            }
+            let (offset, reason) = damage;
+            let header_damaged = segment.is_none();
+            if !is_last || (!header_damaged && anything_valid_after(&data, offset)) {
+                return Err(corrupt(&path, offset as u64, reason));
+            }
+            let discarded = (data.len() - offset) as u64;
+            self.torn =
+                Some(TornTail { path: path.clone(), offset: offset as u64, discarded_bytes: discarded });
+            let Some(mut segment) = segment else {
+                // Created but its header never became durable: it never held anything.
+                vfs.remove(&path).map_err(|e| StorageError::io("remove", &path, e))?;
+                return Ok(());
+            };
+            vfs.truncate(&path, offset as u64).map_err(|e| StorageError::io("truncate", &path, e))?;
+            segment.size = offset as u64;
+            return self.accept(segment);
+        }
+        Err(StorageError::Io {
+            op: "read consistently",
+            path,
+            source: std::io::Error::other("reads of the file keep returning different bytes"),
+        })
+    }
+
+    /// Applies a scanned segment: its header supersedes older entries from its first index.
+    fn accept(&mut self, segment: Segment) -> Result<()> {
+        for seg in &mut self.segments {
+            let keep = segment.first_index.saturating_sub(seg.first_index).min(seg.slots.len() as u64);
+            seg.slots.truncate(keep as usize);
+        }
+        self.segments.push(segment);
+        Ok(())
+    }
+
+    fn scan_segment(&mut self, data: &Bytes, seq: u64, named_first: Index, path: &Path) -> Result<Scan> {
+        let mut offset = match record::decode(data, 0) {
+            Decoded::Record { ty: RecordType::SegmentHeader, payload, next } => {
+                check_header(&payload, seq, named_first, path)?;
+                next
+            }
+            Decoded::Invalid { reason } => return Ok(Scan::Damaged { segment: None, offset: 0, reason }),
+            _ => return Ok(Scan::Damaged { segment: None, offset: 0, reason: "missing segment header" }),
+        };
+        let (floor, last) = (self.floor, self.last_index());
+        if named_first > last.max(floor) + 1 {
+            let path = path.to_path_buf();
+            return Err(StorageError::MissingSegment {
+                path,
+                expected: last.max(floor) + 1,
+                found: named_first,
+            });
+        }
+        let mut segment =
+            Segment { seq, path: path.to_path_buf(), first_index: named_first, slots: Vec::new(), size: 0 };
+        loop {
+            match record::decode(data, offset) {
+                Decoded::Record { ty, payload, next } => {
+                    self.replay(&mut segment, ty, payload, offset as u64, (next - offset) as u32)?;
+                    offset = next;
+                }
+                Decoded::End => {
+                    segment.size = offset as u64;
+                    return Ok(Scan::Clean(segment));
+                }
+                Decoded::Invalid { reason } => {
+                    return Ok(Scan::Damaged { segment: Some(segment), offset, reason })
+                }
+            }
+        }
+    }
+
+    fn replay(
+        &mut self,
+        seg: &mut Segment,
+        ty: RecordType,
+        mut payload: Bytes,
+        offset: u64,
+        len: u32,
+    ) -> Result<()> {
+        match ty {
+            RecordType::Entry => {
+                if payload.len() < 16 {
+                    return Err(corrupt(&seg.path, offset, "entry record too short"));
+                }
+                let index = (&payload[0..8]).get_u64_le();
+                let term = (&payload[8..16]).get_u64_le();
+                let expected = seg.first_index + seg.slots.len() as u64;
+                if index != expected {
+                    return Err(corrupt(&seg.path, offset, "entry out of sequence"));
+                }
+                seg.slots.push(Slot { offset, len, term });
+            }
+            RecordType::HardState => {
+                self.hard_state =
+                    codec::get_hard_state(&mut payload).map_err(|e| corrupt(&seg.path, offset, e.0))?;
+            }
+            RecordType::SegmentHeader => return Err(corrupt(&seg.path, offset, "second segment header")),
+        }
+        Ok(())
+    }
+}
+
+/// The result of scanning one segment.
+enum Scan {
+    Clean(Segment),
+    /// Scanning stopped at an invalid record (`segment` is `None` if the header itself is bad).
+    Damaged {
+        segment: Option<Segment>,
+        offset: usize,
+        reason: &'static str,
+    },
+}
+
+fn read_file<V: Vfs>(vfs: &V, path: &Path) -> Result<Bytes> {
+    vfs.read(path).map(Bytes::from).map_err(|e| StorageError::io("read", path, e))
+}
+
+/// After an invalid record, looks for any valid record at any later byte offset. A torn write
+/// leaves nothing valid behind it; finding a record means the damage sits in the middle of data
+/// that was written (and maybe acknowledged) before, so recovery must stop rather than cut it.
+/// (The length field itself may be the damaged part, so its claim cannot be followed.)
+fn anything_valid_after(data: &Bytes, offset: usize) -> bool {
+    (offset + 1..data.len().saturating_sub(HEADER_BYTES - 1)).any(|at| record::is_valid_at(data, at))
+}
+
+fn check_header(payload: &[u8], seq: u64, first_index: Index, path: &Path) -> Result<()> {
+    if payload.len() != 28 || &payload[0..8] != MAGIC {
+        return Err(corrupt(path, 0, "not a balsa log segment"));
+    }
+    let mut p = &payload[8..];
+    let version = p.get_u32_le();
+    if version != VERSION {
+        return Err(corrupt(path, 0, "unsupported segment version"));
+    }
+    if p.get_u64_le() != seq || p.get_u64_le() != first_index {
+        return Err(corrupt(path, 0, "segment header does not match its file name"));
+    }
+    Ok(())
+}

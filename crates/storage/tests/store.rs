@@ -1,0 +1,352 @@
+//! The disk store against the in-memory model, snapshots, full disks and failed syncs.
+
+mod common;
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use balsa_raft::{HardState, Membership, PersistBatch, Snapshot, SnapshotMeta};
+use balsa_storage::{
+    DiskStore, LogStore, MemStore, StdFs, StorageError, StoreOptions, Vfs, VfsFile, WalOptions,
+};
+use bytes::Bytes;
+use common::{entries, TempDir};
+use proptest::prelude::*;
+
+fn options(segment_bytes: u64) -> StoreOptions {
+    StoreOptions { wal: WalOptions { segment_bytes }, keep_snapshots: 2 }
+}
+
+fn batch(
+    hard_state: Option<HardState>,
+    snapshot: Option<Snapshot>,
+    entries: Vec<balsa_raft::Entry>,
+) -> PersistBatch {
+    let mut b = PersistBatch::default();
+    b.hard_state = hard_state;
+    b.snapshot = snapshot;
+    b.entries = entries;
+    b
+}
+
+fn snapshot(index: u64, term: u64) -> Snapshot {
+    let meta = SnapshotMeta {
+        last_included_index: index,
+        last_included_term: term,
+        membership: Membership::new([1, 2, 3]),
+    };
+    Snapshot { meta, data: Bytes::from(format!("state up to {index}")) }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// Append `count` entries of `term` starting `back` entries before the end (0 = at the end).
+    Append {
+        back: u64,
+        count: u64,
+        term: u64,
+    },
+    HardState {
+        term: u64,
+        commit_back: u64,
+    },
+    /// Local snapshot `back` entries before the end.
+    Compact {
+        back: u64,
+    },
+    /// Snapshot received from a leader, `ahead` entries past the end.
+    Install {
+        ahead: u64,
+    },
+    Restart,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u64..4, 1u64..20, 0u64..3).prop_map(|(back, count, term)| Op::Append { back, count, term }),
+        2 => (0u64..5, 0u64..10).prop_map(|(term, commit_back)| Op::HardState { term, commit_back }),
+        1 => (0u64..30).prop_map(|back| Op::Compact { back }),
+        1 => (1u64..30).prop_map(|ahead| Op::Install { ahead }),
+        2 => Just(Op::Restart),
+    ]
+}
+
+/// Applies one operation to both stores (keeping the ops within what a Raft driver can ask).
+fn apply(op: &Op, disk: &mut DiskStore, mem: &mut MemStore, term: &mut u64) {
+    let floor = mem.snapshot.as_ref().map_or(0, |s| s.meta.last_included_index);
+    let last = mem.entries.last().map_or(floor, |e| e.index);
+    match *op {
+        Op::Append { back, count, term: bump } => {
+            let lo = (last + 1).saturating_sub(back).max(floor + 1);
+            *term += bump;
+            let b = batch(None, None, entries(lo, lo + count - 1, *term));
+            disk.write(&b).unwrap();
+            mem.write(&b).unwrap();
+        }
+        Op::HardState { term: bump, commit_back } => {
+            *term += bump;
+            let hs = HardState {
+                current_term: *term,
+                voted_for: Some(*term % 3 + 1),
+                commit_index: last.saturating_sub(commit_back),
+            };
+            let b = batch(Some(hs), None, Vec::new());
+            disk.write(&b).unwrap();
+            mem.write(&b).unwrap();
+        }
+        Op::Compact { back } => {
+            let at = last.saturating_sub(back);
+            if at > floor {
+                let t = mem.entries.iter().find(|e| e.index == at).unwrap().term;
+                disk.save_snapshot(&snapshot(at, t)).unwrap();
+                mem.save_snapshot(&snapshot(at, t)).unwrap();
+            }
+        }
+        Op::Install { ahead } => {
+            *term += 1;
+            let b = batch(None, Some(snapshot(last + ahead, *term)), Vec::new());
+            disk.write(&b).unwrap();
+            mem.write(&b).unwrap();
+        }
+        Op::Restart => {}
+    }
+    disk.sync().unwrap();
+}
+
+fn same_state(disk: &DiskStore, mem: &MemStore) {
+    let members = Membership::new([1, 2, 3]);
+    let a = disk.initial_state(&members).unwrap();
+    let b = mem.initial_state(&members).unwrap();
+    assert_eq!(a.hard_state, b.hard_state);
+    assert_eq!(a.snapshot, b.snapshot);
+    assert_eq!(a.applied_index, b.applied_index);
+    assert_eq!(a.entries, b.entries);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    /// Random append / truncate / compact / install / restart sequences: the disk store always
+    /// recovers exactly what the in-memory model holds.
+    #[test]
+    fn disk_store_matches_the_model(ops in prop::collection::vec(op(), 1..60), segment in 300u64..3_000) {
+        let d = TempDir::new("model");
+        let mut disk = DiskStore::open(&d.0, options(segment)).unwrap();
+        let mut mem = MemStore::default();
+        let mut term = 1;
+        for op in &ops {
+            apply(op, &mut disk, &mut mem, &mut term);
+            if let Op::Restart = op {
+                drop(disk);
+                disk = DiskStore::open(&d.0, options(segment)).unwrap();
+            }
+            same_state(&disk, &mem);
+        }
+        drop(disk);
+        let disk = DiskStore::open(&d.0, options(segment)).unwrap();
+        same_state(&disk, &mem);
+    }
+}
+
+#[test]
+fn snapshots_are_verified_and_only_the_newest_are_kept() {
+    let d = TempDir::new("snaps");
+    {
+        let mut disk = DiskStore::open(&d.0, options(1 << 20)).unwrap();
+        disk.write(&batch(None, None, entries(1, 40, 1))).unwrap();
+        disk.sync().unwrap();
+        for at in [10, 20, 30] {
+            disk.save_snapshot(&snapshot(at, 1)).unwrap();
+        }
+    }
+    let snap_dir = d.0.join("snap");
+    let mut names: Vec<_> = std::fs::read_dir(&snap_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "keep_snapshots = 2: {names:?}");
+    // A leftover temporary file from a crash mid-write is ignored and removed.
+    std::fs::write(snap_dir.join("00000000000000ff-0000000000000001.snap.tmp"), b"partial").unwrap();
+    let disk = DiskStore::open(&d.0, options(1 << 20)).unwrap();
+    assert_eq!(disk.snapshot().unwrap().meta.last_included_index, 30);
+    assert!(!snap_dir.join("00000000000000ff-0000000000000001.snap.tmp").exists());
+    drop(disk);
+    // A damaged newest snapshot stops recovery: falling back to an older one could lose the log
+    // prefix it replaced.
+    let newest = snap_dir.join(names.last().unwrap());
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&newest, &bytes).unwrap();
+    match DiskStore::open(&d.0, options(1 << 20)) {
+        Err(StorageError::Corrupt { path, .. }) => assert_eq!(path, newest),
+        Err(e) => panic!("unexpected {e}"),
+        Ok(_) => panic!("a damaged snapshot went unnoticed"),
+    }
+}
+
+#[test]
+fn snapshot_chunks_reassemble() {
+    let s = Snapshot { data: Bytes::from(vec![7u8; 10_001]), ..snapshot(5, 1) };
+    let chunks: Vec<_> = balsa_storage::snapshot::Chunks::new(&s, 4096).collect();
+    assert_eq!(chunks.len(), 3);
+    assert_eq!(chunks[2].0, 8192);
+    let joined: Vec<u8> = chunks.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+    assert_eq!(joined, s.data.to_vec());
+}
+
+/// A file system that runs out of space after a byte budget, or fails syncs on demand.
+#[derive(Clone)]
+struct FaultyFs {
+    budget: Arc<AtomicI64>,
+    fail_sync: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct FaultyFile {
+    inner: balsa_storage::vfs::StdFile,
+    fs: FaultyFs,
+}
+
+impl VfsFile for FaultyFile {
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        let left = self.fs.budget.fetch_sub(buf.len() as i64, Ordering::SeqCst);
+        if left < buf.len() as i64 {
+            // Like a real full disk: part of the write may land.
+            let part = left.max(0) as usize;
+            self.inner.append(&buf[..part])?;
+            return Err(io::Error::from_raw_os_error(28));
+        }
+        self.inner.append(buf)
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        if self.fs.fail_sync.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        self.inner.sync_data()
+    }
+    fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self { inner: self.inner.try_clone()?, fs: self.fs.clone() })
+    }
+}
+
+impl Vfs for FaultyFs {
+    type File = FaultyFile;
+    fn create_dir_all(&self, d: &Path) -> io::Result<()> {
+        StdFs.create_dir_all(d)
+    }
+    fn list(&self, d: &Path) -> io::Result<Vec<String>> {
+        StdFs.list(d)
+    }
+    fn create(&self, p: &Path) -> io::Result<FaultyFile> {
+        Ok(FaultyFile { inner: StdFs.create(p)?, fs: self.clone() })
+    }
+    fn open_append(&self, p: &Path) -> io::Result<FaultyFile> {
+        Ok(FaultyFile { inner: StdFs.open_append(p)?, fs: self.clone() })
+    }
+    fn read(&self, p: &Path) -> io::Result<Vec<u8>> {
+        StdFs.read(p)
+    }
+    fn read_at(&self, p: &Path, o: u64, l: usize) -> io::Result<Vec<u8>> {
+        StdFs.read_at(p, o, l)
+    }
+    fn truncate(&self, p: &Path, l: u64) -> io::Result<()> {
+        StdFs.truncate(p, l)
+    }
+    fn rename(&self, a: &Path, b: &Path) -> io::Result<()> {
+        StdFs.rename(a, b)
+    }
+    fn remove(&self, p: &Path) -> io::Result<()> {
+        StdFs.remove(p)
+    }
+    fn sync_dir(&self, d: &Path) -> io::Result<()> {
+        StdFs.sync_dir(d)
+    }
+}
+
+fn faulty(budget: i64) -> FaultyFs {
+    FaultyFs { budget: Arc::new(AtomicI64::new(budget)), fail_sync: Arc::default() }
+}
+
+#[test]
+fn a_full_disk_gives_a_clear_error_and_loses_nothing_synced() {
+    let d = TempDir::new("enospc");
+    let fs = faulty(20_000);
+    let mut disk = DiskStore::open_with(fs.clone(), &d.0, options(1 << 20)).unwrap();
+    let mut synced = 0;
+    let err = loop {
+        let b = batch(None, None, entries(synced + 1, synced + 10, 1));
+        match disk.write(&b).and_then(|()| disk.sync()) {
+            Ok(()) => synced += 10,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, StorageError::NoSpace { .. }), "{err}");
+    assert!(err.to_string().contains("no space left"), "{err}");
+    assert!(synced > 0);
+    // The store refuses further writes rather than continue after a partial write.
+    assert!(disk.write(&batch(None, None, entries(synced + 1, synced + 1, 1))).is_err());
+    drop(disk);
+    fs.budget.store(i64::MAX, Ordering::SeqCst);
+    let disk = DiskStore::open_with(fs, &d.0, options(1 << 20)).unwrap();
+    // Every synced entry; of the failed write at most a valid prefix (complete records), never
+    // a damaged one.
+    let last = disk.wal().last_index();
+    assert!((synced..synced + 10).contains(&last), "last {last}, synced {synced}");
+    assert_eq!(disk.entries(1, last).unwrap(), entries(1, last, 1));
+}
+
+/// Real ENOSPC from a real (tiny) file system, when the test may mount one.
+#[test]
+fn a_full_tmpfs_gives_a_clear_error() {
+    let d = TempDir::new("tmpfs");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&d.0)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("NOTE: cannot mount tmpfs here (not root?); the FaultyFs test covers ENOSPC");
+        return;
+    }
+    let result = std::panic::catch_unwind(|| {
+        let mut disk = DiskStore::open(&d.0.join("data"), options(1 << 20)).unwrap();
+        let mut synced = 0;
+        let err = loop {
+            let b = batch(None, None, entries(synced + 1, synced + 50, 1));
+            match disk.write(&b).and_then(|()| disk.sync()) {
+                Ok(()) => synced += 50,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, StorageError::NoSpace { .. }), "{err}");
+        drop(disk);
+        // Free room by removing nothing: recovery must still work read-mostly on a full disk.
+        let disk = DiskStore::open(&d.0.join("data"), options(1 << 20)).unwrap();
+        assert!(disk.wal().last_index() >= synced);
+        assert_eq!(disk.entries(1, synced).unwrap(), entries(1, synced, 1));
+    });
+    let _ = std::process::Command::new("umount").arg(&d.0).status();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}
+
+/// fsyncgate: after a failed sync the data's fate is unknown; the store must stop, not retry.
+#[test]
+fn a_failed_sync_poisons_the_store() {
+    let d = TempDir::new("fsyncfail");
+    let fs = faulty(i64::MAX);
+    let mut disk = DiskStore::open_with(fs.clone(), &d.0, options(1 << 20)).unwrap();
+    disk.write(&batch(None, None, entries(1, 5, 1))).unwrap();
+    disk.sync().unwrap();
+    fs.fail_sync.store(true, Ordering::SeqCst);
+    disk.write(&batch(None, None, entries(6, 6, 1))).unwrap();
+    let err = disk.sync().unwrap_err();
+    assert!(matches!(err, StorageError::SyncFailed { .. }) && err.is_fatal(), "{err}");
+    fs.fail_sync.store(false, Ordering::SeqCst);
+    assert!(matches!(disk.sync(), Err(StorageError::Poisoned)), "no retry after a failed fsync");
+    assert!(matches!(disk.write(&batch(None, None, entries(7, 7, 1))), Err(StorageError::Poisoned)));
+}

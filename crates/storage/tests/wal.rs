@@ -1,0 +1,229 @@
+//! The write-ahead log: recovery, truncation, compaction, damage.
+
+mod common;
+
+use std::fs;
+
+use balsa_raft::HardState;
+use balsa_storage::{StdFs, StorageError, Wal, WalOptions};
+use common::{entries, entry, TempDir};
+
+fn open(dir: &std::path::Path, segment_bytes: u64) -> balsa_storage::Result<Wal<StdFs>> {
+    Wal::open(StdFs, dir, WalOptions { segment_bytes }, 0)
+}
+
+fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn entries_and_hard_state_survive_reopen() {
+    let d = TempDir::new("reopen");
+    {
+        let mut wal = open(&d.0, 1 << 20).unwrap();
+        wal.append(&entries(1, 100, 1)).unwrap();
+        wal.set_hard_state(HardState { current_term: 3, voted_for: Some(2), commit_index: 90 }).unwrap();
+        wal.sync().unwrap();
+    }
+    let wal = open(&d.0, 1 << 20).unwrap();
+    assert_eq!((wal.first_index(), wal.last_index()), (1, 100));
+    assert_eq!(wal.entries(1, 100).unwrap(), entries(1, 100, 1));
+    assert_eq!(wal.entries(40, 42).unwrap(), entries(40, 42, 1));
+    assert_eq!(wal.hard_state(), HardState { current_term: 3, voted_for: Some(2), commit_index: 90 });
+    assert!(wal.torn_tail().is_none());
+    assert!(matches!(wal.entries(90, 101), Err(StorageError::OutOfRange { index: 101, .. })));
+}
+
+/// Raft section 5.3: a conflicting suffix is replaced. Here across segment boundaries, and
+/// without rewriting a byte: a new segment supersedes the old suffix.
+#[test]
+fn truncating_a_suffix_supersedes_old_entries_across_segments() {
+    let d = TempDir::new("truncate");
+    {
+        let mut wal = open(&d.0, 2_000).unwrap();
+        for lo in (1..=200).step_by(10) {
+            wal.append(&entries(lo, lo + 9, 1)).unwrap();
+        }
+        wal.sync().unwrap();
+        assert!(wal.segment_count() > 3);
+        wal.append(&entries(57, 70, 2)).unwrap();
+        wal.sync().unwrap();
+        assert_eq!(wal.last_index(), 70);
+        assert_eq!(wal.term(56), Some(1));
+        assert_eq!(wal.term(57), Some(2));
+        assert_eq!(wal.term(71), None, "superseded entries are gone");
+    }
+    let wal = open(&d.0, 2_000).unwrap();
+    let mut expect = entries(1, 56, 1);
+    expect.extend(entries(57, 70, 2));
+    assert_eq!(wal.entries(1, 70).unwrap(), expect);
+    assert_eq!(wal.last_index(), 70);
+}
+
+#[test]
+fn compaction_removes_whole_segments_only() {
+    let d = TempDir::new("compact");
+    let mut wal = open(&d.0, 1_500).unwrap();
+    wal.append(&entries(1, 300, 1)).unwrap();
+    for lo in (301..=600).step_by(20) {
+        wal.append(&entries(lo, lo + 19, 1)).unwrap();
+    }
+    wal.sync().unwrap();
+    let before = segment_files(&d.0).len();
+    wal.compact(450).unwrap();
+    let after = segment_files(&d.0).len();
+    assert!(after < before, "segments holding only compacted entries are removed ({before} -> {after})");
+    assert_eq!(wal.first_index(), 451);
+    drop(wal);
+    let wal = Wal::open(StdFs, &d.0, WalOptions { segment_bytes: 1_500 }, 450).unwrap();
+    assert_eq!((wal.first_index(), wal.last_index()), (451, 600));
+    assert_eq!(wal.entries(451, 600).unwrap(), entries(451, 600, 1));
+}
+
+#[test]
+fn reset_for_an_installed_snapshot_discards_the_log() {
+    let d = TempDir::new("reset");
+    let mut wal = open(&d.0, 1_000).unwrap();
+    wal.append(&entries(1, 50, 1)).unwrap();
+    wal.reset(80).unwrap();
+    wal.append(&entries(81, 85, 3)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let wal = Wal::open(StdFs, &d.0, WalOptions { segment_bytes: 1_000 }, 80).unwrap();
+    assert_eq!((wal.first_index(), wal.last_index()), (81, 85));
+    assert_eq!(wal.entries(81, 85).unwrap(), entries(81, 85, 3));
+}
+
+/// A crash can cut the last write at any byte. Recovery must keep every synced entry, return
+/// nothing after the cut, and report the cut.
+#[test]
+fn a_torn_tail_is_cut_at_every_possible_byte() {
+    let d = TempDir::new("torn");
+    {
+        let mut wal = open(&d.0, 1 << 20).unwrap();
+        wal.append(&entries(1, 20, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    let seg = segment_files(&d.0).pop().unwrap();
+    let synced = fs::read(&seg).unwrap();
+    {
+        let mut wal = open(&d.0, 1 << 20).unwrap();
+        wal.append(&entries(21, 23, 1)).unwrap();
+        wal.set_hard_state(HardState { current_term: 1, voted_for: None, commit_index: 23 }).unwrap();
+        wal.sync().unwrap();
+    }
+    let full = fs::read(&seg).unwrap();
+    for cut in synced.len()..full.len() {
+        fs::write(&seg, &full[..cut]).unwrap();
+        let wal = open(&d.0, 1 << 20).unwrap();
+        let last = wal.last_index();
+        assert!((20..=23).contains(&last), "cut at {cut}: last {last}");
+        assert_eq!(wal.entries(1, last).unwrap(), entries(1, last, 1), "cut at {cut}");
+        let kept = fs::metadata(&seg).unwrap().len() as usize;
+        match wal.torn_tail() {
+            Some(torn) => {
+                assert_eq!(
+                    torn.offset as usize, kept,
+                    "cut at {cut}: the file is cut where the torn record began"
+                );
+                assert!(kept >= synced.len() && kept < cut);
+            }
+            None => assert_eq!(kept, cut, "cut at {cut} fell on a record boundary"),
+        }
+        drop(wal);
+        fs::write(&seg, &full).unwrap();
+    }
+}
+
+/// Damage before the tail is never mistaken for a torn write: the log refuses to open and names
+/// the file and offset.
+#[test]
+fn a_flipped_bit_before_the_tail_stops_recovery_with_file_and_offset() {
+    let d = TempDir::new("bitflip");
+    {
+        let mut wal = open(&d.0, 1 << 20).unwrap();
+        wal.append(&entries(1, 30, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    let seg = segment_files(&d.0).pop().unwrap();
+    let good = fs::read(&seg).unwrap();
+    let mut caught = 0;
+    // Flip one bit at a time inside the records of entries 1..29 (the last record is the tail).
+    for pos in (80..good.len() - 80).step_by(7) {
+        let mut bad = good.clone();
+        bad[pos] ^= 0x10;
+        fs::write(&seg, &bad).unwrap();
+        match open(&d.0, 1 << 20) {
+            Err(StorageError::Corrupt { path, offset, .. }) => {
+                assert_eq!(path, seg);
+                assert!(
+                    offset as usize <= pos,
+                    "offset {offset} names the damaged record at or before {pos}"
+                );
+                caught += 1;
+            }
+            Err(e) => panic!("flip at {pos}: unexpected error {e}"),
+            Ok(wal) => panic!("flip at {pos} went unnoticed: last {}", wal.last_index()),
+        }
+        assert_eq!(fs::read(&seg).unwrap(), bad, "a refused log is left untouched");
+    }
+    assert!(caught > 50);
+    fs::write(&seg, &good).unwrap();
+    assert_eq!(open(&d.0, 1 << 20).unwrap().last_index(), 30);
+}
+
+#[test]
+fn a_missing_segment_is_an_error() {
+    let d = TempDir::new("missing");
+    {
+        let mut wal = open(&d.0, 1_000).unwrap();
+        for lo in (1..=100).step_by(10) {
+            wal.append(&entries(lo, lo + 9, 1)).unwrap();
+        }
+        wal.sync().unwrap();
+    }
+    let segs = segment_files(&d.0);
+    assert!(segs.len() >= 3);
+    fs::remove_file(&segs[1]).unwrap();
+    match open(&d.0, 1_000) {
+        Err(StorageError::MissingSegment { path, expected, found }) => {
+            assert_eq!(path, segs[2]);
+            assert!(expected < found);
+        }
+        other => panic!("expected a missing-segment error, got {:?}", other.map(|w| w.last_index())),
+    }
+}
+
+#[test]
+fn a_damaged_middle_segment_is_an_error_even_at_its_end() {
+    let d = TempDir::new("midseg");
+    {
+        let mut wal = open(&d.0, 1_000).unwrap();
+        for lo in (1..=100).step_by(10) {
+            wal.append(&entries(lo, lo + 9, 1)).unwrap();
+        }
+        wal.sync().unwrap();
+    }
+    let segs = segment_files(&d.0);
+    let mut data = fs::read(&segs[0]).unwrap();
+    data.truncate(data.len() - 3);
+    fs::write(&segs[0], &data).unwrap();
+    assert!(matches!(open(&d.0, 1_000), Err(StorageError::Corrupt { .. })));
+}
+
+#[test]
+fn appends_that_leave_gaps_or_go_below_the_floor_are_refused() {
+    let d = TempDir::new("gaps");
+    let mut wal = Wal::open(StdFs, &d.0, WalOptions::default(), 10).unwrap();
+    assert!(matches!(wal.append(&[entry(5, 1)]), Err(StorageError::Invalid(_))));
+    assert!(matches!(wal.append(&[entry(13, 1)]), Err(StorageError::Invalid(_))));
+    assert!(matches!(wal.append(&[entry(11, 1), entry(13, 1)]), Err(StorageError::Invalid(_))));
+    wal.append(&[entry(11, 1)]).unwrap();
+    assert_eq!(wal.last_index(), 11);
+}

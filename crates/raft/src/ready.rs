@@ -13,8 +13,10 @@ use crate::types::{Entry, HardState, Index, Snapshot, SoftState, Term};
 /// One batch of work for the driver. Carry it out in this order:
 ///
 /// 1. send `messages` (they may go before the write: thesis 10.2.1);
-/// 2. write `persist` — snapshot, then entries (replacing any stored entry at or after the first
-///    one's index), then hard state — and make it durable (fsync);
+/// 2. write `persist` — snapshot, then hard state, then entries (replacing any stored entry at
+///    or after the first one's index) — and make it durable (fsync). Writing the hard state
+///    first means a crash that tears the write never leaves entries of a newer term than the
+///    stored one;
 /// 3. turn the batch into a [`Durable`] receipt and send `gated_messages.release(&receipt)`;
 /// 4. apply `committed_entries` in order, serve `read_states` once applied up to their index;
 /// 5. call [`crate::Raft::advance`] with the receipt.

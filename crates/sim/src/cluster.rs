@@ -3,6 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::path::PathBuf;
 
 use balsa_raft::rng::SplitMix64;
 use balsa_raft::{
@@ -12,11 +13,12 @@ use balsa_raft::{
 use bytes::Bytes;
 
 use crate::config::SimConfig;
-use crate::disk::Disk;
 use crate::history::{check_history, Micros, Op, OpKind};
 use crate::invariants::SafetyChecker;
 use crate::kv::{Applied, ClientId, KvStore, Put};
 use crate::network::Partition;
+use crate::simfs::SimFs;
+use balsa_storage::{DiskStore, LogStore, StoreOptions, WalOptions};
 
 /// Why a run failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +42,12 @@ pub struct Summary {
     pub ops_completed: usize,
     /// Faults injected.
     pub faults: usize,
+    /// Restarts whose recovery failed (a damaged read) and were retried.
+    pub failed_recoveries: usize,
+    /// Crashes that tore an unsynced write.
+    pub torn_writes: u64,
+    /// Disk reads that returned a flipped bit.
+    pub read_flips: u64,
 }
 
 /// A client request as it travels to a server.
@@ -83,7 +91,10 @@ struct SimNode {
     id: NodeId,
     /// `None` while crashed.
     raft: Option<Raft>,
-    disk: Disk,
+    /// The server's own simulated disk; survives crashes (minus what was not synced).
+    fs: SimFs,
+    /// The real storage engine over that disk; `None` while crashed.
+    store: Option<DiskStore<SimFs>>,
     kv: KvStore,
     /// Bumped at every crash, so completions of writes from before the crash are ignored.
     incarnation: u64,
@@ -96,6 +107,9 @@ struct SimNode {
     reads_ready: Vec<(u64, Request)>,
     next_context: u64,
     tick_us: Micros,
+    /// Crash right after the next write reaches the disk and before it is synced (the window a
+    /// torn write needs), then restart after this long.
+    crash_after_next_write: Option<Micros>,
 }
 
 struct SimClient {
@@ -151,7 +165,8 @@ impl Cluster {
                 SimNode {
                     id,
                     raft: None,
-                    disk: Disk::default(),
+                    fs: SimFs::new(cfg.seed ^ (id << 40) ^ 0xD15C, cfg.read_flip_per_mille),
+                    store: None,
                     kv: KvStore::default(),
                     incarnation: 0,
                     inflight: None,
@@ -160,6 +175,7 @@ impl Cluster {
                     reads_ready: Vec::new(),
                     next_context: 0,
                     tick_us,
+                    crash_after_next_write: None,
                 },
             );
         }
@@ -247,6 +263,11 @@ impl Cluster {
         self.summary.elections = self.checker.elections();
         self.summary.committed_index = self.checker.committed_index();
         self.summary.ops_completed = self.history.iter().filter(|o| o.completed_us.is_some()).count();
+        for node in self.nodes.values() {
+            let (torn, flips) = node.fs.fault_counts();
+            self.summary.torn_writes += torn;
+            self.summary.read_flips += flips;
+        }
         Ok(self.summary.clone())
     }
 
@@ -324,21 +345,44 @@ impl Cluster {
         c
     }
 
-    /// Boots (or reboots) a server from its disk.
+    fn store_options(&self) -> StoreOptions {
+        StoreOptions { wal: WalOptions { segment_bytes: self.cfg.segment_bytes }, keep_snapshots: 2 }
+    }
+
+    /// Boots (or reboots) a server from its disk. If recovery fails (a read came back damaged,
+    /// which the checksums catch), the server stays down and tries again a little later.
     fn start_node(&mut self, id: NodeId) {
         let incarnation = self.nodes[&id].incarnation;
         let config = self.raft_config(id, incarnation);
         let membership = self.membership.clone();
+        let options = self.store_options();
         let node = self.nodes.get_mut(&id).expect("node");
         if node.raft.is_some() {
             return;
         }
-        let initial = node.disk.recover(&membership);
+        let dir = PathBuf::from(format!("/n{id}"));
+        let recovered = DiskStore::open_with(node.fs.clone(), &dir, options)
+            .and_then(|store| store.initial_state(&membership).map(|initial| (store, initial)));
+        let (store, initial) = match recovered {
+            Ok(pair) => pair,
+            Err(e) => {
+                assert!(
+                    !matches!(e, balsa_storage::StorageError::MissingSegment { .. }),
+                    "n{id}: recovery lost a segment: {e}"
+                );
+                self.summary.failed_recoveries += 1;
+                self.log(|| format!("n{id} cannot recover yet: {e}"));
+                let retry = self.nemesis_rng.range(10_000, 100_000);
+                self.schedule(retry, Event::Restart(id));
+                return;
+            }
+        };
         node.kv = match &initial.snapshot {
             Some(s) => KvStore::decode(&s.data),
             None => KvStore::default(),
         };
         node.raft = Some(Raft::new(config, initial).expect("valid config"));
+        node.store = Some(store);
         self.log(|| format!("n{id} starts (incarnation {incarnation})"));
     }
 
@@ -349,6 +393,9 @@ impl Cluster {
         }
         node.incarnation += 1;
         node.inflight = None;
+        node.crash_after_next_write = None;
+        node.store = None;
+        node.fs.crash();
         node.kv = KvStore::default();
         node.waiting_puts.clear();
         node.reads_by_context.clear();
@@ -384,6 +431,18 @@ impl Cluster {
             let inflight =
                 InflightWrite { batch: std::mem::take(&mut ready.persist), gated: ready.gated_messages };
             let node = self.nodes.get_mut(&id).expect("node");
+            let store = node.store.as_mut().expect("a running server has its store");
+            store
+                .write(&inflight.batch)
+                .map_err(|e| format!("n{id}: storage refused a Ready's batch: {e}"))?;
+            if inflight.batch.is_empty() {
+                // Nothing reached the disk; a crash here would tear nothing.
+            } else if let Some(down_us) = node.crash_after_next_write.take() {
+                self.log(|| format!("n{id} crashes between a write and its sync"));
+                self.crash(id);
+                self.schedule(down_us, Event::Restart(id));
+                return Ok(());
+            }
             let incarnation = node.incarnation;
             node.inflight = Some(inflight);
             let fsync_us = self.net_rng.range(50, 2_000);
@@ -402,7 +461,8 @@ impl Cluster {
             return Ok(());
         }
         let write = node.inflight.take().expect("a write was in flight");
-        node.disk.write(&write.batch);
+        let store = node.store.as_mut().expect("a running server has its store");
+        store.sync().map_err(|e| format!("n{id}: sync failed: {e}"))?;
         let installed = write.batch.snapshot.as_ref().map(|s| {
             node.kv = KvStore::decode(&s.data);
             s.meta.last_included_index
@@ -490,8 +550,12 @@ impl Cluster {
         let term = raft.term_at(applied).expect("applied entry in the log");
         let meta = SnapshotMeta { last_included_index: applied, last_included_term: term, membership };
         let snapshot = Snapshot { meta, data: node.kv.encode() };
-        raft.snapshot_taken(snapshot.clone()).expect("snapshot of applied state");
-        node.disk.install_local_snapshot(snapshot);
+        // The snapshot is durable before the core drops the log prefix it covers.
+        let store = node.store.as_mut().expect("a running server has its store");
+        if let Err(e) = store.save_snapshot(&snapshot) {
+            panic!("n{id}: saving a snapshot failed: {e}");
+        }
+        raft.snapshot_taken(snapshot).expect("snapshot of applied state");
         self.log(|| format!("n{id} compacted its log up to {applied}"));
     }
 
@@ -666,9 +730,17 @@ impl Cluster {
                 return;
             }
             2 | 3 => {
-                self.crash(victim);
                 let down = self.nemesis_rng.range(0, 800_000);
-                self.schedule(down, Event::Restart(victim));
+                let running = self.nodes[&victim].raft.is_some();
+                if running && self.nemesis_rng.chance(1, 2) {
+                    self.nodes.get_mut(&victim).expect("node").crash_after_next_write = Some(down);
+                    self.log(|| {
+                        format!("nemesis will crash n{victim} after its next write, before the sync")
+                    });
+                } else {
+                    self.crash(victim);
+                    self.schedule(down, Event::Restart(victim));
+                }
                 return;
             }
             4 => {
@@ -731,6 +803,7 @@ impl Cluster {
         self.log(|| "HEAL: network healed, every server restarted, no more faults".into());
         let ids = self.node_ids.clone();
         for id in ids {
+            self.nodes.get_mut(&id).expect("node").crash_after_next_write = None;
             if self.nodes[&id].raft.is_none() {
                 self.start_node(id);
                 let _ = self.drive(id);

@@ -48,6 +48,10 @@ pub struct SimConfig {
     pub long_delay_us: Micros,
     /// Time between nemesis actions.
     pub nemesis_interval_us: (Micros, Micros),
+    /// Log segment size of the simulated disks (small, so segments roll and get removed).
+    pub segment_bytes: u64,
+    /// Chance a disk read returns a flipped bit, per mille.
+    pub read_flip_per_mille: u64,
     /// Record a readable trace.
     pub trace: bool,
 }
@@ -79,6 +83,8 @@ impl SimConfig {
             long_delay_per_mille: [0, 50, 200][rng.range(0, 3) as usize],
             long_delay_us: 150_000,
             nemesis_interval_us: (50_000, 600_000),
+            segment_bytes: [1_024, 8_192, 1 << 20][rng.range(0, 3) as usize],
+            read_flip_per_mille: [0, 10, 50][rng.range(0, 3) as usize],
             trace: false,
         }
     }

@@ -2,8 +2,9 @@
 //!
 //! The simulator runs the real `balsa-raft` core on N simulated servers with a simulated
 //! network (loss, duplication, reordering, delay, symmetric, one-way and partial partitions,
-//! including deck 003's quorum-loss, constrained-election and chained shapes), a simulated disk
-//! (a crash loses whatever was not yet synced) and simulated clients that write, retry and read.
+//! including deck 003's quorum-loss, constrained-election and chained shapes), the real storage
+//! engine (`balsa-storage`) over a simulated disk (a crash loses what was not synced and tears
+//! the last write; reads return flipped bits at a set rate) and simulated clients that write, retry and read.
 //! Every random choice comes from the seed, and time is simulated, so a seed replays exactly.
 //!
 //! After every event it checks the five safety properties of Raft (see [`invariants`]); at the
@@ -21,11 +22,11 @@
 
 pub mod cluster;
 pub mod config;
-pub mod disk;
 pub mod history;
 pub mod invariants;
 pub mod kv;
 pub mod network;
+pub mod simfs;
 
 use std::panic::{self, AssertUnwindSafe};
 

@@ -135,8 +135,17 @@ impl<V: Vfs> SnapshotStore<V> {
     /// back: the log before it may already be gone.
     pub fn latest(&self) -> Result<Option<Snapshot>> {
         let Some((_, _, path)) = self.list()?.pop() else { return Ok(None) };
-        let bytes = self.vfs.read(&path).map_err(|e| StorageError::io("read", &path, e))?;
-        decode(Bytes::from(bytes), &path).map(Some)
+        // A failed verification is retried with a fresh read: only damage that reads back the
+        // same way twice is reported.
+        let mut previous: Option<Vec<u8>> = None;
+        loop {
+            let bytes = self.vfs.read(&path).map_err(|e| StorageError::io("read", &path, e))?;
+            match decode(Bytes::from(bytes.clone()), &path) {
+                Ok(s) => return Ok(Some(s)),
+                Err(e) if previous.as_ref() == Some(&bytes) => return Err(e),
+                Err(_) => previous = Some(bytes),
+            }
+        }
     }
 }
 

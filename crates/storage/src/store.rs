@@ -1,6 +1,6 @@
 //! One contract, several stores: what a Raft driver needs from durable storage.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use balsa_raft::{Entry, HardState, InitialState, Membership, PersistBatch, Snapshot};
 
@@ -15,8 +15,8 @@ use crate::wal::{TornTail, Wal, WalOptions};
 /// then releases the Ready's gated messages. Entries in a batch replace every stored entry at or
 /// after the first one's index.
 pub trait LogStore {
-    /// Writes a batch: snapshot (made durable at once), entries, hard state. Entries and hard
-    /// state are durable only after [`LogStore::sync`].
+    /// Writes a batch: snapshot (made durable at once), hard state, entries. Hard state and
+    /// entries are durable only after [`LogStore::sync`].
     fn write(&mut self, batch: &PersistBatch) -> Result<()>;
     /// Makes every write so far durable.
     fn sync(&mut self) -> Result<()>;
@@ -46,7 +46,6 @@ pub struct DiskStore<V: Vfs + Clone = StdFs> {
     wal: Wal<V>,
     snapshots: SnapshotStore<V>,
     snapshot: Option<Snapshot>,
-    dir: PathBuf,
 }
 
 impl DiskStore<StdFs> {
@@ -72,20 +71,7 @@ impl<V: Vfs + Clone> DiskStore<V> {
                 wal.reset(s.meta.last_included_index)?;
             }
         }
-        let store = Self { wal, snapshots, snapshot, dir: dir.to_path_buf() };
-        let hs = store.wal.hard_state();
-        if hs.commit_index > store.wal.last_index() {
-            return Err(StorageError::Corrupt {
-                path: store.dir.join("wal"),
-                offset: 0,
-                reason: format!(
-                    "commit index {} beyond the last entry {}",
-                    hs.commit_index,
-                    store.wal.last_index()
-                ),
-            });
-        }
-        Ok(store)
+        Ok(Self { wal, snapshots, snapshot })
     }
 
     /// The log, for inspection.
@@ -121,10 +107,12 @@ impl<V: Vfs + Clone> LogStore for DiskStore<V> {
             self.wal.reset(s.meta.last_included_index)?;
             self.snapshot = Some(s.clone());
         }
-        self.wal.append(&batch.entries)?;
+        // Hard state before entries: a write torn by a crash may then lose entries (never
+        // acknowledged), but never leave entries of a term the hard state has not reached.
         if let Some(hs) = batch.hard_state {
             self.wal.set_hard_state(hs)?;
         }
+        self.wal.append(&batch.entries)?;
         Ok(())
     }
 
@@ -143,8 +131,13 @@ impl<V: Vfs + Clone> LogStore for DiskStore<V> {
         let floor = self.snapshot.as_ref().map_or(0, |s| s.meta.last_included_index);
         let lo = self.wal.first_index().max(floor + 1);
         let entries = self.wal.entries(lo, self.wal.last_index())?;
+        let mut hard_state = self.wal.hard_state();
+        // The hard state is written before the entries of its batch, so a torn write can leave a
+        // commit index past the surviving entries. Commit is a hint (the leader repeats it), so
+        // it is clamped rather than trusted.
+        hard_state.commit_index = hard_state.commit_index.min(self.wal.last_index());
         Ok(InitialState {
-            hard_state: self.wal.hard_state(),
+            hard_state,
             snapshot: self.snapshot.clone(),
             entries,
             applied_index: floor,

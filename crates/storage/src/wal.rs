@@ -364,24 +364,45 @@ impl<V: Vfs> Wal<V> {
             let run_end = hi.min(seg.last_index());
             let last_slot = seg.slots[(run_end - seg.first_index) as usize];
             let span = (last_slot.offset + u64::from(last_slot.len) - slot.offset) as usize;
-            let buf = self
-                .vfs
-                .read_at(&seg.path, slot.offset, span)
-                .map_err(|e| StorageError::io("read", &seg.path, e))?;
-            let buf = Bytes::from(buf);
-            for i in index..=run_end {
-                let s = seg.slots[(i - seg.first_index) as usize];
-                let at = (s.offset - slot.offset) as usize;
-                let entry = decode_entry_at(&buf, at, &seg.path, s.offset)?;
-                if entry.index != i {
-                    return Err(corrupt(&seg.path, s.offset, "entry index does not match the index"));
-                }
-                out.push(entry);
-            }
+            out.extend(self.read_run(seg, index, run_end, slot.offset, span)?);
             index = run_end + 1;
         }
         Ok(out)
     }
+}
+
+impl<V: Vfs> Wal<V> {
+    /// Reads and decodes the entries `lo..=hi` of one segment, which occupy `span` bytes from
+    /// `offset`. A failed decode is retried with a fresh read: if the bytes change, the first
+    /// read was a transient error; if they do not, the data on disk is damaged.
+    fn read_run(&self, seg: &Segment, lo: Index, hi: Index, offset: u64, span: usize) -> Result<Vec<Entry>> {
+        let mut previous: Option<Bytes> = None;
+        loop {
+            let buf = self
+                .vfs
+                .read_at(&seg.path, offset, span)
+                .map_err(|e| StorageError::io("read", &seg.path, e))?;
+            let buf = Bytes::from(buf);
+            match decode_run(seg, lo, hi, offset, &buf) {
+                Ok(entries) => return Ok(entries),
+                Err(e) if previous.as_ref() == Some(&buf) => return Err(e),
+                Err(_) => previous = Some(buf),
+            }
+        }
+    }
+}
+
+fn decode_run(seg: &Segment, lo: Index, hi: Index, base: u64, buf: &Bytes) -> Result<Vec<Entry>> {
+    let mut out = Vec::with_capacity((hi - lo + 1) as usize);
+    for i in lo..=hi {
+        let s = seg.slots[(i - seg.first_index) as usize];
+        let entry = decode_entry_at(buf, (s.offset - base) as usize, &seg.path, s.offset)?;
+        if entry.index != i {
+            return Err(corrupt(&seg.path, s.offset, "entry index does not match the index"));
+        }
+        out.push(entry);
+    }
+    Ok(out)
 }
 
 fn decode_entry_at(buf: &Bytes, at: usize, path: &Path, offset: u64) -> Result<Entry> {

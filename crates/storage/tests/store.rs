@@ -79,7 +79,8 @@ fn apply(op: &Op, disk: &mut DiskStore, mem: &mut MemStore, term: &mut u64) {
     let last = mem.entries.last().map_or(floor, |e| e.index);
     match *op {
         Op::Append { back, count, term: bump } => {
-            let lo = (last + 1).saturating_sub(back).max(floor + 1);
+            // Raft never truncates committed entries (Log Matching, section 5.3).
+            let lo = (last + 1).saturating_sub(back).max(floor + 1).max(mem.hard_state.commit_index + 1);
             *term += bump;
             let b = batch(None, None, entries(lo, lo + count - 1, *term));
             disk.write(&b).unwrap();

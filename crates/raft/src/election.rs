@@ -71,7 +71,8 @@ impl Raft {
 
     pub(crate) fn handle_vote_response(&mut self, from: NodeId, term: Term, r: RequestVoteResponse) {
         let counts = match self.role {
-            Role::PreCandidate => r.pre_vote,
+            // A granted pre-vote answers "term + 1" of this round; anything else is stale.
+            Role::PreCandidate => r.pre_vote && (!r.vote_granted || term == self.current_term + 1),
             Role::Candidate => !r.pre_vote && term == self.current_term,
             Role::Follower | Role::Leader => false,
         };

@@ -215,7 +215,8 @@ impl Raft {
         Ok(index)
     }
 
-    /// Appends several commands at once; returns the index of the first.
+    /// Appends several commands at once; returns the index the first one got (for an empty
+    /// batch, the index the next command will get: nothing is appended).
     pub fn propose_batch(&mut self, batch: impl IntoIterator<Item = Bytes>) -> Result<Index, ProposeError> {
         self.check_can_propose()?;
         let first = self.log.last_index() + 1;
@@ -596,10 +597,9 @@ impl Raft {
                     }
                 }
                 MessageBody::RequestVoteResponse(r) if r.pre_vote && r.vote_granted => {}
-                MessageBody::AppendEntries(_)
-                | MessageBody::InstallSnapshot(_)
-                | MessageBody::TimeoutNow
-                | MessageBody::ReadIndexResponse(_) => self.become_follower(m.term, Some(m.from)),
+                MessageBody::AppendEntries(_) | MessageBody::InstallSnapshot(_) | MessageBody::TimeoutNow => {
+                    self.become_follower(m.term, Some(m.from))
+                }
                 _ => self.become_follower(m.term, None),
             }
             return true;
@@ -629,6 +629,13 @@ impl Raft {
             MessageBody::RequestVote(rv) if rv.pre_vote => {
                 let body = RequestVoteResponse { pre_vote: true, vote_granted: false };
                 self.send(m.from, MessageBody::RequestVoteResponse(body));
+            }
+            MessageBody::ReadIndex(req) => {
+                // Refuse rather than drop, so the follower's client retries at once instead of
+                // waiting for a timeout; our newer term tells it its leader is gone.
+                let body =
+                    crate::message::ReadIndexResponse { context: req.context.clone(), read_index: None };
+                self.send(m.from, MessageBody::ReadIndexResponse(body));
             }
             _ => {}
         }

@@ -381,9 +381,12 @@ impl Cluster {
             Some(s) => KvStore::decode(&s.data),
             None => KvStore::default(),
         };
+        let torn = store.torn_tail().map(|t| {
+            format!(", cut a torn write at {}:{} ({} bytes)", t.path.display(), t.offset, t.discarded_bytes)
+        });
         node.raft = Some(Raft::new(config, initial).expect("valid config"));
         node.store = Some(store);
-        self.log(|| format!("n{id} starts (incarnation {incarnation})"));
+        self.log(|| format!("n{id} starts (incarnation {incarnation}){}", torn.unwrap_or_default()));
     }
 
     fn crash(&mut self, id: NodeId) {

@@ -178,6 +178,33 @@ fn a_flipped_bit_before_the_tail_stops_recovery_with_file_and_offset() {
     assert_eq!(open(&d.0, 1 << 20).unwrap().last_index(), 30);
 }
 
+/// A crash can leave zero-filled space after the last record. It must be cut at recovery:
+/// otherwise the next appends land after it, and the zeros become damage mid-log.
+#[test]
+fn a_zero_filled_tail_is_cut_so_later_appends_stay_contiguous() {
+    let d = TempDir::new("zeros");
+    {
+        let mut wal = open(&d.0, 1 << 20).unwrap();
+        wal.append(&entries(1, 10, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    let seg = segment_files(&d.0).pop().unwrap();
+    let mut data = fs::read(&seg).unwrap();
+    let clean_len = data.len();
+    data.extend_from_slice(&[0u8; 37]);
+    fs::write(&seg, &data).unwrap();
+    {
+        let mut wal = open(&d.0, 1 << 20).unwrap();
+        let torn = wal.torn_tail().expect("zeros are reported as a torn tail");
+        assert_eq!((torn.offset as usize, torn.discarded_bytes), (clean_len, 37));
+        wal.append(&entries(11, 20, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    let wal = open(&d.0, 1 << 20).unwrap();
+    assert_eq!(wal.entries(1, 20).unwrap(), entries(1, 20, 1));
+    assert!(wal.torn_tail().is_none());
+}
+
 #[test]
 fn a_missing_segment_is_an_error() {
     let d = TempDir::new("missing");

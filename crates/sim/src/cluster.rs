@@ -13,6 +13,7 @@ use balsa_raft::{
 use bytes::Bytes;
 
 use crate::config::SimConfig;
+use crate::durability::DurableShadow;
 use crate::history::{check_history, Micros, Op, OpKind};
 use crate::invariants::SafetyChecker;
 use crate::kv::{Applied, ClientId, KvStore, Put};
@@ -95,14 +96,17 @@ struct SimNode {
     fs: SimFs,
     /// The real storage engine over that disk; `None` while crashed.
     store: Option<DiskStore<SimFs>>,
+    /// What this server has synced, to check messages that promise durability.
+    durable: DurableShadow,
     kv: KvStore,
     /// Bumped at every crash, so completions of writes from before the crash are ignored.
     incarnation: u64,
     inflight: Option<InflightWrite>,
     /// Writes to answer once applied, by (client, seq).
     waiting_puts: BTreeMap<(ClientId, u32), ()>,
-    /// Reads waiting for their ReadState, by context.
-    reads_by_context: BTreeMap<u64, Request>,
+    /// Reads waiting for their ReadState, by context, with the highest index known committed
+    /// anywhere when the read was issued: the read index must not be lower.
+    reads_by_context: BTreeMap<u64, (Request, u64)>,
     /// Reads with a read index, waiting to be applied up to it.
     reads_ready: Vec<(u64, Request)>,
     next_context: u64,
@@ -167,6 +171,7 @@ impl Cluster {
                     raft: None,
                     fs: SimFs::new(cfg.seed ^ (id << 40) ^ 0xD15C, cfg.read_flip_per_mille),
                     store: None,
+                    durable: DurableShadow::default(),
                     kv: KvStore::default(),
                     incarnation: 0,
                     inflight: None,
@@ -337,7 +342,7 @@ impl Cluster {
         c.election_timeout_ticks = self.cfg.election_timeout_ticks;
         c.heartbeat_interval_ticks = self.cfg.heartbeat_interval_ticks;
         c.pre_vote = self.cfg.pre_vote;
-        c.check_quorum = true;
+        c.check_quorum = self.cfg.check_quorum;
         c.read_mode = self.cfg.read_mode;
         c.max_inflight_msgs = self.cfg.max_inflight_msgs;
         c.max_msg_bytes = self.cfg.max_msg_bytes;
@@ -384,6 +389,7 @@ impl Cluster {
         let torn = store.torn_tail().map(|t| {
             format!(", cut a torn write at {}:{} ({} bytes)", t.path.display(), t.offset, t.discarded_bytes)
         });
+        node.durable = DurableShadow::recovered(&initial);
         node.raft = Some(Raft::new(config, initial).expect("valid config"));
         node.store = Some(store);
         self.log(|| format!("n{id} starts (incarnation {incarnation}){}", torn.unwrap_or_default()));
@@ -427,10 +433,15 @@ impl Cluster {
                 .observe_written(id, raft, &ready.persist.entries)
                 .map_err(|v| format!("{}: {}", v.property, v.detail))?;
             for m in std::mem::take(&mut ready.messages) {
+                let raft = self.nodes[&id].raft.as_ref().expect("running");
+                self.nodes[&id]
+                    .durable
+                    .check_send(raft, &m)
+                    .map_err(|e| format!("Persistence contract: {e}"))?;
                 self.send(m);
             }
             self.apply(id, std::mem::take(&mut ready.committed_entries))?;
-            self.take_read_states(id, std::mem::take(&mut ready.read_states));
+            self.take_read_states(id, std::mem::take(&mut ready.read_states))?;
             let inflight =
                 InflightWrite { batch: std::mem::take(&mut ready.persist), gated: ready.gated_messages };
             let node = self.nodes.get_mut(&id).expect("node");
@@ -466,13 +477,18 @@ impl Cluster {
         let write = node.inflight.take().expect("a write was in flight");
         let store = node.store.as_mut().expect("a running server has its store");
         store.sync().map_err(|e| format!("n{id}: sync failed: {e}"))?;
+        node.durable.synced(&write.batch);
         let installed = write.batch.snapshot.as_ref().map(|s| {
             node.kv = KvStore::decode(&s.data);
             s.meta.last_included_index
         });
         let receipt = write.batch.durable();
         let gated = write.gated.release(&receipt);
-        node.raft.as_mut().expect("running").advance(receipt);
+        let raft = node.raft.as_mut().expect("running");
+        for m in &gated {
+            node.durable.check_send(raft, m).map_err(|e| format!("Persistence contract: {e}"))?;
+        }
+        raft.advance(receipt);
         if let Some(index) = installed {
             self.log(|| format!("n{id} installed snapshot up to {index}"));
         }
@@ -511,12 +527,19 @@ impl Cluster {
         Ok(())
     }
 
-    fn take_read_states(&mut self, id: NodeId, states: Vec<ReadState>) {
+    fn take_read_states(&mut self, id: NodeId, states: Vec<ReadState>) -> Result<(), String> {
         for rs in states {
             let context = u64::from_be_bytes(rs.context[..8].try_into().expect("8-byte context"));
             let node = self.nodes.get_mut(&id).expect("node");
-            let Some(request) = node.reads_by_context.remove(&context) else { continue };
+            let Some((request, known_committed)) = node.reads_by_context.remove(&context) else { continue };
             match rs.result {
+                // Thesis 6.4: the read index is at least every index committed before the read
+                // began, or the read could miss a completed write.
+                Ok(index) if index < known_committed => {
+                    return Err(format!(
+                        "ReadIndex: n{id} served a read at index {index}, but {known_committed} was committed before it was issued"
+                    ));
+                }
                 Ok(index) => node.reads_ready.push((index, request)),
                 Err(_) => {
                     let hint = node.raft.as_ref().and_then(Raft::leader_id);
@@ -524,6 +547,7 @@ impl Cluster {
                 }
             }
         }
+        Ok(())
     }
 
     /// Thesis 6.4 step 4: answer a read once the state machine has applied its read index.
@@ -559,6 +583,7 @@ impl Cluster {
             panic!("n{id}: saving a snapshot failed: {e}");
         }
         raft.snapshot_taken(snapshot).expect("snapshot of applied state");
+        node.durable.compacted(applied);
         self.log(|| format!("n{id} compacted its log up to {applied}"));
     }
 
@@ -630,9 +655,10 @@ impl Cluster {
             None => {
                 let context = node.next_context;
                 node.next_context += 1;
+                let known_committed = self.checker.committed_index();
                 match raft.read_index(Bytes::copy_from_slice(&context.to_be_bytes())) {
                     Ok(()) => {
-                        node.reads_by_context.insert(context, request);
+                        node.reads_by_context.insert(context, (request, known_committed));
                         Ok(())
                     }
                     Err(e) => Err(ProposeError::NotLeader {

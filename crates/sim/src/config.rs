@@ -30,6 +30,9 @@ pub struct SimConfig {
     pub heartbeat_interval_ticks: u64,
     /// Whether servers run PreVote.
     pub pre_vote: bool,
+    /// Whether servers run CheckQuorum (and lazy voters). Off in some seeds: safety must not
+    /// depend on it, and without it deposed leaders linger, which is what stale reads need.
+    pub check_quorum: bool,
     /// ReadIndex confirmation mode.
     pub read_mode: ReadMode,
     /// Raft flow control: in-flight window.
@@ -85,6 +88,7 @@ impl SimConfig {
             nemesis_interval_us: (50_000, 600_000),
             segment_bytes: [1_024, 8_192, 1 << 20][rng.range(0, 3) as usize],
             read_flip_per_mille: [0, 10, 50][rng.range(0, 3) as usize],
+            check_quorum: read_mode == ReadMode::Lease || rng.chance(3, 4),
             trace: false,
         }
     }

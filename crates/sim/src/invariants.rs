@@ -58,6 +58,8 @@ pub struct SafetyChecker {
     applied: BTreeMap<Index, u64>,
     /// Leader Append-Only: each current leader's tail.
     leader_tail: BTreeMap<NodeId, LeaderTail>,
+    /// The commit rule: each current leader's (term, commit index) as last seen.
+    leader_commit: BTreeMap<NodeId, (Term, Index)>,
 }
 
 impl SafetyChecker {
@@ -161,8 +163,10 @@ impl SafetyChecker {
         }
         if status.role != Role::Leader {
             self.leader_tail.remove(&id);
+            self.leader_commit.remove(&id);
             return Ok(());
         }
+        self.check_commit_rule(raft)?;
         let term = status.current_term;
         match self.leader_of_term.get(&term) {
             Some(&other) if other != id => {
@@ -178,6 +182,28 @@ impl SafetyChecker {
             }
         }
         self.check_append_only(raft)
+    }
+
+    /// The commit rule (section 5.4.2, Figure 8): a leader moves its commit index only onto an
+    /// entry of its own term, by counting replicas; earlier entries commit indirectly with it.
+    fn check_commit_rule(&mut self, raft: &Raft) -> Result<(), SafetyViolation> {
+        let status = raft.status();
+        let (id, term, commit) = (status.id, status.current_term, status.commit_index);
+        let previous = self.leader_commit.insert(id, (term, commit));
+        let moved = match previous {
+            Some((t, c)) if t == term => commit > c,
+            _ => false,
+        };
+        if moved && raft.term_at(commit) != Some(term) {
+            return violation(
+                "Commit rule (Figure 8)",
+                format!(
+                    "leader n{id} of term {term} advanced its commit index to {commit}, an entry of term {:?}",
+                    raft.term_at(commit)
+                ),
+            );
+        }
+        Ok(())
     }
 
     /// Leader Completeness (section 5.4): a leader's log holds every entry committed in an

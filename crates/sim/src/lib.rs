@@ -22,6 +22,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod durability;
 pub mod history;
 pub mod invariants;
 pub mod kv;

@@ -60,51 +60,53 @@ impl DurableShadow {
         self.terms.get((index - self.snapshot_index - 1) as usize).copied()
     }
 
+    /// Whether a vote for `candidate` in `term` is not yet covered by synced state. A synced
+    /// term beyond the vote's also keeps the server from voting twice in it: the vote may have
+    /// been superseded before its own write was synced.
+    fn vote_unsynced(&self, term: Term, candidate: u64) -> bool {
+        let hs = self.hard_state;
+        hs.current_term < term || (hs.current_term == term && hs.voted_for != Some(candidate))
+    }
+
     /// Checks a message `raft`'s server is about to send. `Err` names the broken promise.
     pub fn check_send(&self, raft: &Raft, m: &Message) -> Result<(), String> {
         let hs = self.hard_state;
-        match &m.body {
-            // A synced term beyond the vote's also keeps the server from voting twice in it: the
-            // vote may have been superseded before its own write was synced.
+        let synced = format!("synced: term {} vote {:?}", hs.current_term, hs.voted_for);
+        let broken = match &m.body {
             MessageBody::RequestVoteResponse(r) if r.vote_granted && !r.pre_vote => {
-                if hs.current_term < m.term || (hs.current_term == m.term && hs.voted_for != Some(m.to)) {
-                    return Err(format!(
-                        "n{} granted its vote to n{} in term {} before syncing it (synced: term {} vote {:?})",
-                        m.from, m.to, m.term, hs.current_term, hs.voted_for
-                    ));
-                }
+                self.vote_unsynced(m.term, m.to).then(|| {
+                    format!(
+                        "n{} granted its vote to n{} in term {} before syncing it ({synced})",
+                        m.from, m.to, m.term
+                    )
+                })
             }
-            MessageBody::RequestVote(rv) if !rv.pre_vote => {
-                if hs.current_term < m.term || (hs.current_term == m.term && hs.voted_for != Some(m.from)) {
-                    return Err(format!(
-                        "n{} asked for votes in term {} before syncing its own vote (synced: term {} vote {:?})",
-                        m.from, m.term, hs.current_term, hs.voted_for
-                    ));
-                }
-            }
-            // Only a leader of a later term can replace entries a follower acknowledged, so while
-            // the server is still in the acknowledgement's term the entry it names is the one in
-            // its log, and that must be synced. (Once the server moved on, the entry may have been
-            // replaced after the acknowledgement was made, as if it had been sent earlier.)
+            MessageBody::RequestVote(rv) if !rv.pre_vote => self.vote_unsynced(m.term, m.from).then(|| {
+                format!(
+                    "n{} asked for votes in term {} before syncing its own vote ({synced})",
+                    m.from, m.term
+                )
+            }),
             // Entries at or below a snapshot (even one received after the acknowledgement was
-            // made, and not yet synced) are committed and covered by it.
+            // made, and not yet synced) are committed and covered by it. Only a leader of a later
+            // term can replace acknowledged entries, so while the server is still in the
+            // acknowledgement's term the entry it names is the one in its log, and that must be
+            // synced with the same term.
             MessageBody::AppendEntriesResponse(r)
                 if r.success
                     && r.match_index > self.snapshot_index.max(raft.status().snapshot_index)
                     && raft.current_term() == m.term =>
             {
-                let live = raft.term_at(r.match_index);
-                if self.term(r.match_index) != live {
-                    return Err(format!(
-                        "n{} acknowledged entry {} (term {live:?}) before syncing it (synced term {:?})",
-                        m.from,
-                        r.match_index,
-                        self.term(r.match_index),
-                    ));
-                }
+                let (live, on_disk) = (raft.term_at(r.match_index), self.term(r.match_index));
+                (on_disk != live).then(|| {
+                    format!(
+                        "n{} acknowledged entry {} (term {live:?}) before syncing it (synced term {on_disk:?})",
+                        m.from, r.match_index
+                    )
+                })
             }
-            _ => {}
-        }
-        Ok(())
+            _ => None,
+        };
+        broken.map_or(Ok(()), Err)
     }
 }

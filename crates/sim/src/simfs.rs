@@ -139,10 +139,6 @@ impl VfsFile for SimFile {
         f.synced_len = f.data.len();
         Ok(())
     }
-
-    fn try_clone(&self) -> io::Result<Self> {
-        Ok(Self { fs: self.fs.clone(), inode: self.inode })
-    }
 }
 
 impl Vfs for SimFs {

@@ -1,125 +1,156 @@
 //! Group commit: many threads append, one fdatasync covers every append queued while the
-//! previous sync ran.
+//! previous one ran.
 //!
-//! An appender writes its records under the lock (cheap: a `write` into the page cache) and then
-//! waits until a sync covers them. If no sync is running it becomes the syncer: it notes how far
-//! the log has been written, releases the lock, syncs a duplicate handle of the active segment, and
-//! wakes everyone that sync covered. Appends arriving meanwhile pile up for the next sync.
+//! Appenders never touch the file. Each takes the next indexes under a lock, queues its entries
+//! in memory and waits. A flusher thread owns the log: whenever entries are queued it takes all
+//! of them, writes them with one `write` and makes them durable with one fdatasync, then wakes
+//! the appenders that covered. Entries queued during a sync go out in the next one, which starts
+//! at once, so the disk stays busy and appenders only ever copy memory.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
 use balsa_raft::{Entry, EntryKind, Index, Term};
 use bytes::Bytes;
 
 use crate::error::{Result, StorageError};
-use crate::vfs::{Vfs, VfsFile};
+use crate::vfs::Vfs;
 use crate::wal::Wal;
 
-struct State<V: Vfs> {
-    wal: Wal<V>,
-    /// Appends written so far (a ticket counter).
+#[derive(Default)]
+struct State {
+    /// Entries waiting for the flusher, in index order.
+    queue: Vec<Entry>,
+    /// Index the next appended entry gets.
+    next_index: Index,
+    /// Appends queued so far (a ticket counter).
     written: u64,
     /// Appends known durable.
     synced: u64,
-    /// A thread is syncing outside the lock.
-    syncing: bool,
-    /// A sync failed: every waiter and every later call fails (fsyncgate).
+    /// Writing or syncing failed: every waiter and every later call fails (fsyncgate).
     failed: bool,
+    /// Closing: the flusher exits once everything queued is durable.
+    shutdown: bool,
     /// Syncs performed, for reporting how well appends were grouped.
     syncs: u64,
 }
 
-/// A log shared by concurrent appenders.
-pub struct GroupCommitLog<V: Vfs> {
-    state: Mutex<State<V>>,
-    synced: Condvar,
+struct Shared {
+    state: Mutex<State>,
+    /// Signals the flusher: entries queued, or shutdown.
+    work: Condvar,
+    /// Signals appenders: a sync finished.
+    done: Condvar,
 }
 
-impl<V: Vfs> GroupCommitLog<V>
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A log shared by concurrent appenders.
+pub struct GroupCommitLog<V: Vfs + Send + 'static>
 where
     V::File: Send,
 {
-    /// Wraps an open log.
-    pub fn new(wal: Wal<V>) -> Self {
-        let state = State { wal, written: 0, synced: 0, syncing: false, failed: false, syncs: 0 };
-        Self { state: Mutex::new(state), synced: Condvar::new() }
-    }
+    shared: Arc<Shared>,
+    /// The flusher hands the log back when it exits.
+    flusher: Option<JoinHandle<Wal<V>>>,
+}
 
-    fn lock(&self) -> MutexGuard<'_, State<V>> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+impl<V: Vfs + Send + 'static> GroupCommitLog<V>
+where
+    V::File: Send,
+{
+    /// Takes over an open log and starts its flusher thread.
+    pub fn new(wal: Wal<V>) -> Self {
+        let state = State { next_index: wal.last_index() + 1, ..State::default() };
+        let shared =
+            Arc::new(Shared { state: Mutex::new(state), work: Condvar::new(), done: Condvar::new() });
+        let for_flusher = shared.clone();
+        let flusher = std::thread::Builder::new()
+            .name("balsa-wal-flusher".into())
+            .spawn(move || flush_loop(&for_flusher, wal))
+            .expect("spawn the WAL flusher thread");
+        Self { shared, flusher: Some(flusher) }
     }
 
     /// Appends commands as entries of `term` at the end of the log and returns once they are
     /// durable. Returns the index of the first.
     pub fn append_durable(&self, term: Term, commands: &[Bytes]) -> Result<Index> {
-        let (first, ticket) = {
-            let mut st = self.lock();
-            if st.failed {
-                return Err(StorageError::Poisoned);
-            }
-            let first = st.wal.last_index() + 1;
-            let entries: Vec<Entry> = commands
-                .iter()
-                .enumerate()
-                .map(|(k, data)| Entry {
-                    term,
-                    index: first + k as u64,
-                    kind: EntryKind::Normal,
-                    data: data.clone(),
-                })
-                .collect();
-            st.wal.append(&entries)?;
-            st.written += 1;
-            (first, st.written)
-        };
-        self.wait_durable(ticket)?;
-        Ok(first)
-    }
-
-    fn wait_durable(&self, ticket: u64) -> Result<()> {
-        let mut st = self.lock();
-        loop {
-            if st.synced >= ticket {
-                return Ok(());
-            }
-            if st.failed {
-                return Err(StorageError::Poisoned);
-            }
-            if st.syncing {
-                st = self.synced.wait(st).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            st.syncing = true;
-            let target = st.written;
-            let handle = st.wal.sync_handle();
-            drop(st);
-            let outcome = handle.and_then(|mut h| {
-                h.sync_data().map_err(|source| StorageError::SyncFailed { path: "wal".into(), source })
-            });
-            st = self.lock();
-            st.syncing = false;
-            st.syncs += 1;
-            match outcome {
-                Ok(()) => st.synced = st.synced.max(target),
-                Err(e) => {
-                    st.failed = true;
-                    st.wal.poison();
-                    self.synced.notify_all();
-                    return Err(e);
-                }
-            }
-            self.synced.notify_all();
+        let mut st = self.shared.lock();
+        if st.failed || st.shutdown {
+            return Err(StorageError::Poisoned);
         }
+        let first = st.next_index;
+        for (k, data) in commands.iter().enumerate() {
+            let entry = Entry { term, index: first + k as u64, kind: EntryKind::Normal, data: data.clone() };
+            st.queue.push(entry);
+        }
+        st.next_index += commands.len() as u64;
+        st.written += 1;
+        let ticket = st.written;
+        self.shared.work.notify_one();
+        while st.synced < ticket {
+            if st.failed {
+                return Err(StorageError::Poisoned);
+            }
+            st = self.shared.done.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        Ok(first)
     }
 
     /// (appends, syncs) so far: how many appends each sync covered on average.
     pub fn counters(&self) -> (u64, u64) {
-        let st = self.lock();
+        let st = self.shared.lock();
         (st.written, st.syncs)
     }
 
-    /// Gives the log back.
-    pub fn into_inner(self) -> Wal<V> {
-        self.state.into_inner().unwrap_or_else(|p| p.into_inner()).wal
+    fn stop(&mut self) -> Option<Wal<V>> {
+        self.shared.lock().shutdown = true;
+        self.shared.work.notify_all();
+        self.flusher.take().and_then(|h| h.join().ok())
+    }
+
+    /// Stops the flusher once everything queued is durable and gives the log back.
+    pub fn into_inner(mut self) -> Wal<V> {
+        self.stop().expect("the flusher thread returns the log")
+    }
+}
+
+impl<V: Vfs + Send + 'static> Drop for GroupCommitLog<V>
+where
+    V::File: Send,
+{
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn flush_loop<V: Vfs>(shared: &Shared, mut wal: Wal<V>) -> Wal<V> {
+    let mut st = shared.lock();
+    loop {
+        while st.queue.is_empty() && !st.shutdown {
+            st = shared.work.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        if st.queue.is_empty() {
+            return wal;
+        }
+        let batch = std::mem::take(&mut st.queue);
+        let target = st.written;
+        drop(st);
+        let outcome = wal.append(&batch).and_then(|()| wal.sync());
+        st = shared.lock();
+        st.syncs += 1;
+        match outcome {
+            Ok(()) => st.synced = target,
+            Err(_) => {
+                st.failed = true;
+                shared.done.notify_all();
+                return wal;
+            }
+        }
+        shared.done.notify_all();
     }
 }

@@ -11,10 +11,6 @@ pub trait VfsFile {
     fn append(&mut self, buf: &[u8]) -> io::Result<()>;
     /// Makes every append so far durable (fdatasync).
     fn sync_data(&mut self) -> io::Result<()>;
-    /// A second handle to the same file, so a sync can run while another thread appends.
-    fn try_clone(&self) -> io::Result<Self>
-    where
-        Self: Sized;
 }
 
 /// A file system.
@@ -60,10 +56,6 @@ impl VfsFile for StdFile {
 
     fn sync_data(&mut self) -> io::Result<()> {
         self.file.sync_data()
-    }
-
-    fn try_clone(&self) -> io::Result<Self> {
-        Ok(Self { file: self.file.try_clone()? })
     }
 }
 

@@ -273,20 +273,6 @@ impl<V: Vfs> Wal<V> {
         Ok(())
     }
 
-    /// A handle to the active segment for syncing without holding the log (group commit).
-    /// Everything appended before the call is in this file or in closed, already synced ones.
-    pub fn sync_handle(&self) -> Result<V::File> {
-        self.check_usable()?;
-        self.active
-            .try_clone()
-            .map_err(|e| StorageError::io("duplicate handle of", &self.active_segment().path, e))
-    }
-
-    /// Marks the log unusable after a failed sync made elsewhere.
-    pub fn poison(&mut self) {
-        self.poisoned = true;
-    }
-
     fn active_segment(&self) -> &Segment {
         self.segments.last().expect("there is always an active segment")
     }

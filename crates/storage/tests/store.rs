@@ -228,9 +228,6 @@ impl VfsFile for FaultyFile {
         }
         self.inner.sync_data()
     }
-    fn try_clone(&self) -> io::Result<Self> {
-        Ok(Self { inner: self.inner.try_clone()?, fs: self.fs.clone() })
-    }
 }
 
 impl Vfs for FaultyFs {

@@ -351,7 +351,7 @@ impl Cluster {
     }
 
     fn store_options(&self) -> StoreOptions {
-        StoreOptions { wal: WalOptions { segment_bytes: self.cfg.segment_bytes }, keep_snapshots: 2 }
+        StoreOptions { wal: WalOptions::with_segment_bytes(self.cfg.segment_bytes), keep_snapshots: 2 }
     }
 
     /// Boots (or reboots) a server from its disk. If recovery fails (a read came back damaged,

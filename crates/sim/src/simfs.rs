@@ -1,9 +1,9 @@
 //! A simulated, faulty file system for the real storage code (`balsa-storage` over [`Vfs`]).
 //!
-//! - Appends are volatile until `sync_data`; directory changes (create, rename, remove) until
+//! - Writes are volatile until `sync_data`; directory changes (create, rename, remove) until
 //!   `sync_dir`.
-//! - [`SimFs::crash`] keeps only what was synced, plus a random prefix of each file's unsynced
-//!   bytes whose end may be garbage: a torn last write.
+//! - [`SimFs::crash`] keeps what was synced, plus each file's unsynced writes up to a random
+//!   point, the last of them cut short and maybe ending in garbage: a torn last write.
 //! - Reads return a flipped bit at a set rate (a transient read error: the next read is clean).
 
 use std::cell::RefCell;
@@ -17,9 +17,27 @@ use balsa_storage::{Vfs, VfsFile};
 
 #[derive(Debug, Default)]
 struct FileData {
+    /// What the running system reads: `durable` with `pending` applied.
     data: Vec<u8>,
-    /// Bytes known durable; files are append-only, so durability is a prefix.
-    synced_len: usize,
+    /// What survives a crash.
+    durable: Vec<u8>,
+    /// Writes since the last sync, in order: offset and bytes.
+    pending: Vec<(usize, Vec<u8>)>,
+}
+
+fn write_into(buf: &mut Vec<u8>, offset: usize, bytes: &[u8]) {
+    if buf.len() < offset + bytes.len() {
+        buf.resize(offset + bytes.len(), 0);
+    }
+    buf[offset..offset + bytes.len()].copy_from_slice(bytes);
+}
+
+impl FileData {
+    fn sync(&mut self) {
+        for (offset, bytes) in self.pending.drain(..) {
+            write_into(&mut self.durable, offset, &bytes);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -77,24 +95,31 @@ impl SimFs {
         st.names = st.durable_names.clone();
         let inodes: Vec<u64> = st.files.keys().copied().collect();
         for inode in inodes {
-            let (synced, len) = {
-                let f = &st.files[&inode];
-                (f.synced_len, f.data.len())
-            };
-            let mut keep = synced;
-            if len > synced {
-                keep = synced + st.rng.range(0, (len - synced) as u64 + 1) as usize;
-                st.torn_writes += 1;
+            let pending = std::mem::take(&mut st.files.get_mut(&inode).expect("inode").pending);
+            if pending.is_empty() {
+                continue;
             }
-            let garbage = keep > synced && st.rng.chance(1, 2);
-            let tail_start = keep - (keep - synced).min(st.rng.range(1, 9) as usize);
-            let noise: Vec<u8> = (tail_start..keep).map(|_| st.rng.next_u64() as u8).collect();
+            st.torn_writes += 1;
+            // Writes before a random point land whole, the one at it lands cut short (its end
+            // maybe garbage), the rest are lost.
+            let cut = st.rng.range(0, pending.len() as u64 + 1) as usize;
+            let mut landed: Vec<(usize, Vec<u8>)> = pending[..cut].to_vec();
+            if let Some((offset, bytes)) = pending.get(cut) {
+                let keep = st.rng.range(0, bytes.len() as u64 + 1) as usize;
+                let mut part = bytes[..keep].to_vec();
+                if keep > 0 && st.rng.chance(1, 2) {
+                    let noisy = st.rng.range(1, 9).min(keep as u64) as usize;
+                    for b in &mut part[keep - noisy..] {
+                        *b = st.rng.next_u64() as u8;
+                    }
+                }
+                landed.push((*offset, part));
+            }
             let f = st.files.get_mut(&inode).expect("inode");
-            f.data.truncate(keep);
-            if garbage {
-                f.data[tail_start..keep].copy_from_slice(&noise);
+            for (offset, bytes) in landed {
+                write_into(&mut f.durable, offset, &bytes);
             }
-            f.synced_len = keep;
+            f.data = f.durable.clone();
         }
         let live: std::collections::BTreeSet<u64> = st.names.values().copied().collect();
         st.files.retain(|inode, _| live.contains(inode));
@@ -123,20 +148,17 @@ impl SimFs {
 }
 
 impl VfsFile for SimFile {
-    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
         let mut st = self.fs.state.borrow_mut();
-        st.files
-            .get_mut(&self.inode)
-            .ok_or_else(|| io::Error::other("stale handle"))?
-            .data
-            .extend_from_slice(buf);
+        let f = st.files.get_mut(&self.inode).ok_or_else(|| io::Error::other("stale handle"))?;
+        write_into(&mut f.data, offset as usize, buf);
+        f.pending.push((offset as usize, buf.to_vec()));
         Ok(())
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
         let mut st = self.fs.state.borrow_mut();
-        let f = st.files.get_mut(&self.inode).ok_or_else(|| io::Error::other("stale handle"))?;
-        f.synced_len = f.data.len();
+        st.files.get_mut(&self.inode).ok_or_else(|| io::Error::other("stale handle"))?.sync();
         Ok(())
     }
 }
@@ -167,7 +189,7 @@ impl Vfs for SimFs {
         Ok(SimFile { fs: self.clone(), inode })
     }
 
-    fn open_append(&self, path: &Path) -> io::Result<SimFile> {
+    fn open_write(&self, path: &Path) -> io::Result<SimFile> {
         Ok(SimFile { fs: self.clone(), inode: self.inode(path)? })
     }
 
@@ -195,8 +217,9 @@ impl Vfs for SimFs {
         let inode = self.inode(path)?;
         let mut st = self.state.borrow_mut();
         let f = st.files.get_mut(&inode).expect("inode");
-        f.data.truncate(len as usize);
-        f.synced_len = f.data.len();
+        f.sync();
+        f.durable.truncate(len as usize);
+        f.data = f.durable.clone();
         Ok(())
     }
 
@@ -230,16 +253,16 @@ mod tests {
         let fs = SimFs::new(1, 0);
         let dir = Path::new("/d");
         let mut f = fs.create(&dir.join("a")).unwrap();
-        f.append(b"synced").unwrap();
+        f.write_at(0, b"synced").unwrap();
         f.sync_data().unwrap();
         fs.sync_dir(dir).unwrap();
-        f.append(b"-volatile").unwrap();
+        f.write_at(6, b"-volatile").unwrap();
         let mut g = fs.create(&dir.join("b")).unwrap();
-        g.append(b"never named durably").unwrap();
+        g.write_at(0, b"never named durably").unwrap();
         g.sync_data().unwrap();
         fs.crash();
         let a = fs.read(&dir.join("a")).unwrap();
-        assert!(a.starts_with(b"synced") && a.len() <= 15);
+        assert!(a.starts_with(b"synced") && a.len() <= 15, "synced bytes survive, the rest is torn");
         assert!(fs.read(&dir.join("b")).is_err(), "an unsynced directory entry is lost");
         assert_eq!(fs.list(dir).unwrap(), vec!["a".to_string()]);
     }
@@ -249,7 +272,7 @@ mod tests {
         let fs = SimFs::new(2, 0);
         let dir = Path::new("/d");
         let mut f = fs.create(&dir.join("x.tmp")).unwrap();
-        f.append(b"data").unwrap();
+        f.write_at(0, b"data").unwrap();
         f.sync_data().unwrap();
         fs.sync_dir(dir).unwrap();
         fs.rename(&dir.join("x.tmp"), &dir.join("x")).unwrap();

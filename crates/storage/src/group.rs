@@ -9,6 +9,7 @@
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use balsa_raft::{Entry, EntryKind, Index, Term};
 use bytes::Bytes;
@@ -16,6 +17,9 @@ use bytes::Bytes;
 use crate::error::{Result, StorageError};
 use crate::vfs::Vfs;
 use crate::wal::Wal;
+
+/// Longest the flusher holds a flush for appenders it just woke.
+const MAX_HOLD: Duration = Duration::from_micros(200);
 
 #[derive(Default)]
 struct State {
@@ -33,14 +37,21 @@ struct State {
     shutdown: bool,
     /// Syncs performed, for reporting how well appends were grouped.
     syncs: u64,
+    /// Number of the flush that will take what is queued now. Appenders wait on the condition
+    /// variable of their flush's parity, so a finished sync wakes only those it covered.
+    generation: u64,
+    /// Appends the last sync covered, and appends queued since it finished: the flusher holds
+    /// the next flush briefly until the appenders it just woke have queued again.
+    last_covered: u64,
+    queued_since_sync: u64,
 }
 
 struct Shared {
     state: Mutex<State>,
     /// Signals the flusher: entries queued, or shutdown.
     work: Condvar,
-    /// Signals appenders: a sync finished.
-    done: Condvar,
+    /// Signals appenders: a sync finished; indexed by the flush generation's parity.
+    done: [Condvar; 2],
 }
 
 impl Shared {
@@ -66,8 +77,11 @@ where
     /// Takes over an open log and starts its flusher thread.
     pub fn new(wal: Wal<V>) -> Self {
         let state = State { next_index: wal.last_index() + 1, ..State::default() };
-        let shared =
-            Arc::new(Shared { state: Mutex::new(state), work: Condvar::new(), done: Condvar::new() });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            work: Condvar::new(),
+            done: [Condvar::new(), Condvar::new()],
+        });
         let for_flusher = shared.clone();
         let flusher = std::thread::Builder::new()
             .name("balsa-wal-flusher".into())
@@ -90,13 +104,15 @@ where
         }
         st.next_index += commands.len() as u64;
         st.written += 1;
+        st.queued_since_sync += 1;
         let ticket = st.written;
+        let done = &self.shared.done[(st.generation % 2) as usize];
         self.shared.work.notify_one();
         while st.synced < ticket {
             if st.failed {
                 return Err(StorageError::Poisoned);
             }
-            st = self.shared.done.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = done.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         Ok(first)
     }
@@ -137,20 +153,34 @@ fn flush_loop<V: Vfs>(shared: &Shared, mut wal: Wal<V>) -> Wal<V> {
         if st.queue.is_empty() {
             return wal;
         }
+        // Appenders woken by the last sync are about to queue again; give them a moment to
+        // join this flush rather than the next one (bounded, and free for a lone appender).
+        let hold_until = Instant::now() + MAX_HOLD;
+        while st.queued_since_sync < st.last_covered && !st.shutdown {
+            let Some(left) = hold_until.checked_duration_since(Instant::now()) else { break };
+            st = shared.work.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
         let batch = std::mem::take(&mut st.queue);
+        let covered = st.written - st.synced;
         let target = st.written;
+        let done = &shared.done[(st.generation % 2) as usize];
+        st.generation += 1;
         drop(st);
         let outcome = wal.append(&batch).and_then(|()| wal.sync());
         st = shared.lock();
         st.syncs += 1;
         match outcome {
-            Ok(()) => st.synced = target,
+            Ok(()) => {
+                st.synced = target;
+                st.last_covered = covered;
+                st.queued_since_sync = 0;
+            }
             Err(_) => {
                 st.failed = true;
-                shared.done.notify_all();
+                shared.done.iter().for_each(Condvar::notify_all);
                 return wal;
             }
         }
-        shared.done.notify_all();
+        done.notify_all();
     }
 }

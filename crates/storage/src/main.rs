@@ -72,8 +72,8 @@ fn check(dir: &Path) -> Result<(), String> {
 /// kills it with SIGKILL at random moments.
 fn crash_writer(dir: &Path, segment_bytes: &str) -> Result<(), String> {
     let segment_bytes = segment_bytes.parse().map_err(|_| "bad segment size".to_string())?;
-    let mut wal =
-        Wal::open(StdFs, &dir.join("wal"), WalOptions { segment_bytes }, 0).map_err(|e| e.to_string())?;
+    let mut wal = Wal::open(StdFs, &dir.join("wal"), WalOptions::with_segment_bytes(segment_bytes), 0)
+        .map_err(|e| e.to_string())?;
     let mut index = wal.last_index();
     loop {
         let batch: Vec<Entry> = (1..=7)

@@ -55,7 +55,7 @@ pub enum Decoded {
         /// Where the next record starts.
         next: usize,
     },
-    /// Clean end: no bytes left.
+    /// Clean end: no bytes left, or only zeros (preallocated space).
     End,
     /// Not a valid record.
     Invalid {
@@ -67,13 +67,10 @@ pub enum Decoded {
 /// Reads the record starting at `offset` of `buf`.
 pub fn decode(buf: &Bytes, offset: usize) -> Decoded {
     let rest = &buf[offset..];
-    if rest.is_empty() {
-        return Decoded::End;
-    }
     if rest.iter().all(|&b| b == 0) {
-        // Space a crash left zero-filled. Not an end: it must be cut, or later appends would
-        // land after it and turn a torn tail into damage in the middle of the log.
-        return Decoded::Invalid { reason: "zero-filled tail" };
+        // Nothing more, or zeros: space preallocated for the segment (or zero-filled by a crash).
+        // The log continues here, and the next write goes exactly here, over the zeros.
+        return Decoded::End;
     }
     if rest.len() < HEADER_BYTES {
         return Decoded::Invalid { reason: "short header" };

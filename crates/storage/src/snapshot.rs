@@ -106,7 +106,7 @@ impl<V: Vfs> SnapshotStore<V> {
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!("{name}.tmp"));
         let mut file = self.vfs.create(&tmp).map_err(|e| StorageError::io("create", &tmp, e))?;
-        file.append(&encode(snapshot)).map_err(|e| StorageError::io("write", &tmp, e))?;
+        file.write_at(0, &encode(snapshot)).map_err(|e| StorageError::io("write", &tmp, e))?;
         file.sync_data().map_err(|source| StorageError::SyncFailed { path: tmp.clone(), source })?;
         self.vfs.rename(&tmp, &path).map_err(|e| StorageError::io("rename", &tmp, e))?;
         self.sync_dir()?;

@@ -2,13 +2,14 @@
 //! log and recovery code over a simulated disk that loses unsynced writes and tears the last one.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// An open file the store appends to.
+/// An open file the store writes to.
 pub trait VfsFile {
-    /// Appends `buf` (not yet durable).
-    fn append(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Writes `buf` at `offset`, extending the file if needed (not yet durable).
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
     /// Makes every append so far durable (fdatasync).
     fn sync_data(&mut self) -> io::Result<()>;
 }
@@ -21,10 +22,10 @@ pub trait Vfs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// File names in `dir`, sorted.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
-    /// Creates (or truncates) a file for appending. The caller syncs the directory.
+    /// Creates (or truncates) a file for writing. The caller syncs the directory.
     fn create(&self, path: &Path) -> io::Result<Self::File>;
-    /// Opens an existing file for appending at its end.
-    fn open_append(&self, path: &Path) -> io::Result<Self::File>;
+    /// Opens an existing file for writing.
+    fn open_write(&self, path: &Path) -> io::Result<Self::File>;
     /// The whole content of a file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// `len` bytes at `offset`.
@@ -50,8 +51,8 @@ pub struct StdFile {
 }
 
 impl VfsFile for StdFile {
-    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file.write_all(buf)
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
@@ -80,8 +81,8 @@ impl Vfs for StdFs {
         Ok(StdFile { file })
     }
 
-    fn open_append(&self, path: &Path) -> io::Result<StdFile> {
-        let file = OpenOptions::new().append(true).open(path)?;
+    fn open_write(&self, path: &Path) -> io::Result<StdFile> {
+        let file = OpenOptions::new().write(true).open(path)?;
         Ok(StdFile { file })
     }
 

@@ -44,7 +44,7 @@ fn sigkill_at_random_moments_loses_nothing_synced() {
             assert!(last >= durable, "durable index went backwards");
             durable = last;
         }
-        let wal = Wal::open(StdFs, &d.0.join("wal"), WalOptions { segment_bytes: 8192 }, 0)
+        let wal = Wal::open(StdFs, &d.0.join("wal"), WalOptions::with_segment_bytes(8192), 0)
             .unwrap_or_else(|e| panic!("round {round}: recovery failed: {e}"));
         let last = wal.last_index();
         assert!(last >= durable, "round {round}: recovered up to {last}, but {durable} was reported durable");

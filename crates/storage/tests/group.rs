@@ -12,7 +12,7 @@ use common::TempDir;
 #[test]
 fn concurrent_appenders_share_syncs_and_lose_nothing() {
     let d = TempDir::new("group");
-    let wal = Wal::open(StdFs, &d.0, WalOptions { segment_bytes: 256 << 10 }, 0).unwrap();
+    let wal = Wal::open(StdFs, &d.0, WalOptions::with_segment_bytes(256 << 10), 0).unwrap();
     let log = Arc::new(GroupCommitLog::new(wal));
     let threads: Vec<_> = (0..16u8)
         .map(|t| {
@@ -32,7 +32,7 @@ fn concurrent_appenders_share_syncs_and_lose_nothing() {
     assert!(syncs < appends, "appends were grouped: {syncs} syncs for {appends} appends");
     let log = Arc::try_unwrap(log).ok().unwrap();
     drop(log.into_inner());
-    let wal = Wal::open(StdFs, &d.0, WalOptions { segment_bytes: 256 << 10 }, 0).unwrap();
+    let wal = Wal::open(StdFs, &d.0, WalOptions::with_segment_bytes(256 << 10), 0).unwrap();
     assert_eq!(wal.last_index(), 1600);
     assert_eq!(wal.entries(1, 1600).unwrap().len(), 1600);
 }

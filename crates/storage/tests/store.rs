@@ -16,7 +16,7 @@ use common::{entries, TempDir};
 use proptest::prelude::*;
 
 fn options(segment_bytes: u64) -> StoreOptions {
-    StoreOptions { wal: WalOptions { segment_bytes }, keep_snapshots: 2 }
+    StoreOptions { wal: WalOptions::with_segment_bytes(segment_bytes), keep_snapshots: 2 }
 }
 
 fn batch(
@@ -212,15 +212,15 @@ struct FaultyFile {
 }
 
 impl VfsFile for FaultyFile {
-    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
         let left = self.fs.budget.fetch_sub(buf.len() as i64, Ordering::SeqCst);
         if left < buf.len() as i64 {
             // Like a real full disk: part of the write may land.
             let part = left.max(0) as usize;
-            self.inner.append(&buf[..part])?;
+            self.inner.write_at(offset, &buf[..part])?;
             return Err(io::Error::from_raw_os_error(28));
         }
-        self.inner.append(buf)
+        self.inner.write_at(offset, buf)
     }
     fn sync_data(&mut self) -> io::Result<()> {
         if self.fs.fail_sync.load(Ordering::SeqCst) {
@@ -241,8 +241,8 @@ impl Vfs for FaultyFs {
     fn create(&self, p: &Path) -> io::Result<FaultyFile> {
         Ok(FaultyFile { inner: StdFs.create(p)?, fs: self.clone() })
     }
-    fn open_append(&self, p: &Path) -> io::Result<FaultyFile> {
-        Ok(FaultyFile { inner: StdFs.open_append(p)?, fs: self.clone() })
+    fn open_write(&self, p: &Path) -> io::Result<FaultyFile> {
+        Ok(FaultyFile { inner: StdFs.open_write(p)?, fs: self.clone() })
     }
     fn read(&self, p: &Path) -> io::Result<Vec<u8>> {
         StdFs.read(p)
@@ -271,8 +271,8 @@ fn faulty(budget: i64) -> FaultyFs {
 #[test]
 fn a_full_disk_gives_a_clear_error_and_loses_nothing_synced() {
     let d = TempDir::new("enospc");
-    let fs = faulty(20_000);
-    let mut disk = DiskStore::open_with(fs.clone(), &d.0, options(1 << 20)).unwrap();
+    let fs = faulty(40_000);
+    let mut disk = DiskStore::open_with(fs.clone(), &d.0, options(4_096)).unwrap();
     let mut synced = 0;
     let err = loop {
         let b = batch(None, None, entries(synced + 1, synced + 10, 1));
@@ -288,7 +288,7 @@ fn a_full_disk_gives_a_clear_error_and_loses_nothing_synced() {
     assert!(disk.write(&batch(None, None, entries(synced + 1, synced + 1, 1))).is_err());
     drop(disk);
     fs.budget.store(i64::MAX, Ordering::SeqCst);
-    let disk = DiskStore::open_with(fs, &d.0, options(1 << 20)).unwrap();
+    let disk = DiskStore::open_with(fs, &d.0, options(4_096)).unwrap();
     // Every synced entry; of the failed write at most a valid prefix (complete records), never
     // a damaged one.
     let last = disk.wal().last_index();
@@ -310,7 +310,7 @@ fn a_full_tmpfs_gives_a_clear_error() {
         return;
     }
     let result = std::panic::catch_unwind(|| {
-        let mut disk = DiskStore::open(&d.0.join("data"), options(1 << 20)).unwrap();
+        let mut disk = DiskStore::open(&d.0.join("data"), options(32 << 10)).unwrap();
         let mut synced = 0;
         let err = loop {
             let b = batch(None, None, entries(synced + 1, synced + 50, 1));
@@ -322,7 +322,7 @@ fn a_full_tmpfs_gives_a_clear_error() {
         assert!(matches!(err, StorageError::NoSpace { .. }), "{err}");
         drop(disk);
         // Free room by removing nothing: recovery must still work read-mostly on a full disk.
-        let disk = DiskStore::open(&d.0.join("data"), options(1 << 20)).unwrap();
+        let disk = DiskStore::open(&d.0.join("data"), options(32 << 10)).unwrap();
         assert!(disk.wal().last_index() >= synced);
         assert_eq!(disk.entries(1, synced).unwrap(), entries(1, synced, 1));
     });

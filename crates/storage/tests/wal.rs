@@ -9,7 +9,12 @@ use balsa_storage::{StdFs, StorageError, Wal, WalOptions};
 use common::{entries, entry, TempDir};
 
 fn open(dir: &std::path::Path, segment_bytes: u64) -> balsa_storage::Result<Wal<StdFs>> {
-    Wal::open(StdFs, dir, WalOptions { segment_bytes }, 0)
+    Wal::open(StdFs, dir, WalOptions::with_segment_bytes(segment_bytes), 0)
+}
+
+/// Length of a segment file without its preallocated zeros.
+fn logical_len(data: &[u8]) -> usize {
+    data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
 }
 
 fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -81,7 +86,7 @@ fn compaction_removes_whole_segments_only() {
     assert!(after < before, "segments holding only compacted entries are removed ({before} -> {after})");
     assert_eq!(wal.first_index(), 451);
     drop(wal);
-    let wal = Wal::open(StdFs, &d.0, WalOptions { segment_bytes: 1_500 }, 450).unwrap();
+    let wal = Wal::open(StdFs, &d.0, WalOptions::with_segment_bytes(1_500), 450).unwrap();
     assert_eq!((wal.first_index(), wal.last_index()), (451, 600));
     assert_eq!(wal.entries(451, 600).unwrap(), entries(451, 600, 1));
 }
@@ -95,50 +100,54 @@ fn reset_for_an_installed_snapshot_discards_the_log() {
     wal.append(&entries(81, 85, 3)).unwrap();
     wal.sync().unwrap();
     drop(wal);
-    let wal = Wal::open(StdFs, &d.0, WalOptions { segment_bytes: 1_000 }, 80).unwrap();
+    let wal = Wal::open(StdFs, &d.0, WalOptions::with_segment_bytes(1_000), 80).unwrap();
     assert_eq!((wal.first_index(), wal.last_index()), (81, 85));
     assert_eq!(wal.entries(81, 85).unwrap(), entries(81, 85, 3));
 }
 
-/// A crash can cut the last write at any byte. Recovery must keep every synced entry, return
-/// nothing after the cut, and report the cut.
+/// A crash can cut the last write at any byte, and leave the rest of the preallocated segment
+/// zero or not. Recovery must keep every synced entry, return nothing after the cut, and report
+/// the cut of a partial record.
 #[test]
 fn a_torn_tail_is_cut_at_every_possible_byte() {
     let d = TempDir::new("torn");
     {
-        let mut wal = open(&d.0, 1 << 20).unwrap();
+        let mut wal = open(&d.0, 1 << 16).unwrap();
         wal.append(&entries(1, 20, 1)).unwrap();
         wal.sync().unwrap();
     }
     let seg = segment_files(&d.0).pop().unwrap();
-    let synced = fs::read(&seg).unwrap();
+    let synced = logical_len(&fs::read(&seg).unwrap());
     {
-        let mut wal = open(&d.0, 1 << 20).unwrap();
+        let mut wal = open(&d.0, 1 << 16).unwrap();
         wal.append(&entries(21, 23, 1)).unwrap();
         wal.set_hard_state(HardState { current_term: 1, voted_for: None, commit_index: 23 }).unwrap();
         wal.sync().unwrap();
     }
     let full = fs::read(&seg).unwrap();
-    for cut in synced.len()..full.len() {
-        fs::write(&seg, &full[..cut]).unwrap();
-        let wal = open(&d.0, 1 << 20).unwrap();
-        let last = wal.last_index();
-        assert!((20..=23).contains(&last), "cut at {cut}: last {last}");
-        assert_eq!(wal.entries(1, last).unwrap(), entries(1, last, 1), "cut at {cut}");
-        let kept = fs::metadata(&seg).unwrap().len() as usize;
-        match wal.torn_tail() {
-            Some(torn) => {
-                assert_eq!(
-                    torn.offset as usize, kept,
-                    "cut at {cut}: the file is cut where the torn record began"
-                );
-                assert!(kept >= synced.len() && kept < cut);
+    let written = logical_len(&full);
+    assert!(written > synced + 100, "the second write is in the file");
+    for cut in synced..written {
+        for zero_padded in [false, true] {
+            let mut torn = full[..cut].to_vec();
+            if zero_padded {
+                torn.resize(full.len(), 0);
             }
-            None => assert_eq!(kept, cut, "cut at {cut} fell on a record boundary"),
+            fs::write(&seg, &torn).unwrap();
+            let wal = open(&d.0, 1 << 16).unwrap();
+            let last = wal.last_index();
+            assert!((20..=23).contains(&last), "cut at {cut}: last {last}");
+            assert_eq!(wal.entries(1, last).unwrap(), entries(1, last, 1), "cut at {cut}");
+            let kept = logical_len(&fs::read(&seg).unwrap());
+            match wal.torn_tail() {
+                Some(t) => {
+                    assert!(t.offset as usize == kept && kept >= synced && kept < cut, "cut at {cut}: {t:?}")
+                }
+                None => assert_eq!(kept, cut, "cut at {cut} fell on a record boundary"),
+            }
         }
-        drop(wal);
-        fs::write(&seg, &full).unwrap();
     }
+    fs::write(&seg, &full).unwrap();
 }
 
 /// Damage before the tail is never mistaken for a torn write: the log refuses to open and names
@@ -155,7 +164,7 @@ fn a_flipped_bit_before_the_tail_stops_recovery_with_file_and_offset() {
     let good = fs::read(&seg).unwrap();
     let mut caught = 0;
     // Flip one bit at a time inside the records of entries 1..29 (the last record is the tail).
-    for pos in (80..good.len() - 80).step_by(7) {
+    for pos in (80..logical_len(&good) - 80).step_by(7) {
         let mut bad = good.clone();
         bad[pos] ^= 0x10;
         fs::write(&seg, &bad).unwrap();
@@ -178,13 +187,14 @@ fn a_flipped_bit_before_the_tail_stops_recovery_with_file_and_offset() {
     assert_eq!(open(&d.0, 1 << 20).unwrap().last_index(), 30);
 }
 
-/// A crash can leave zero-filled space after the last record. It must be cut at recovery:
-/// otherwise the next appends land after it, and the zeros become damage mid-log.
+/// Zero-filled space after the last record (preallocated, or left by a crash) is where the log
+/// continues: the next write goes there, over the zeros, never after them.
 #[test]
-fn a_zero_filled_tail_is_cut_so_later_appends_stay_contiguous() {
+fn appends_continue_over_zero_filled_space() {
     let d = TempDir::new("zeros");
+    let options = WalOptions { segment_bytes: 1 << 20, preallocate: false };
     {
-        let mut wal = open(&d.0, 1 << 20).unwrap();
+        let mut wal = Wal::open(StdFs, &d.0, options, 0).unwrap();
         wal.append(&entries(1, 10, 1)).unwrap();
         wal.sync().unwrap();
     }
@@ -194,15 +204,26 @@ fn a_zero_filled_tail_is_cut_so_later_appends_stay_contiguous() {
     data.extend_from_slice(&[0u8; 37]);
     fs::write(&seg, &data).unwrap();
     {
-        let mut wal = open(&d.0, 1 << 20).unwrap();
-        let torn = wal.torn_tail().expect("zeros are reported as a torn tail");
-        assert_eq!((torn.offset as usize, torn.discarded_bytes), (clean_len, 37));
+        let mut wal = Wal::open(StdFs, &d.0, options, 0).unwrap();
+        assert!(wal.torn_tail().is_none(), "zeros are not damage");
         wal.append(&entries(11, 20, 1)).unwrap();
         wal.sync().unwrap();
     }
-    let wal = open(&d.0, 1 << 20).unwrap();
+    let after = fs::read(&seg).unwrap();
+    assert!(after[clean_len..clean_len + 9].iter().any(|&b| b != 0), "the write went over the zeros");
+    let wal = Wal::open(StdFs, &d.0, options, 0).unwrap();
     assert_eq!(wal.entries(1, 20).unwrap(), entries(1, 20, 1));
-    assert!(wal.torn_tail().is_none());
+}
+
+/// Segments are zero-filled when created, so writes overwrite allocated space.
+#[test]
+fn new_segments_are_preallocated() {
+    let d = TempDir::new("prealloc");
+    let mut wal = open(&d.0, 64 << 10).unwrap();
+    wal.append(&entries(1, 3, 1)).unwrap();
+    wal.sync().unwrap();
+    let seg = segment_files(&d.0).pop().unwrap();
+    assert_eq!(fs::metadata(&seg).unwrap().len(), 64 << 10);
 }
 
 #[test]

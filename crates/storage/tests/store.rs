@@ -189,6 +189,40 @@ fn snapshots_are_verified_and_only_the_newest_are_kept() {
     }
 }
 
+/// Snapshots stream from the file in chunks, resumable at any offset, and damage is caught when
+/// the reader opens.
+#[test]
+fn snapshot_files_are_read_in_chunks() {
+    let d = TempDir::new("snapread");
+    let store = balsa_storage::snapshot::SnapshotStore::open(StdFs, &d.0, 2).unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let s = Snapshot { data: Bytes::from(data.clone()), ..snapshot(77, 4) };
+    let path = store.save(&s).unwrap();
+    let reader = store.reader(77, 4).unwrap();
+    assert_eq!(reader.meta, s.meta);
+    assert_eq!(reader.data_len, data.len() as u64);
+    let mut joined = Vec::new();
+    let mut offset = 0;
+    loop {
+        let chunk = reader.read_chunk(offset, 64 << 10).unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        offset += chunk.len() as u64;
+        joined.extend_from_slice(&chunk);
+    }
+    assert_eq!(joined, data);
+    assert_eq!(
+        &reader.read_chunk(1_000_000, 10).unwrap()[..],
+        &data[1_000_000..1_000_010],
+        "resume anywhere"
+    );
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[2_000_000] ^= 4;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(store.reader(77, 4), Err(StorageError::Corrupt { .. })));
+}
+
 #[test]
 fn snapshot_chunks_reassemble() {
     let s = Snapshot { data: Bytes::from(vec![7u8; 10_001]), ..snapshot(5, 1) };

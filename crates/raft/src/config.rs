@@ -41,6 +41,11 @@ pub struct Config {
     pub read_mode: ReadMode,
     /// Safety margin for lease reads, in ticks; see [`ReadMode::Lease`].
     pub lease_margin_ticks: u64,
+    /// A learner marked for promotion counts as caught up while within this many entries of
+    /// the leader's log (thesis 4.2.1)...
+    pub learner_catch_up_lag_entries: u64,
+    /// ...and is promoted to voter after staying caught up for this many leader ticks.
+    pub learner_catch_up_ticks: u64,
     /// Seeds the election-timeout randomness, so a run replays exactly.
     pub seed: u64,
 }
@@ -80,6 +85,8 @@ impl Config {
             max_msg_bytes: 1 << 20,
             read_mode: ReadMode::Safe,
             lease_margin_ticks: 2,
+            learner_catch_up_lag_entries: 64,
+            learner_catch_up_ticks: 10,
             seed: id,
         }
     }

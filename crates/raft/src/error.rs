@@ -87,6 +87,13 @@ pub enum SnapshotError {
         /// The current snapshot's index.
         current: Index,
     },
+    /// The snapshot's configuration is not the one in effect at its index (use
+    /// [`crate::Raft::membership_at`]).
+    #[error("snapshot at {index} carries a configuration other than the one in effect there")]
+    MembershipMismatch {
+        /// The snapshot's last included index.
+        index: Index,
+    },
     /// The metadata does not describe this server's log.
     #[error("snapshot term {term} at {index} does not match the log")]
     TermMismatch {
@@ -95,4 +102,28 @@ pub enum SnapshotError {
         /// The term it claims.
         term: u64,
     },
+}
+
+/// Why a membership change was refused.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum ConfChangeError {
+    /// Only the leader changes the configuration.
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader {
+        /// The leader this server believes in, if any.
+        leader_hint: Option<NodeId>,
+    },
+    /// One change at a time: an earlier one has not committed yet (or the cluster is still in
+    /// the joint configuration, or this leader has not yet committed an entry of its term).
+    #[error("a membership change is already in progress")]
+    InProgress,
+    /// Leadership is being handed over.
+    #[error("leadership transfer to {to} in progress")]
+    TransferInProgress {
+        /// The designated successor.
+        to: NodeId,
+    },
+    /// The change makes no sense for the current configuration.
+    #[error("invalid membership change: {0}")]
+    Invalid(String),
 }

@@ -66,10 +66,12 @@
 //! | `read_index.rs` | ReadIndex and lease reads |
 //! | `log.rs` | the in-memory log and its commit/durable/applied positions |
 //! | `progress.rs` | per-follower flow control (probe, replicate, snapshot) |
-//! | `membership.rs` | quorum arithmetic, joint-consensus ready |
+//! | `membership.rs` | configurations and quorum arithmetic (a majority of each voter set) |
+//! | `conf_change.rs` | joint consensus, learners and their promotion, configuration history |
 
 #![warn(missing_docs)]
 
+mod conf_change;
 mod config;
 mod election;
 mod error;
@@ -84,8 +86,9 @@ mod replication;
 pub mod rng;
 mod types;
 
+pub use conf_change::MembershipChange;
 pub use config::{Config, ConfigError, ReadMode};
-pub use error::{ProposeError, ReadIndexError, SnapshotError, StepError, TransferError};
+pub use error::{ConfChangeError, ProposeError, ReadIndexError, SnapshotError, StepError, TransferError};
 pub use membership::{Membership, VoteResult};
 pub use message::{
     AppendEntries, AppendEntriesResponse, ConflictHint, InstallSnapshot, Message, MessageBody,

@@ -145,8 +145,9 @@ impl RaftLog {
     /// Follower side of AppendEntries after the consistency check passed at `prev_index`:
     /// skip entries it already has, truncate at the first conflict (section 5.3, "if an existing
     /// entry conflicts with a new one, delete the existing entry and all that follow it") and
-    /// append the rest. Returns the index of the last entry of the request.
-    pub(crate) fn merge(&mut self, prev_index: Index, entries: Vec<Entry>) -> Index {
+    /// append the rest. Returns the index of the last entry of the request, and the first index
+    /// written (after any truncation), if anything was.
+    pub(crate) fn merge(&mut self, prev_index: Index, entries: Vec<Entry>) -> (Index, Option<Index>) {
         let last_new = prev_index + entries.len() as u64;
         let mut iter = entries.into_iter().peekable();
         while let Some(e) = iter.peek() {
@@ -161,10 +162,11 @@ impl RaftLog {
                 None => break,
             }
         }
+        let first_written = iter.peek().map(|e| e.index);
         for e in iter {
             self.append(e);
         }
-        last_new
+        (last_new, first_written)
     }
 
     /// Removes `index` and everything after it. Committed entries are never removed: a request
@@ -277,8 +279,8 @@ mod tests {
     #[test]
     fn merge_truncates_only_at_first_conflict() {
         let mut log = log_of(&[1, 1, 2, 2]);
-        let last = log.merge(1, vec![e(2, 1), e(3, 3)]);
-        assert_eq!(last, 3);
+        let (last, first_written) = log.merge(1, vec![e(2, 1), e(3, 3)]);
+        assert_eq!((last, first_written), (3, Some(3)));
         assert_eq!(log.last_index(), 3);
         assert_eq!(log.term(3), Some(3));
         assert_eq!(log.unstable_from, 3);
@@ -289,7 +291,7 @@ mod tests {
     #[test]
     fn merge_of_a_stale_prefix_keeps_the_suffix() {
         let mut log = log_of(&[1, 1, 2, 2]);
-        assert_eq!(log.merge(0, vec![e(1, 1), e(2, 1)]), 2);
+        assert_eq!(log.merge(0, vec![e(1, 1), e(2, 1)]), (2, None));
         assert_eq!(log.last_index(), 4);
     }
 

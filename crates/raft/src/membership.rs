@@ -6,6 +6,8 @@
 
 use std::collections::BTreeSet;
 
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
 use crate::types::{Index, NodeId};
 
 /// The members of a cluster and what they may do.
@@ -17,6 +19,9 @@ pub struct Membership {
     pub voters_outgoing: BTreeSet<NodeId>,
     /// Members that receive the log but never vote or campaign.
     pub learners: BTreeSet<NodeId>,
+    /// Learners the leader promotes to voters on its own once they have caught up (a subset of
+    /// `learners`). Part of the replicated configuration, so a new leader carries on.
+    pub promote: BTreeSet<NodeId>,
 }
 
 /// The outcome of counting votes.
@@ -79,6 +84,39 @@ impl Membership {
         }
     }
 
+    /// Serializes the configuration (for configuration entries and snapshot metadata): four
+    /// sets, each a u32 count and u64 ids, little-endian.
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::new();
+        for set in [&self.voters, &self.voters_outgoing, &self.learners, &self.promote] {
+            b.put_u32_le(set.len() as u32);
+            for &id in set {
+                b.put_u64_le(id);
+            }
+        }
+        b.freeze()
+    }
+
+    /// Parses [`Membership::encode`]'s output; `None` if malformed.
+    pub fn decode(mut data: &[u8]) -> Option<Self> {
+        let mut sets: [BTreeSet<NodeId>; 4] = Default::default();
+        for set in &mut sets {
+            if data.remaining() < 4 {
+                return None;
+            }
+            let n = data.get_u32_le() as usize;
+            if data.remaining() < n.checked_mul(8)? {
+                return None;
+            }
+            set.extend((0..n).map(|_| data.get_u64_le()));
+        }
+        if data.has_remaining() {
+            return None;
+        }
+        let [voters, voters_outgoing, learners, promote] = sets;
+        Some(Self { voters, voters_outgoing, learners, promote })
+    }
+
     /// Whether the members for which `active` holds form a quorum of every voter set.
     pub fn has_quorum(&self, active: impl Fn(NodeId) -> bool) -> bool {
         let vote = |id| Some(active(id));
@@ -129,7 +167,7 @@ mod tests {
         Membership {
             voters: new.iter().copied().collect(),
             voters_outgoing: old.iter().copied().collect(),
-            learners: BTreeSet::new(),
+            ..Membership::default()
         }
     }
 
@@ -163,6 +201,19 @@ mod tests {
         let j = joint(&[1, 2, 3], &[4, 5, 6]);
         assert_eq!(j.vote_result(|id| Some(id <= 3)), VoteResult::Lost);
         assert_eq!(j.vote_result(|id| Some(id != 3 && id != 6)), VoteResult::Won);
+    }
+
+    #[test]
+    fn encoding_round_trips_and_rejects_garbage() {
+        let mut m = joint(&[1, 2, 3], &[3, 4, 5]);
+        m.learners.insert(9);
+        m.promote.insert(9);
+        let bytes = m.encode();
+        assert_eq!(Membership::decode(&bytes), Some(m));
+        for cut in 0..bytes.len() {
+            assert_eq!(Membership::decode(&bytes[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(Membership::decode(&[255, 255, 255, 255]), None);
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct Progress {
     pub snapshot_elapsed_ticks: u64,
     /// Leader ticks since `match_index` last moved, to notice lost AppendEntries in Replicate.
     pub stalled_ticks: u64,
+    /// Consecutive leader ticks a learner marked for promotion has been caught up.
+    pub caught_up_ticks: u64,
 }
 
 impl Progress {
@@ -57,6 +59,7 @@ impl Progress {
             read_round_acked: 0,
             snapshot_elapsed_ticks: 0,
             stalled_ticks: 0,
+            caught_up_ticks: 0,
         }
     }
 

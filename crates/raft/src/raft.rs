@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use crate::conf_change::ConfigLog;
 use crate::config::{Config, ConfigError};
 use crate::error::{ProposeError, ReadIndexError, SnapshotError, StepError, TransferError};
 use crate::log::RaftLog;
@@ -80,8 +81,12 @@ pub struct Raft {
     pub(crate) voted_for: Option<NodeId>,
     /// The log and its commit/apply/durability positions.
     pub(crate) log: RaftLog,
-    /// The configuration in effect.
+    /// The configuration in effect: the latest one in the log (a copy of `config_log.current()`).
     pub(crate) membership: Membership,
+    /// The configurations the log holds, so truncation and compaction move the one in effect.
+    pub(crate) config_log: ConfigLog,
+    /// Payload bytes applied since the last snapshot, for the compaction policy.
+    pub(crate) applied_bytes_since_snapshot: u64,
     /// The latest snapshot, kept to send to followers that need compacted entries.
     pub(crate) snapshot: Option<Snapshot>,
     /// A snapshot received from the leader that the driver has not been handed yet.
@@ -148,7 +153,9 @@ impl Raft {
             current_term: hs.current_term,
             voted_for: hs.voted_for,
             log,
+            config_log: ConfigLog::new(membership.clone()),
             membership,
+            applied_bytes_since_snapshot: 0,
             snapshot: initial.snapshot,
             snapshot_to_install: None,
             role: Role::Follower,
@@ -173,6 +180,7 @@ impl Raft {
             next_ready_id: 1,
         };
         raft.reset_timers();
+        raft.observe_config_entries(0);
         raft.check_invariants();
         Ok(raft)
     }
@@ -293,10 +301,15 @@ impl Raft {
         if index <= self.log.snapshot_index() {
             return Err(SnapshotError::Stale { index, current: self.log.snapshot_index() });
         }
+        if snapshot.meta.membership != *self.config_log.at(index) {
+            return Err(SnapshotError::MembershipMismatch { index });
+        }
         if self.log.term(index) != Some(snapshot.meta.last_included_term) {
             return Err(SnapshotError::TermMismatch { index, term: snapshot.meta.last_included_term });
         }
         self.log.compact(index);
+        self.config_log.compact(index);
+        self.applied_bytes_since_snapshot = 0;
         self.snapshot = Some(snapshot);
         self.check_invariants();
         Ok(())
@@ -323,6 +336,7 @@ impl Raft {
     /// Collects everything the driver must do now. Call [`Raft::advance`] before the next Ready.
     pub fn ready(&mut self) -> Ready {
         assert!(self.outstanding_ready.is_none(), "ready() called before advance()");
+        self.advance_configuration();
         if self.role == Role::Leader {
             self.flush_broadcasts();
         }
@@ -347,6 +361,7 @@ impl Raft {
         if let Some(last) = committed_entries.last() {
             self.log.last_applied = last.index;
         }
+        self.note_applied_bytes(&committed_entries);
         let (gated, messages): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.outbox).into_iter().partition(Message::requires_durability);
         let ready = Ready {
@@ -516,9 +531,18 @@ impl Raft {
         Ok(())
     }
 
-    fn append_own(&mut self, kind: EntryKind, data: Bytes) -> Index {
+    pub(crate) fn append_own(&mut self, kind: EntryKind, data: Bytes) -> Index {
         let index = self.log.last_index() + 1;
-        self.log.append(Entry { term: self.current_term, index, kind, data });
+        let entry = Entry { term: self.current_term, index, kind, data };
+        let is_config = kind == EntryKind::ConfChange;
+        if is_config {
+            // Paper section 6: a configuration takes effect as soon as it is appended.
+            self.config_log.observe(&entry);
+        }
+        self.log.append(entry);
+        if is_config {
+            self.sync_membership();
+        }
         self.broadcast_pending = true;
         index
     }
@@ -566,6 +590,9 @@ impl Raft {
         if self.heartbeat_elapsed_ticks >= self.config.heartbeat_interval_ticks {
             self.heartbeat_elapsed_ticks = 0;
             self.broadcast_heartbeat();
+        }
+        if !self.membership.promote.is_empty() {
+            self.promote_caught_up_learners();
         }
     }
 

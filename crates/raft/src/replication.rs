@@ -123,7 +123,12 @@ impl Raft {
             let hint = self.conflict_hint(prev);
             return self.reply_append(from, false, 0, prev, hint, read_round);
         }
-        let last_new = self.log.merge(prev, entries);
+        let (last_new, first_written) = self.log.merge(prev, entries);
+        if let Some(from) = first_written {
+            // New entries (and maybe a truncation): the configuration follows the log.
+            self.config_log.truncate_from(from);
+            self.observe_config_entries(from);
+        }
         // Figure 2: "set commitIndex = min(leaderCommit, index of last new entry)".
         self.log.commit_to(ae.leader_commit.min(last_new));
         self.reply_append(from, true, last_new, 0, ConflictHint::default(), read_round);
@@ -248,7 +253,9 @@ impl Raft {
         } else {
             // Far behind or conflicting: discard the whole log and install the snapshot.
             self.log.restore(index, term);
-            self.membership = snapshot.meta.membership.clone();
+            self.config_log.reset(snapshot.meta.membership.clone());
+            self.sync_membership();
+            self.applied_bytes_since_snapshot = 0;
             self.snapshot = Some(snapshot.clone());
             self.snapshot_to_install = Some(snapshot);
             index

@@ -22,6 +22,10 @@ pub enum EntryKind {
     /// The empty entry a new leader appends so that it can commit entries of earlier terms
     /// (paper section 5.4.2, thesis section 3.6.2). The state machine skips it.
     Noop,
+    /// A new cluster configuration ([`crate::Membership::encode`]). It takes effect on every
+    /// server as soon as it is appended, not when committed (paper section 6). The state machine
+    /// skips it; drivers may watch it to open or close peer connections.
+    ConfChange,
 }
 
 /// One entry of the replicated log (paper Figure 2: "each entry contains command for state

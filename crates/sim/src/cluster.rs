@@ -19,6 +19,8 @@ use crate::invariants::SafetyChecker;
 use crate::kv::{Applied, ClientId, KvStore, Put};
 use crate::network::Partition;
 use crate::simfs::SimFs;
+
+mod reconfig;
 use balsa_storage::{DiskStore, LogStore, StoreOptions, WalOptions};
 
 /// Why a run failed.
@@ -49,6 +51,8 @@ pub struct Summary {
     pub torn_writes: u64,
     /// Disk reads that returned a flipped bit.
     pub read_flips: u64,
+    /// Membership changes the nemesis got a leader to accept.
+    pub reconfigurations: usize,
 }
 
 /// A client request as it travels to a server.
@@ -88,8 +92,11 @@ struct InflightWrite {
 }
 
 /// One simulated server: the core, its disk, its state machine and the requests it serves.
-struct SimNode {
-    id: NodeId,
+pub(crate) struct SimNode {
+    /// The configuration it boots with when its disk holds none: the initial cluster for
+    /// founding members, empty for servers added later (so they cannot campaign until the log
+    /// tells them what they are).
+    founding: Membership,
     /// `None` while crashed.
     raft: Option<Raft>,
     /// The server's own simulated disk; survives crashes (minus what was not synced).
@@ -134,7 +141,6 @@ pub struct Cluster {
     next_event: u64,
     nodes: BTreeMap<NodeId, SimNode>,
     node_ids: Vec<NodeId>,
-    membership: Membership,
     clients: Vec<SimClient>,
     history: Vec<Op>,
     /// Write order per register, as the committed log applied it.
@@ -153,36 +159,39 @@ pub struct Cluster {
 
 const CLIENT_TIMEOUT_US: Micros = 300_000;
 
+impl SimNode {
+    fn new(cfg: &SimConfig, id: NodeId, founding: Membership) -> Self {
+        let mut setup = SplitMix64::new(cfg.seed ^ 0x0123_4567_89AB_CDEF ^ id);
+        let skew = cfg.tick_us * cfg.tick_skew_per_mille / 1000;
+        let tick_us =
+            if skew == 0 { cfg.tick_us } else { setup.range(cfg.tick_us - skew, cfg.tick_us + skew + 1) };
+        Self {
+            founding,
+            raft: None,
+            fs: SimFs::new(cfg.seed ^ (id << 40) ^ 0xD15C, cfg.read_flip_per_mille),
+            store: None,
+            durable: DurableShadow::default(),
+            kv: KvStore::default(),
+            incarnation: 0,
+            inflight: None,
+            waiting_puts: BTreeMap::new(),
+            reads_by_context: BTreeMap::new(),
+            reads_ready: Vec::new(),
+            next_context: 0,
+            tick_us,
+            crash_after_next_write: None,
+        }
+    }
+}
+
 impl Cluster {
     /// Builds the cluster of a run; nothing happens until [`Cluster::run`].
     pub fn new(cfg: SimConfig) -> Self {
         let node_ids: Vec<NodeId> = (1..=cfg.nodes as NodeId).collect();
         let membership = Membership::new(node_ids.iter().copied());
-        let mut setup = SplitMix64::new(cfg.seed ^ 0x0123_4567_89AB_CDEF);
         let mut nodes = BTreeMap::new();
         for &id in &node_ids {
-            let skew = cfg.tick_us * cfg.tick_skew_per_mille / 1000;
-            let tick_us =
-                if skew == 0 { cfg.tick_us } else { setup.range(cfg.tick_us - skew, cfg.tick_us + skew + 1) };
-            nodes.insert(
-                id,
-                SimNode {
-                    id,
-                    raft: None,
-                    fs: SimFs::new(cfg.seed ^ (id << 40) ^ 0xD15C, cfg.read_flip_per_mille),
-                    store: None,
-                    durable: DurableShadow::default(),
-                    kv: KvStore::default(),
-                    incarnation: 0,
-                    inflight: None,
-                    waiting_puts: BTreeMap::new(),
-                    reads_by_context: BTreeMap::new(),
-                    reads_ready: Vec::new(),
-                    next_context: 0,
-                    tick_us,
-                    crash_after_next_write: None,
-                },
-            );
+            nodes.insert(id, SimNode::new(&cfg, id, membership.clone()));
         }
         let clients = (0..cfg.clients as ClientId)
             .map(|id| SimClient {
@@ -205,7 +214,6 @@ impl Cluster {
             next_event: 0,
             nodes,
             node_ids,
-            membership,
             clients,
             history: Vec::new(),
             effective: BTreeMap::new(),
@@ -310,16 +318,13 @@ impl Cluster {
                 self.client_next(client);
                 None
             }
-            Event::Nemesis => {
-                self.nemesis();
-                None
-            }
+            Event::Nemesis => self.nemesis(),
             Event::Restart(id) => {
                 self.start_node(id);
                 Some(id)
             }
             Event::Heal => {
-                self.heal();
+                self.heal()?;
                 None
             }
         };
@@ -359,12 +364,12 @@ impl Cluster {
     fn start_node(&mut self, id: NodeId) {
         let incarnation = self.nodes[&id].incarnation;
         let config = self.raft_config(id, incarnation);
-        let membership = self.membership.clone();
         let options = self.store_options();
         let node = self.nodes.get_mut(&id).expect("node");
         if node.raft.is_some() {
             return;
         }
+        let membership = node.founding.clone();
         let dir = PathBuf::from(format!("/n{id}"));
         let recovered = DiskStore::open_with(node.fs.clone(), &dir, options)
             .and_then(|store| store.initial_state(&membership).map(|initial| (store, initial)));
@@ -506,7 +511,7 @@ impl Cluster {
                 .map_err(|v| format!("{}: {}", v.property, v.detail))?;
             let node = self.nodes.get_mut(&id).expect("node");
             let put = match e.kind {
-                EntryKind::Noop => None,
+                EntryKind::Noop | EntryKind::ConfChange => None,
                 EntryKind::Normal => Some(Put::decode(&e.data).ok_or("undecodable command in the log")?),
             };
             let Some(put) = put else {
@@ -563,18 +568,18 @@ impl Cluster {
         }
     }
 
-    /// Section 7: each server snapshots on its own once enough entries were applied.
+    /// Section 7: each server snapshots on its own once the applied log since its last snapshot
+    /// exceeds a number of entries or of bytes.
     fn maybe_snapshot(&mut self, id: NodeId) {
         let Some(every) = self.cfg.snapshot_every_entries else { return };
-        let membership = self.membership.clone();
         let node = self.nodes.get_mut(&id).expect("node");
         let raft = node.raft.as_mut().expect("running");
-        let status = raft.status();
-        let applied = node.kv.applied_index;
-        if applied < status.snapshot_index + every || applied != status.last_applied {
+        let Some(applied) = raft.snapshot_due(every, self.cfg.snapshot_every_bytes) else { return };
+        if applied != node.kv.applied_index {
             return;
         }
         let term = raft.term_at(applied).expect("applied entry in the log");
+        let membership = raft.membership_at(applied);
         let meta = SnapshotMeta { last_included_index: applied, last_included_term: term, membership };
         let snapshot = Snapshot { meta, data: node.kv.encode() };
         // The snapshot is durable before the core drops the log prefix it covers.
@@ -741,9 +746,10 @@ impl Cluster {
         self.node_ids[self.nemesis_rng.range(0, self.node_ids.len() as u64) as usize]
     }
 
-    fn nemesis(&mut self) {
+    /// One fault. Returns the server whose Ready must be carried out, if any.
+    fn nemesis(&mut self) -> Option<NodeId> {
         if self.healed {
-            return;
+            return None;
         }
         let (lo, hi) = self.cfg.nemesis_interval_us;
         let next = self.nemesis_rng.range(lo, hi);
@@ -752,11 +758,14 @@ impl Cluster {
             Some(l) if self.nemesis_rng.chance(1, 2) => l,
             _ => self.random_node(),
         };
+        if self.cfg.reconfigure && self.nemesis_rng.chance(1, 3) {
+            return self.reconfigure();
+        }
         match self.nemesis_rng.range(0, 10) {
             0 | 1 => {
                 self.partition = Partition::healed();
                 self.log(|| "nemesis heals the network".into());
-                return;
+                return None;
             }
             2 | 3 => {
                 let down = self.nemesis_rng.range(0, 800_000);
@@ -770,7 +779,7 @@ impl Cluster {
                     self.crash(victim);
                     self.schedule(down, Event::Restart(victim));
                 }
-                return;
+                return None;
             }
             4 => {
                 let to = self.random_node();
@@ -778,8 +787,7 @@ impl Cluster {
                     let _ = r.transfer_leader(to);
                 });
                 self.log(|| format!("nemesis asks n{victim} to transfer leadership to n{to}"));
-                self.drive(victim).ok();
-                return;
+                return Some(victim);
             }
             _ => {}
         }
@@ -787,6 +795,7 @@ impl Cluster {
         self.summary.faults += 1;
         let p = self.partition.to_string();
         self.log(|| format!("nemesis partitions: {p}"));
+        None
     }
 
     fn random_partition(&mut self, victim: NodeId) -> Partition {
@@ -826,7 +835,7 @@ impl Cluster {
         }
     }
 
-    fn heal(&mut self) {
+    fn heal(&mut self) -> Result<(), String> {
         self.healed = true;
         self.partition = Partition::healed();
         self.log(|| "HEAL: network healed, every server restarted, no more faults".into());
@@ -835,9 +844,10 @@ impl Cluster {
             self.nodes.get_mut(&id).expect("node").crash_after_next_write = None;
             if self.nodes[&id].raft.is_none() {
                 self.start_node(id);
-                let _ = self.drive(id);
+                self.drive(id)?;
             }
         }
+        Ok(())
     }
 
     // ----- final checks ---------------------------------------------------------------------
@@ -848,9 +858,18 @@ impl Cluster {
         let leader = self.leader().ok_or("no leader elected within the heal phase")?;
         let lraft = self.nodes[&leader].raft.as_ref().expect("leader runs");
         let (last, term) = (lraft.status().last_index, lraft.current_term());
+        let membership = lraft.membership().clone();
+        if membership.is_joint() {
+            return Err(format!(
+                "the cluster is still in a joint configuration after the heal phase: {membership:?}"
+            ));
+        }
         let expected_kv = self.nodes[&leader].kv.values.clone();
-        for node in self.nodes.values() {
-            let raft = node.raft.as_ref().ok_or_else(|| format!("n{} still down after heal", node.id))?;
+        // Every member of the final configuration, voter or learner, must have converged;
+        // servers removed along the way are left alone (they only must not have disrupted).
+        for id in membership.members() {
+            let node = &self.nodes[&id];
+            let raft = node.raft.as_ref().ok_or_else(|| format!("n{id} still down after heal"))?;
             let s = raft.status();
             if s.current_term != term || s.leader_id != Some(leader) {
                 return Err(format!(
@@ -866,6 +885,13 @@ impl Cluster {
             }
             if node.kv.values != expected_kv {
                 return Err(format!("n{} state machine differs from the leader's", s.id));
+            }
+            if raft.membership() != &membership {
+                return Err(format!(
+                    "n{} has configuration {:?}, the leader {membership:?}",
+                    s.id,
+                    raft.membership()
+                ));
             }
         }
         if let Some(c) = self.clients.iter().find(|c| c.current.is_some()) {

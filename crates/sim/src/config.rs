@@ -39,8 +39,10 @@ pub struct SimConfig {
     pub max_inflight_msgs: usize,
     /// Raft flow control: bytes per AppendEntries.
     pub max_msg_bytes: usize,
-    /// Snapshot after this many applied entries (`None`: never compact).
+    /// Snapshot after this many applied entries (`None`: never compact)...
     pub snapshot_every_entries: Option<u64>,
+    /// ...or this many applied payload bytes.
+    pub snapshot_every_bytes: u64,
     /// Chance a message is lost during the fault phase, per mille.
     pub loss_per_mille: u64,
     /// Chance a message is delivered twice, per mille.
@@ -55,6 +57,11 @@ pub struct SimConfig {
     pub segment_bytes: u64,
     /// Chance a disk read returns a flipped bit, per mille.
     pub read_flip_per_mille: u64,
+    /// Whether the nemesis changes the membership (adds, removes, replaces servers). Only with
+    /// PreVote or CheckQuorum on (see [`SimConfig::from_seed`]).
+    pub reconfigure: bool,
+    /// Highest node id the nemesis may add.
+    pub max_nodes: usize,
     /// Record a readable trace.
     pub trace: bool,
 }
@@ -65,7 +72,7 @@ impl SimConfig {
         let mut rng = SplitMix64::new(seed ^ 0x5EED_C0F1_6000_0001);
         let nodes = nodes.unwrap_or([3, 5, 5, 7][rng.range(0, 4) as usize]);
         let read_mode = if rng.chance(1, 4) { ReadMode::Lease } else { ReadMode::Safe };
-        Self {
+        let mut cfg = Self {
             seed,
             nodes,
             clients: rng.range(2, 7) as usize,
@@ -89,7 +96,15 @@ impl SimConfig {
             segment_bytes: [1_024, 8_192, 1 << 20][rng.range(0, 3) as usize],
             read_flip_per_mille: [0, 10, 50][rng.range(0, 3) as usize],
             check_quorum: read_mode == ReadMode::Lease || rng.chance(3, 4),
+            snapshot_every_bytes: [1_000, 1 << 30][rng.range(0, 2) as usize],
+            reconfigure: rng.chance(1, 2),
+            max_nodes: 9,
             trace: false,
-        }
+        };
+        // A removed server that missed its removal keeps timing out. Without PreVote and without
+        // lazy voters (CheckQuorum) it deposes every leader, forever: the disruption thesis 4.2.3
+        // describes, which those two exist to prevent. Membership changes run only with one on.
+        cfg.reconfigure &= cfg.pre_vote || cfg.check_quorum;
+        cfg
     }
 }

@@ -27,6 +27,7 @@ pub fn entry_hash(e: &Entry) -> u64 {
     let kind = match e.kind {
         EntryKind::Normal => 1u8,
         EntryKind::Noop => 2u8,
+        EntryKind::ConfChange => 3u8,
     };
     for &b in std::iter::once(&kind).chain(e.data.iter()) {
         h ^= u64::from(b);

@@ -1,7 +1,5 @@
 //! Binary encodings of the core's types, little-endian, shared by log records and snapshot files.
 
-use std::collections::BTreeSet;
-
 use balsa_raft::{Entry, EntryKind, HardState, Membership, SnapshotMeta};
 use bytes::{Buf, BufMut, Bytes};
 
@@ -23,6 +21,7 @@ pub fn put_entry(out: &mut Vec<u8>, e: &Entry) {
     out.put_u8(match e.kind {
         EntryKind::Normal => 1,
         EntryKind::Noop => 2,
+        EntryKind::ConfChange => 3,
     });
     out.put_u32_le(e.data.len() as u32);
     out.put_slice(&e.data);
@@ -36,6 +35,7 @@ pub fn get_entry(buf: &mut Bytes) -> Result<Entry, DecodeError> {
     let kind = match buf.get_u8() {
         1 => EntryKind::Normal,
         2 => EntryKind::Noop,
+        3 => EntryKind::ConfChange,
         _ => return Err(DecodeError("entry kind")),
     };
     let len = buf.get_u32_le() as usize;
@@ -60,36 +60,23 @@ pub fn get_hard_state(buf: &mut Bytes) -> Result<HardState, DecodeError> {
     Ok(HardState { current_term, voted_for: (vote != 0).then_some(vote), commit_index })
 }
 
-fn put_ids(out: &mut Vec<u8>, ids: &BTreeSet<u64>) {
-    out.put_u32_le(ids.len() as u32);
-    for &id in ids {
-        out.put_u64_le(id);
-    }
-}
-
-fn get_ids(buf: &mut Bytes) -> Result<BTreeSet<u64>, DecodeError> {
-    need(buf, 4, "id count")?;
-    let n = buf.get_u32_le() as usize;
-    need(buf, n.saturating_mul(8), "ids")?;
-    Ok((0..n).map(|_| buf.get_u64_le()).collect())
-}
-
-/// Appends snapshot metadata: index, term, membership.
+/// Appends snapshot metadata: index, term, configuration (length-prefixed).
 pub fn put_snapshot_meta(out: &mut Vec<u8>, m: &SnapshotMeta) {
     out.put_u64_le(m.last_included_index);
     out.put_u64_le(m.last_included_term);
-    put_ids(out, &m.membership.voters);
-    put_ids(out, &m.membership.voters_outgoing);
-    put_ids(out, &m.membership.learners);
+    let membership = m.membership.encode();
+    out.put_u32_le(membership.len() as u32);
+    out.put_slice(&membership);
 }
 
 /// Reads snapshot metadata.
 pub fn get_snapshot_meta(buf: &mut Bytes) -> Result<SnapshotMeta, DecodeError> {
-    need(buf, 16, "snapshot meta")?;
+    need(buf, 20, "snapshot meta")?;
     let last_included_index = buf.get_u64_le();
     let last_included_term = buf.get_u64_le();
-    let membership =
-        Membership { voters: get_ids(buf)?, voters_outgoing: get_ids(buf)?, learners: get_ids(buf)? };
+    let len = buf.get_u32_le() as usize;
+    need(buf, len, "configuration")?;
+    let membership = Membership::decode(&buf.split_to(len)).ok_or(DecodeError("configuration"))?;
     Ok(SnapshotMeta { last_included_index, last_included_term, membership })
 }
 
@@ -130,6 +117,6 @@ mod tests {
         bad_kind[16] = 9;
         assert!(get_entry(&mut Bytes::from(bad_kind)).is_err());
         let mut b = Bytes::from_static(&[255, 255, 255, 255]);
-        assert!(get_ids(&mut b).is_err());
+        assert!(get_snapshot_meta(&mut b).is_err());
     }
 }

@@ -46,6 +46,12 @@ pub struct Config {
     pub learner_catch_up_lag_entries: u64,
     /// ...and is promoted to voter after staying caught up for this many leader ticks.
     pub learner_catch_up_ticks: u64,
+    /// Bytes of snapshot data per InstallSnapshot message; at most `max_inflight_msgs` chunks
+    /// are unacknowledged at once.
+    pub snapshot_chunk_bytes: usize,
+    /// When a server needs a snapshot, ask an up-to-date follower to stream it instead of the
+    /// leader (Omni-Paxos' lesson: new members must not saturate the leader).
+    pub delegate_snapshots: bool,
     /// Seeds the election-timeout randomness, so a run replays exactly.
     pub seed: u64,
 }
@@ -65,7 +71,7 @@ pub enum ConfigError {
         election_ticks: u64,
     },
     /// Replication could never make progress.
-    #[error("max_inflight_msgs and max_msg_bytes must be at least 1")]
+    #[error("max_inflight_msgs, max_msg_bytes and snapshot_chunk_bytes must be at least 1")]
     Flow,
     /// Lease reads rely on CheckQuorum's lazy voters.
     #[error("lease reads need check_quorum and a lease margin below the election timeout")]
@@ -87,6 +93,8 @@ impl Config {
             lease_margin_ticks: 2,
             learner_catch_up_lag_entries: 64,
             learner_catch_up_ticks: 10,
+            snapshot_chunk_bytes: 1 << 20,
+            delegate_snapshots: false,
             seed: id,
         }
     }
@@ -103,7 +111,7 @@ impl Config {
                 election_ticks: self.election_timeout_ticks,
             });
         }
-        if self.max_inflight_msgs == 0 || self.max_msg_bytes == 0 {
+        if self.max_inflight_msgs == 0 || self.max_msg_bytes == 0 || self.snapshot_chunk_bytes == 0 {
             return Err(ConfigError::Flow);
         }
         if self.read_mode == ReadMode::Lease

@@ -62,7 +62,8 @@
 //! | --- | --- |
 //! | `raft.rs` | roles, timers, message dispatch, Ready/advance, invariants |
 //! | `election.rs` | RequestVote, PreVote, leadership transfer |
-//! | `replication.rs` | AppendEntries, fast repair, commit rule, InstallSnapshot |
+//! | `replication.rs` | AppendEntries, fast repair, commit rule |
+//! | `snapshot.rs` | InstallSnapshot: chunked, flow-controlled, resumable, served by helpers |
 //! | `read_index.rs` | ReadIndex and lease reads |
 //! | `log.rs` | the in-memory log and its commit/durable/applied positions |
 //! | `progress.rs` | per-follower flow control (probe, replicate, snapshot) |
@@ -84,6 +85,7 @@ mod read_index;
 mod ready;
 mod replication;
 pub mod rng;
+mod snapshot;
 mod types;
 
 pub use conf_change::MembershipChange;
@@ -91,8 +93,8 @@ pub use config::{Config, ConfigError, ReadMode};
 pub use error::{ConfChangeError, ProposeError, ReadIndexError, SnapshotError, StepError, TransferError};
 pub use membership::{Membership, VoteResult};
 pub use message::{
-    AppendEntries, AppendEntriesResponse, ConflictHint, InstallSnapshot, Message, MessageBody,
-    ReadIndexRequest, ReadIndexResponse, RequestVote, RequestVoteResponse,
+    AppendEntries, AppendEntriesResponse, CatchUp, ConflictHint, InstallSnapshot, InstallSnapshotResponse,
+    Message, MessageBody, ReadIndexRequest, ReadIndexResponse, RequestVote, RequestVoteResponse,
 };
 pub use progress::{Progress, ProgressState};
 pub use raft::{InitialState, Raft, Status};

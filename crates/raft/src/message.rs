@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use crate::types::{Entry, Index, NodeId, Snapshot, Term};
+use crate::types::{Entry, Index, NodeId, SnapshotMeta, Term};
 
 /// An envelope: who sends, who receives, and the sender's term.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,8 +29,13 @@ pub enum MessageBody {
     AppendEntries(AppendEntries),
     /// The answer to `AppendEntries` and `InstallSnapshot`.
     AppendEntriesResponse(AppendEntriesResponse),
-    /// The leader sends a snapshot to a follower whose next entry it has compacted away.
+    /// One chunk of a snapshot, to a follower whose next entry the leader compacted away.
     InstallSnapshot(InstallSnapshot),
+    /// How much of a snapshot a follower has received, to whoever sends it the chunks.
+    InstallSnapshotResponse(InstallSnapshotResponse),
+    /// The leader asks a follower to stream its snapshot to a catching-up server, so that adding
+    /// members does not load the leader alone (deck 003, Omni-Paxos).
+    CatchUp(CatchUp),
     /// The leader tells its chosen successor to campaign now (thesis section 3.10).
     TimeoutNow,
     /// A follower forwards a linearizable read to the leader (thesis section 6.4).
@@ -105,11 +110,40 @@ pub struct ConflictHint {
     pub conflict_index: Index,
 }
 
-/// InstallSnapshot RPC (paper Figure 13), sent whole in this version.
+/// InstallSnapshot RPC (paper Figure 13): one chunk of a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstallSnapshot {
-    /// The snapshot, metadata and data.
-    pub snapshot: Snapshot,
+    /// The leader the receiver follows and acknowledges the finished install to. The sender is
+    /// the leader itself or a follower streaming on its behalf.
+    pub leader: NodeId,
+    /// Which snapshot (chunks of different snapshots never mix).
+    pub meta: SnapshotMeta,
+    /// Byte offset of this chunk in the snapshot's data.
+    pub offset: u64,
+    /// The chunk.
+    pub data: Bytes,
+    /// This is the last chunk.
+    pub done: bool,
+}
+
+/// Progress of a snapshot transfer, from the receiver to the sender of the chunks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstallSnapshotResponse {
+    /// Which snapshot (its last included index and term).
+    pub index: Index,
+    /// Term of that entry.
+    pub snapshot_term: Term,
+    /// Bytes received so far without a gap: the sender resumes here.
+    pub received: u64,
+    /// A chunk arrived out of order (one was lost): send again from `received`.
+    pub rewind: bool,
+}
+
+/// The leader asks the receiver to stream its latest snapshot to `target`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatchUp {
+    /// The server to bring up to date.
+    pub target: NodeId,
 }
 
 /// A linearizable read forwarded by a follower.
@@ -143,6 +177,17 @@ impl Message {
         )
     }
 
+    /// Roughly how many bytes the message puts on the wire (for transports and simulated
+    /// bandwidth).
+    pub fn size_bytes(&self) -> usize {
+        let payload = match &self.body {
+            MessageBody::AppendEntries(a) => a.entries.iter().map(Entry::size_bytes).sum(),
+            MessageBody::InstallSnapshot(s) => s.data.len(),
+            _ => 0,
+        };
+        48 + payload
+    }
+
     /// A short name for traces.
     pub fn kind_name(&self) -> &'static str {
         match &self.body {
@@ -154,6 +199,8 @@ impl Message {
             MessageBody::AppendEntries(_) => "AppendEntries",
             MessageBody::AppendEntriesResponse(_) => "AppendEntriesResp",
             MessageBody::InstallSnapshot(_) => "InstallSnapshot",
+            MessageBody::InstallSnapshotResponse(_) => "InstallSnapshotResp",
+            MessageBody::CatchUp(_) => "CatchUp",
             MessageBody::TimeoutNow => "TimeoutNow",
             MessageBody::ReadIndex(_) => "ReadIndex",
             MessageBody::ReadIndexResponse(_) => "ReadIndexResp",

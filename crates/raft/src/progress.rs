@@ -43,6 +43,17 @@ pub struct Progress {
     pub stalled_ticks: u64,
     /// Consecutive leader ticks a learner marked for promotion has been caught up.
     pub caught_up_ticks: u64,
+    /// In Snapshot: data bytes sent, and bytes the follower confirmed without a gap.
+    pub snapshot_sent: u64,
+    /// See `snapshot_sent`.
+    pub snapshot_acked: u64,
+    /// In Snapshot: the last chunk went out.
+    pub snapshot_done_sent: bool,
+    /// In Snapshot: the follower streaming it on the leader's behalf, if delegated.
+    pub snapshot_helper: Option<u64>,
+    /// Delegated snapshot transfers to this follower that made no progress; after one, the
+    /// leader sends snapshots itself.
+    pub delegations_failed: u32,
 }
 
 impl Progress {
@@ -60,6 +71,11 @@ impl Progress {
             snapshot_elapsed_ticks: 0,
             stalled_ticks: 0,
             caught_up_ticks: 0,
+            snapshot_sent: 0,
+            snapshot_acked: 0,
+            snapshot_done_sent: false,
+            snapshot_helper: None,
+            delegations_failed: 0,
         }
     }
 
@@ -84,6 +100,7 @@ impl Progress {
 
     /// Stream from just after the known match.
     pub fn become_replicate(&mut self) {
+        self.delegations_failed = 0;
         self.reset_state(ProgressState::Replicate);
         self.next_index = self.match_index + 1;
     }
@@ -98,6 +115,10 @@ impl Progress {
         self.probe_sent = false;
         self.inflight.clear();
         self.snapshot_elapsed_ticks = 0;
+        self.snapshot_sent = 0;
+        self.snapshot_acked = 0;
+        self.snapshot_done_sent = false;
+        self.snapshot_helper = None;
     }
 
     /// Records that entries up to `last` were sent.

@@ -91,6 +91,10 @@ pub struct Raft {
     pub(crate) snapshot: Option<Snapshot>,
     /// A snapshot received from the leader that the driver has not been handed yet.
     pub(crate) snapshot_to_install: Option<Snapshot>,
+    /// A snapshot being received chunk by chunk.
+    pub(crate) incoming_snapshot: Option<crate::snapshot::IncomingSnapshot>,
+    /// Snapshots this follower streams to catching-up servers on the leader's behalf.
+    pub(crate) helper_streams: crate::snapshot::HelperStreams,
     /// Current role.
     pub(crate) role: Role,
     /// The leader this server follows.
@@ -158,6 +162,8 @@ impl Raft {
             applied_bytes_since_snapshot: 0,
             snapshot: initial.snapshot,
             snapshot_to_install: None,
+            incoming_snapshot: None,
+            helper_streams: Default::default(),
             role: Role::Follower,
             leader_id: None,
             election_elapsed_ticks: 0,
@@ -496,6 +502,7 @@ impl Raft {
 
     pub(crate) fn leave_leadership(&mut self) {
         self.progress.clear();
+        self.helper_streams.clear();
         self.votes.clear();
         self.lead_transferee = None;
         self.lease_revoked = false;
@@ -550,6 +557,9 @@ impl Raft {
     // ----- timers ---------------------------------------------------------------------------
 
     fn tick_election(&mut self) {
+        if !self.helper_streams.is_empty() {
+            self.tick_helper_streams();
+        }
         self.election_elapsed_ticks += 1;
         if self.election_elapsed_ticks >= self.randomized_election_timeout_ticks {
             self.election_elapsed_ticks = 0;
@@ -624,9 +634,10 @@ impl Raft {
                     }
                 }
                 MessageBody::RequestVoteResponse(r) if r.pre_vote && r.vote_granted => {}
-                MessageBody::AppendEntries(_) | MessageBody::InstallSnapshot(_) | MessageBody::TimeoutNow => {
+                MessageBody::AppendEntries(_) | MessageBody::TimeoutNow => {
                     self.become_follower(m.term, Some(m.from))
                 }
+                MessageBody::InstallSnapshot(s) => self.become_follower(m.term, Some(s.leader)),
                 _ => self.become_follower(m.term, None),
             }
             return true;
@@ -683,9 +694,11 @@ impl Raft {
                 }
             }
             MessageBody::InstallSnapshot(s) => {
-                self.accept_leader(from);
-                self.handle_install_snapshot(from, s.snapshot);
+                self.accept_leader(s.leader);
+                self.handle_snapshot_chunk(from, s);
             }
+            MessageBody::InstallSnapshotResponse(r) => self.handle_snapshot_response(from, r),
+            MessageBody::CatchUp(req) => self.handle_catch_up(from, req),
             MessageBody::TimeoutNow => {
                 if self.role != Role::Leader && self.membership.is_voter(self.config.id) {
                     self.campaign(Campaign::Transfer);

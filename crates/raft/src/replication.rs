@@ -1,9 +1,9 @@
 //! Log replication (paper section 5.3), the commit rule (5.4.2) and snapshots (section 7).
 
-use crate::message::{AppendEntries, AppendEntriesResponse, ConflictHint, InstallSnapshot, MessageBody};
+use crate::message::{AppendEntries, AppendEntriesResponse, ConflictHint, MessageBody};
 use crate::progress::ProgressState;
 use crate::raft::Raft;
-use crate::types::{Index, NodeId, Snapshot};
+use crate::types::{Index, NodeId};
 
 impl Raft {
     /// Sends `to` the entries it is missing, if its flow control allows. Returns whether
@@ -58,14 +58,6 @@ impl Raft {
             read_round: self.reads.round,
         };
         self.send(to, MessageBody::AppendEntries(body));
-    }
-
-    fn send_snapshot(&mut self, to: NodeId) -> bool {
-        let snapshot = self.snapshot.clone().expect("entries are compacted only into a snapshot");
-        let pending_index = snapshot.meta.last_included_index;
-        self.progress.get_mut(&to).expect("leader tracks every member").become_snapshot(pending_index);
-        self.send(to, MessageBody::InstallSnapshot(InstallSnapshot { snapshot }));
-        true
     }
 
     /// Starts a new read round and sends every member a heartbeat carrying it.
@@ -144,7 +136,7 @@ impl Raft {
         }
     }
 
-    fn reply_append(
+    pub(crate) fn reply_append(
         &mut self,
         to: NodeId,
         success: bool,
@@ -181,7 +173,20 @@ impl Raft {
             ProgressState::Snapshot { pending_index } if pr.match_index >= pending_index => {
                 pr.become_replicate()
             }
+            ProgressState::Snapshot { .. } if advanced && pr.snapshot_helper.is_some() => {
+                // A helper's snapshot may be older than our log's start: continue from what it
+                // brought, and if entries are still missing, send our own snapshot next (the
+                // helper cannot do better than it just did).
+                pr.become_probe();
+                pr.next_index = pr.match_index + 1;
+                pr.delegations_failed += 1;
+            }
             ProgressState::Snapshot { .. } if pr.snapshot_elapsed_ticks >= snapshot_resend => {
+                // No progress for an election timeout: start over. A delegation that stalled is
+                // not tried again for this follower: the leader sends its own snapshot.
+                if pr.snapshot_helper.is_some() {
+                    pr.delegations_failed += 1;
+                }
                 pr.become_probe()
             }
             ProgressState::Replicate
@@ -236,30 +241,5 @@ impl Raft {
         self.log.commit_to(candidate);
         self.release_reads_awaiting_commit();
         true
-    }
-
-    /// Follower side of InstallSnapshot (section 7 and deck 000's two situations).
-    pub(crate) fn handle_install_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {
-        let index = snapshot.meta.last_included_index;
-        let term = snapshot.meta.last_included_term;
-        let match_index = if index <= self.log.commit_index {
-            // Already have all of it; our committed prefix matches the leader's.
-            self.log.commit_index
-        } else if self.log.term(index) == Some(term) {
-            // The snapshot covers a prefix of our log: keep the matching suffix, and commit up to
-            // the snapshot, since it holds only committed entries.
-            self.log.commit_to(index);
-            index
-        } else {
-            // Far behind or conflicting: discard the whole log and install the snapshot.
-            self.log.restore(index, term);
-            self.config_log.reset(snapshot.meta.membership.clone());
-            self.sync_membership();
-            self.applied_bytes_since_snapshot = 0;
-            self.snapshot = Some(snapshot.clone());
-            self.snapshot_to_install = Some(snapshot);
-            index
-        };
-        self.reply_append(from, true, match_index, 0, ConflictHint::default(), 0);
     }
 }

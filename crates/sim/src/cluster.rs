@@ -294,7 +294,42 @@ impl Cluster {
             }
             Event::Deliver(m) => {
                 let to = m.to;
-                self.log(|| format!("n{} -> n{} {} t{}", m.from, m.to, m.kind_name(), m.term));
+                self.log(|| match &m.body {
+                    balsa_raft::MessageBody::InstallSnapshot(c) => format!(
+                        "n{} -> n{} InstallSnapshot t{} (leader n{}, snapshot {}, bytes {}..{}{})",
+                        m.from,
+                        m.to,
+                        m.term,
+                        c.leader,
+                        c.meta.last_included_index,
+                        c.offset,
+                        c.offset + c.data.len() as u64,
+                        if c.done { ", last" } else { "" }
+                    ),
+                    balsa_raft::MessageBody::AppendEntries(a) if !a.entries.is_empty() => format!(
+                        "n{} -> n{} AppendEntries t{} (prev {}/t{}, entries {}..={}, commit {})",
+                        m.from,
+                        m.to,
+                        m.term,
+                        a.prev_log_index,
+                        a.prev_log_term,
+                        a.entries[0].index,
+                        a.entries[a.entries.len() - 1].index,
+                        a.leader_commit
+                    ),
+                    balsa_raft::MessageBody::AppendEntriesResponse(r) => format!(
+                        "n{} -> n{} AppendEntriesResp t{} ({})",
+                        m.from,
+                        m.to,
+                        m.term,
+                        if r.success {
+                            format!("match {}", r.match_index)
+                        } else {
+                            format!("reject prev {} hint {:?}", r.rejected_index, r.hint)
+                        }
+                    ),
+                    _ => format!("n{} -> n{} {} t{}", m.from, m.to, m.kind_name(), m.term),
+                });
                 self.with_raft(to, |r| r.step(m).expect("simulator addresses messages correctly"));
                 Some(to)
             }
@@ -351,6 +386,8 @@ impl Cluster {
         c.read_mode = self.cfg.read_mode;
         c.max_inflight_msgs = self.cfg.max_inflight_msgs;
         c.max_msg_bytes = self.cfg.max_msg_bytes;
+        c.snapshot_chunk_bytes = self.cfg.snapshot_chunk_bytes;
+        c.delegate_snapshots = self.cfg.delegate_snapshots;
         c.seed = self.cfg.seed ^ (id << 32) ^ incarnation;
         c
     }
@@ -603,8 +640,9 @@ impl Cluster {
         }
         let copies =
             if !self.healed && self.net_rng.chance(self.cfg.duplicate_per_mille, 1000) { 2 } else { 1 };
+        let transmit_us = m.size_bytes() as u64 / self.cfg.link_bytes_per_us;
         for _ in 0..copies {
-            let delay = self.message_delay();
+            let delay = self.message_delay() + transmit_us;
             self.schedule(delay, Event::Deliver(m.clone()));
         }
     }

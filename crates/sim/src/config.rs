@@ -62,6 +62,12 @@ pub struct SimConfig {
     pub reconfigure: bool,
     /// Highest node id the nemesis may add.
     pub max_nodes: usize,
+    /// Bytes per InstallSnapshot chunk (small, so transfers span many lossy messages).
+    pub snapshot_chunk_bytes: usize,
+    /// Whether leaders delegate snapshot transfers to up-to-date followers.
+    pub delegate_snapshots: bool,
+    /// Link bandwidth: a message is delayed by its size divided by this, on top of latency.
+    pub link_bytes_per_us: u64,
     /// Record a readable trace.
     pub trace: bool,
 }
@@ -99,6 +105,9 @@ impl SimConfig {
             snapshot_every_bytes: [1_000, 1 << 30][rng.range(0, 2) as usize],
             reconfigure: rng.chance(1, 2),
             max_nodes: 9,
+            snapshot_chunk_bytes: [16, 256, 1 << 20][rng.range(0, 3) as usize],
+            delegate_snapshots: rng.chance(1, 2),
+            link_bytes_per_us: 125,
             trace: false,
         };
         // A removed server that missed its removal keeps timing out. Without PreVote and without

@@ -165,6 +165,10 @@ pub struct Node {
     pub applied_index: Index,
     /// ReadIndex outcomes delivered to this server since it started.
     pub read_states: Vec<ReadState>,
+    /// The configuration this server starts from when neither its snapshot nor its log records
+    /// one (`InitialState::membership`): the initial cluster, or `Membership::default()` for a
+    /// server added later, which knows no voters and so cannot campaign until it learns better.
+    pub bootstrap: Membership,
     disk_stalled: bool,
     pending: Option<(Ready, Vec<Message>)>,
 }
@@ -278,6 +282,7 @@ impl Cluster {
                 state: Vec::new(),
                 applied_index: 0,
                 read_states: Vec::new(),
+                bootstrap: membership.clone(),
                 disk_stalled: false,
                 pending: None,
             };
@@ -285,6 +290,40 @@ impl Cluster {
             cluster.start(id);
         }
         cluster
+    }
+
+    /// Starts a brand-new server `id` ([`test_config`]) with an empty disk and `bootstrap` as the
+    /// configuration it knows until its log or a snapshot says otherwise. A server joining an
+    /// existing cluster uses `Membership::default()`. Links to and from it are open.
+    pub fn add_node(&mut self, id: NodeId, bootstrap: Membership) {
+        self.add_node_with(test_config(id), bootstrap);
+    }
+
+    /// [`Cluster::add_node`] with a given configuration.
+    pub fn add_node_with(&mut self, config: Config, bootstrap: Membership) {
+        let id = config.id;
+        assert!(!self.nodes.contains_key(&id), "node {id} already exists");
+        let node = Node {
+            config,
+            raft: None,
+            disk: Disk::default(),
+            state: Vec::new(),
+            applied_index: 0,
+            read_states: Vec::new(),
+            bootstrap,
+            disk_stalled: false,
+            pending: None,
+        };
+        self.nodes.insert(id, node);
+        self.start(id);
+    }
+
+    /// Takes server `id` away for good: it crashes and is forgotten together with its disk and
+    /// its blocked links. Messages still queued for it are lost when their turn comes.
+    pub fn remove_node(&mut self, id: NodeId) {
+        self.crash(id);
+        self.nodes.remove(&id);
+        self.blocked.retain(|&(a, b)| a != id && b != id);
     }
 
     // ----- access --------------------------------------------------------------------------
@@ -357,7 +396,7 @@ impl Cluster {
             snapshot: node.disk.snapshot.clone(),
             entries: node.disk.entries.clone(),
             applied_index: node.disk.snapshot_index(),
-            membership: self.membership.clone(),
+            membership: node.bootstrap.clone(),
         };
         node.state = node.disk.snapshot.as_ref().map(|s| decode_state(&s.data)).unwrap_or_default();
         node.applied_index = node.disk.snapshot_index();
@@ -683,7 +722,7 @@ impl Cluster {
             meta: SnapshotMeta {
                 last_included_index: index,
                 last_included_term: raft.term_at(index).unwrap_or(0),
-                membership: raft.membership().clone(),
+                membership: raft.membership_at(index),
             },
             data: encode_state(&state),
         };

@@ -1,0 +1,324 @@
+//! Snapshot transfer (paper section 7, Figure 13; deck 000's two follower situations): chunked,
+//! flow-controlled, resumable after a lost chunk or a change of leader, and optionally streamed
+//! by an up-to-date follower instead of the leader (deck 003: Omni-Paxos' parallel catch-up).
+
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::message::{CatchUp, ConflictHint, InstallSnapshot, InstallSnapshotResponse, MessageBody};
+use crate::progress::ProgressState;
+use crate::raft::Raft;
+use crate::types::{NodeId, Role, Snapshot, SnapshotMeta};
+
+/// A snapshot being received, chunk by chunk. Kept across a change of leader: a new leader
+/// sending the same snapshot resumes where the old one stopped.
+#[derive(Debug)]
+pub(crate) struct IncomingSnapshot {
+    meta: SnapshotMeta,
+    data: BytesMut,
+}
+
+/// A snapshot this server streams to a peer: as leader (state kept in the peer's progress) or as
+/// a follower helping a new member catch up (kept here).
+#[derive(Debug)]
+pub(crate) struct OutgoingSnapshot {
+    meta: SnapshotMeta,
+    data: Bytes,
+    sent: u64,
+    acked: u64,
+    done_sent: bool,
+    /// Ticks without progress; a stalled stream is dropped.
+    idle_ticks: u64,
+}
+
+/// Cursor of one transfer: what was sent and confirmed.
+struct Cursor<'a> {
+    sent: &'a mut u64,
+    acked: &'a mut u64,
+    done_sent: &'a mut bool,
+}
+
+/// The chunks that may go out now: from `sent`, while fewer than `window` bytes are unconfirmed.
+fn next_chunks(
+    data: &Bytes,
+    cursor: &mut Cursor<'_>,
+    chunk_bytes: usize,
+    window_bytes: u64,
+) -> Vec<(u64, Bytes, bool)> {
+    let total = data.len() as u64;
+    let mut out = Vec::new();
+    while !*cursor.done_sent && *cursor.sent - *cursor.acked < window_bytes.max(1) {
+        let offset = *cursor.sent;
+        let len = (total - offset).min(chunk_bytes as u64);
+        let done = offset + len == total;
+        out.push((offset, data.slice(offset as usize..(offset + len) as usize), done));
+        *cursor.sent += len;
+        *cursor.done_sent = done;
+    }
+    out
+}
+
+impl Raft {
+    fn window_bytes(&self) -> u64 {
+        (self.config.snapshot_chunk_bytes * self.config.max_inflight_msgs) as u64
+    }
+
+    /// Leader: `to` needs entries that were compacted away. Starts (or continues) a snapshot
+    /// transfer, delegating it to an up-to-date follower when allowed.
+    pub(crate) fn send_snapshot(&mut self, to: NodeId) -> bool {
+        let index = self
+            .snapshot
+            .as_ref()
+            .expect("entries are compacted only into a snapshot")
+            .meta
+            .last_included_index;
+        let pr = self.progress.get_mut(&to).expect("leader tracks every member");
+        let continuing =
+            matches!(pr.state, ProgressState::Snapshot { pending_index } if pending_index == index);
+        if !continuing {
+            let tried_delegating = pr.delegations_failed > 0;
+            pr.become_snapshot(index);
+            if self.config.delegate_snapshots && !tried_delegating {
+                if let Some(helper) = self.pick_snapshot_helper(to) {
+                    self.progress.get_mut(&to).expect("present").snapshot_helper = Some(helper);
+                    self.send(helper, MessageBody::CatchUp(CatchUp { target: to }));
+                    return true;
+                }
+            }
+        }
+        if self.progress[&to].snapshot_helper.is_some() {
+            return false;
+        }
+        self.stream_leader_chunks(to)
+    }
+
+    /// An up-to-date, recently heard-from member other than `to`: it can serve its own snapshot.
+    fn pick_snapshot_helper(&self, to: NodeId) -> Option<NodeId> {
+        let last = self.log.last_index();
+        self.progress
+            .iter()
+            .filter(|(id, p)| {
+                **id != to && p.recent_active && p.match_index == last && p.state == ProgressState::Replicate
+            })
+            .map(|(id, _)| *id)
+            .next()
+    }
+
+    fn stream_leader_chunks(&mut self, to: NodeId) -> bool {
+        let snapshot = self.snapshot.clone().expect("a snapshot exists");
+        let (chunk, window, me) = (self.config.snapshot_chunk_bytes, self.window_bytes(), self.config.id);
+        let pr = self.progress.get_mut(&to).expect("present");
+        let mut cursor = Cursor {
+            sent: &mut pr.snapshot_sent,
+            acked: &mut pr.snapshot_acked,
+            done_sent: &mut pr.snapshot_done_sent,
+        };
+        let chunks = next_chunks(&snapshot.data, &mut cursor, chunk, window);
+        let sent_any = !chunks.is_empty();
+        for (offset, data, done) in chunks {
+            let body = InstallSnapshot { leader: me, meta: snapshot.meta.clone(), offset, data, done };
+            self.send(to, MessageBody::InstallSnapshot(body));
+        }
+        sent_any
+    }
+
+    /// Follower asked by the leader to stream its snapshot to `target`.
+    pub(crate) fn handle_catch_up(&mut self, leader: NodeId, req: CatchUp) {
+        if self.role != Role::Follower || self.leader_id != Some(leader) || req.target == self.config.id {
+            return;
+        }
+        let Some(snapshot) = self.snapshot.clone() else { return };
+        let stream = OutgoingSnapshot {
+            meta: snapshot.meta,
+            data: snapshot.data,
+            sent: 0,
+            acked: 0,
+            done_sent: false,
+            idle_ticks: 0,
+        };
+        self.helper_streams.insert(req.target, stream);
+        self.stream_helper_chunks(req.target);
+    }
+
+    fn stream_helper_chunks(&mut self, to: NodeId) {
+        let (chunk, window) = (self.config.snapshot_chunk_bytes, self.window_bytes());
+        let Some(leader) = self.leader_id else { return };
+        let Some(s) = self.helper_streams.get_mut(&to) else { return };
+        let mut cursor = Cursor { sent: &mut s.sent, acked: &mut s.acked, done_sent: &mut s.done_sent };
+        let chunks = next_chunks(&s.data, &mut cursor, chunk, window);
+        let meta = s.meta.clone();
+        for (offset, data, done) in chunks {
+            let body = InstallSnapshot { leader, meta: meta.clone(), offset, data, done };
+            self.send(to, MessageBody::InstallSnapshot(body));
+        }
+    }
+
+    /// Progress report from a server receiving chunks from us (as leader or helper).
+    pub(crate) fn handle_snapshot_response(&mut self, from: NodeId, r: InstallSnapshotResponse) {
+        let is_leader_stream = self.role == crate::types::Role::Leader
+            && self.progress.get(&from).is_some_and(|p| {
+                p.snapshot_helper.is_none()
+                    && matches!(p.state, ProgressState::Snapshot { pending_index } if pending_index == r.index)
+            });
+        if is_leader_stream {
+            let pr = self.progress.get_mut(&from).expect("checked");
+            pr.recent_active = true;
+            let progressed = r.received > pr.snapshot_acked;
+            advance_cursor(&mut pr.snapshot_sent, &mut pr.snapshot_acked, &mut pr.snapshot_done_sent, &r);
+            if progressed {
+                pr.snapshot_elapsed_ticks = 0;
+            }
+            self.stream_leader_chunks(from);
+            return;
+        }
+        if let Some(s) = self.helper_streams.get_mut(&from).filter(|s| s.meta.last_included_index == r.index)
+        {
+            if r.received > s.acked {
+                s.idle_ticks = 0;
+            }
+            advance_cursor(&mut s.sent, &mut s.acked, &mut s.done_sent, &r);
+            if s.acked >= s.data.len() as u64 && s.done_sent {
+                self.helper_streams.remove(&from);
+            } else {
+                self.stream_helper_chunks(from);
+            }
+        }
+    }
+
+    /// Follower helping others: drop streams that made no progress for two election timeouts
+    /// (the leader falls back to sending its own snapshot).
+    pub(crate) fn tick_helper_streams(&mut self) {
+        let limit = 2 * self.config.election_timeout_ticks;
+        for s in self.helper_streams.values_mut() {
+            s.idle_ticks += 1;
+        }
+        self.helper_streams.retain(|_, s| s.idle_ticks < limit);
+    }
+
+    /// Receiver of a chunk. Answers chunk progress to the sender and, once the snapshot is
+    /// complete (or turns out not to be needed), the install to the leader.
+    pub(crate) fn handle_snapshot_chunk(&mut self, from: NodeId, chunk: InstallSnapshot) {
+        let leader = chunk.leader;
+        let (index, term) = (chunk.meta.last_included_index, chunk.meta.last_included_term);
+        if index <= self.log.commit_index || self.log.term(index) == Some(term) {
+            // No data needed: we hold it already (deck 000, second situation).
+            self.incoming_snapshot = None;
+            return self.install_snapshot(leader, chunk.meta, None);
+        }
+        let fresh = self.incoming_snapshot.as_ref().is_none_or(|inc| inc.meta != chunk.meta);
+        if fresh {
+            if chunk.offset != 0 {
+                return self.reply_snapshot_progress(from, &chunk.meta, 0, true);
+            }
+            self.incoming_snapshot =
+                Some(IncomingSnapshot { meta: chunk.meta.clone(), data: BytesMut::new() });
+        }
+        let inc = self.incoming_snapshot.as_mut().expect("just ensured");
+        let have = inc.data.len() as u64;
+        if chunk.offset > have {
+            // A chunk went missing: ask to resend from what we have.
+            return self.reply_snapshot_progress(from, &chunk.meta, have, true);
+        }
+        let end = chunk.offset + chunk.data.len() as u64;
+        if end > have {
+            inc.data.extend_from_slice(&chunk.data[(have - chunk.offset) as usize..]);
+        }
+        let received = inc.data.len() as u64;
+        if chunk.done && end == received {
+            let inc = self.incoming_snapshot.take().expect("present");
+            self.reply_snapshot_progress(from, &inc.meta, received, false);
+            self.install_snapshot(leader, inc.meta, Some(inc.data.freeze()));
+        } else {
+            self.reply_snapshot_progress(from, &chunk.meta, received, false);
+        }
+    }
+
+    fn reply_snapshot_progress(&mut self, to: NodeId, meta: &SnapshotMeta, received: u64, rewind: bool) {
+        let body = InstallSnapshotResponse {
+            index: meta.last_included_index,
+            snapshot_term: meta.last_included_term,
+            received,
+            rewind,
+        };
+        self.send(to, MessageBody::InstallSnapshotResponse(body));
+    }
+
+    /// Installs a complete snapshot, or, if `data` is `None`, acknowledges one this server does
+    /// not need, and tells the leader how far its log now matches.
+    fn install_snapshot(&mut self, leader: NodeId, meta: SnapshotMeta, data: Option<Bytes>) {
+        let (index, term) = (meta.last_included_index, meta.last_included_term);
+        let match_index = if index <= self.log.commit_index {
+            // Already have all of it; our committed prefix matches the leader's.
+            self.log.commit_index
+        } else if self.log.term(index) == Some(term) {
+            // The snapshot covers a prefix of our log: keep the matching suffix, and commit up to
+            // the snapshot, since it holds only committed entries.
+            self.log.commit_to(index);
+            index
+        } else {
+            // Far behind or conflicting (deck 000, first situation): discard the whole log.
+            let data = data.expect("a snapshot we need arrives with its data");
+            let snapshot = Snapshot { meta, data };
+            self.log.restore(index, term);
+            self.config_log.reset(snapshot.meta.membership.clone());
+            self.sync_membership();
+            self.applied_bytes_since_snapshot = 0;
+            self.snapshot = Some(snapshot.clone());
+            self.snapshot_to_install = Some(snapshot);
+            index
+        };
+        self.reply_append(leader, true, match_index, 0, ConflictHint::default(), 0);
+    }
+}
+
+/// Applies a progress report to a transfer's cursor: confirmed bytes only grow; a rewind (or a
+/// receiver that already holds more, e.g. from an earlier leader) moves the send point there.
+fn advance_cursor(sent: &mut u64, acked: &mut u64, done_sent: &mut bool, r: &InstallSnapshotResponse) {
+    *acked = (*acked).max(r.received);
+    if r.rewind || r.received > *sent {
+        *sent = r.received;
+        *done_sent = false;
+    }
+}
+
+/// The streams a follower serves, by target.
+pub(crate) type HelperStreams = BTreeMap<NodeId, OutgoingSnapshot>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_respect_the_window_and_end_with_done() {
+        let data = Bytes::from(vec![7u8; 10]);
+        let (mut sent, mut acked, mut done) = (0, 0, false);
+        let mut c = Cursor { sent: &mut sent, acked: &mut acked, done_sent: &mut done };
+        let first = next_chunks(&data, &mut c, 3, 6);
+        assert_eq!(first.iter().map(|(o, d, _)| (*o, d.len())).collect::<Vec<_>>(), vec![(0, 3), (3, 3)]);
+        assert!(first.iter().all(|(_, _, done)| !done));
+        *c.acked = 6;
+        let rest = next_chunks(&data, &mut c, 3, 6);
+        assert_eq!(
+            rest.iter().map(|(o, d, done)| (*o, d.len(), *done)).collect::<Vec<_>>(),
+            vec![(6, 3, false), (9, 1, true)]
+        );
+        assert!(next_chunks(&data, &mut c, 3, 6).is_empty(), "nothing after the last chunk");
+        // An empty snapshot is one empty, final chunk.
+        let (mut s2, mut a2, mut d2) = (0, 0, false);
+        let mut c2 = Cursor { sent: &mut s2, acked: &mut a2, done_sent: &mut d2 };
+        assert_eq!(next_chunks(&Bytes::new(), &mut c2, 3, 6).len(), 1);
+    }
+
+    #[test]
+    fn a_rewind_resends_from_what_the_receiver_has() {
+        let (mut sent, mut acked, mut done) = (9, 3, true);
+        let r = InstallSnapshotResponse { index: 1, snapshot_term: 1, received: 3, rewind: true };
+        advance_cursor(&mut sent, &mut acked, &mut done, &r);
+        assert_eq!((sent, acked, done), (3, 3, false));
+        // A receiver that holds more than we sent (it kept a partial from an earlier leader).
+        let r = InstallSnapshotResponse { index: 1, snapshot_term: 1, received: 8, rewind: false };
+        advance_cursor(&mut sent, &mut acked, &mut done, &r);
+        assert_eq!((sent, acked), (8, 8));
+    }
+}

@@ -242,10 +242,16 @@ impl Raft {
     pub(crate) fn promote_caught_up_learners(&mut self) {
         let last = self.log.last_index();
         let lag = self.config.learner_catch_up_lag_entries;
+        let (now, window) = (self.now_ticks, self.config.election_timeout_ticks);
         let mut ready = None;
         for id in self.membership.promote.clone() {
             let Some(pr) = self.progress.get_mut(&id) else { continue };
-            if pr.match_index + lag >= last {
+            // Caught up means: acknowledged entries, within the lag, and heard from in the
+            // current election-timeout window. A learner that never answered (match 0 looks
+            // "close" while the log is short) or went silent is not promoted: as a voter it could
+            // only cost availability (thesis 4.2.1).
+            let heard_lately = pr.last_response_tick > 0 && now - pr.last_response_tick <= window;
+            if heard_lately && pr.match_index > 0 && pr.match_index + lag >= last {
                 pr.caught_up_ticks += 1;
             } else {
                 pr.caught_up_ticks = 0;
@@ -285,7 +291,7 @@ impl Raft {
     /// each server snapshots on its own). Returns the index to snapshot at: the last applied.
     pub fn snapshot_due(&self, max_entries: u64, max_bytes: u64) -> Option<Index> {
         let applied = self.log.last_applied;
-        let entries = applied - self.log.snapshot_index();
+        let entries = applied.saturating_sub(self.last_snapshot_index());
         let due = entries > 0 && (entries >= max_entries || self.applied_bytes_since_snapshot >= max_bytes);
         due.then_some(applied)
     }

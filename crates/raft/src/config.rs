@@ -52,6 +52,10 @@ pub struct Config {
     /// When a server needs a snapshot, ask an up-to-date follower to stream it instead of the
     /// leader (Omni-Paxos' lesson: new members must not saturate the leader).
     pub delegate_snapshots: bool,
+    /// Entries kept before a snapshot's point when compacting (0: compact exactly at it), so a
+    /// server restored from a slightly older snapshot (one a follower served) continues from the
+    /// log rather than needing the leader's snapshot too. 1024 suits catch-up from peers.
+    pub snapshot_catch_up_entries: u64,
     /// Seeds the election-timeout randomness, so a run replays exactly.
     pub seed: u64,
 }
@@ -95,6 +99,7 @@ impl Config {
             learner_catch_up_ticks: 10,
             snapshot_chunk_bytes: 1 << 20,
             delegate_snapshots: false,
+            snapshot_catch_up_entries: 0,
             seed: id,
         }
     }

@@ -35,6 +35,8 @@ pub struct Progress {
     pub inflight: VecDeque<Index>,
     /// Heard from in the current CheckQuorum period.
     pub recent_active: bool,
+    /// Leader tick of the last answer from this follower.
+    pub last_response_tick: u64,
     /// Highest read round the follower echoed in this term (thesis 6.4).
     pub read_round_acked: u64,
     /// Leader ticks since the snapshot in flight was sent, to resend one that was lost.
@@ -67,6 +69,7 @@ impl Progress {
             probe_sent: false,
             inflight: VecDeque::new(),
             recent_active: false,
+            last_response_tick: 0,
             read_round_acked: 0,
             snapshot_elapsed_ticks: 0,
             stalled_ticks: 0,

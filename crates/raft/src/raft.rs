@@ -304,8 +304,8 @@ impl Raft {
         if index > self.log.last_applied {
             return Err(SnapshotError::NotApplied { index, applied: self.log.last_applied });
         }
-        if index <= self.log.snapshot_index() {
-            return Err(SnapshotError::Stale { index, current: self.log.snapshot_index() });
+        if index <= self.last_snapshot_index() {
+            return Err(SnapshotError::Stale { index, current: self.last_snapshot_index() });
         }
         if snapshot.meta.membership != *self.config_log.at(index) {
             return Err(SnapshotError::MembershipMismatch { index });
@@ -313,12 +313,27 @@ impl Raft {
         if self.log.term(index) != Some(snapshot.meta.last_included_term) {
             return Err(SnapshotError::TermMismatch { index, term: snapshot.meta.last_included_term });
         }
-        self.log.compact(index);
-        self.config_log.compact(index);
-        self.applied_bytes_since_snapshot = 0;
+        // Keep a tail of entries before the snapshot point (etcd's "snapshot catch-up entries"):
+        // a server restored from a slightly older snapshot, e.g. one a follower served, then
+        // continues from the log instead of needing the leader's whole snapshot.
+        let point =
+            index.saturating_sub(self.config.snapshot_catch_up_entries).max(self.log.snapshot_index());
+        if point > self.log.snapshot_index() {
+            self.log.compact(point);
+            self.config_log.compact(point);
+        }
+        self.applied_bytes_since_snapshot = (index + 1..=self.log.last_applied)
+            .filter_map(|i| self.log.entry(i))
+            .map(|e| e.data.len() as u64)
+            .sum();
         self.snapshot = Some(snapshot);
         self.check_invariants();
         Ok(())
+    }
+
+    /// Index of the latest snapshot (the log may keep entries before it).
+    pub(crate) fn last_snapshot_index(&self) -> Index {
+        self.snapshot.as_ref().map_or(self.log.snapshot_index(), |s| s.meta.last_included_index)
     }
 
     // ----- outputs ------------------------------------------------------------------------

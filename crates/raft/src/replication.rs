@@ -152,10 +152,11 @@ impl Raft {
     /// Leader side of an AppendEntries (or InstallSnapshot) answer.
     pub(crate) fn handle_append_response(&mut self, from: NodeId, r: AppendEntriesResponse) {
         let stall_limit = 2 * self.config.heartbeat_interval_ticks;
-        let snapshot_resend = self.config.election_timeout_ticks;
+        let snapshot_resend = 2 * self.config.election_timeout_ticks;
         let last_index = self.log.last_index();
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.recent_active = true;
+        pr.last_response_tick = self.now_ticks;
         pr.read_round_acked = pr.read_round_acked.max(r.read_round);
         if !r.success {
             let next = self.next_from_hint(r.rejected_index, r.hint);
@@ -167,6 +168,7 @@ impl Raft {
             return;
         }
         let advanced = pr.acknowledge(r.match_index);
+        let mut resend_snapshot = false;
         match pr.state {
             ProgressState::Probe if advanced => pr.become_replicate(),
             ProgressState::Probe => pr.probe_sent = false,
@@ -182,12 +184,19 @@ impl Raft {
                 pr.delegations_failed += 1;
             }
             ProgressState::Snapshot { .. } if pr.snapshot_elapsed_ticks >= snapshot_resend => {
-                // No progress for an election timeout: start over. A delegation that stalled is
-                // not tried again for this follower: the leader sends its own snapshot.
+                pr.snapshot_elapsed_ticks = 0;
                 if pr.snapshot_helper.is_some() {
+                    // A delegation that stalled is not tried again for this follower: the
+                    // leader sends its own snapshot.
                     pr.delegations_failed += 1;
+                    pr.become_probe();
+                } else {
+                    // Nothing confirmed for a while: resend from the last confirmed byte (the
+                    // receiver keeps what it has), like a retransmission timeout.
+                    pr.snapshot_sent = pr.snapshot_acked;
+                    pr.snapshot_done_sent = false;
+                    resend_snapshot = true;
                 }
-                pr.become_probe()
             }
             ProgressState::Replicate
                 if !advanced && pr.stalled_ticks >= stall_limit && pr.match_index < last_index =>
@@ -198,6 +207,9 @@ impl Raft {
                 pr.stalled_ticks = 0;
             }
             _ => {}
+        }
+        if resend_snapshot {
+            self.send_snapshot(from);
         }
         if advanced && self.maybe_commit() {
             self.broadcast_pending = true;

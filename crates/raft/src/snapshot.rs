@@ -48,6 +48,7 @@ fn next_chunks(
 ) -> Vec<(u64, Bytes, bool)> {
     let total = data.len() as u64;
     let mut out = Vec::new();
+    assert!(*cursor.acked <= *cursor.sent, "confirmed bytes beyond the sent ones");
     while !*cursor.done_sent && *cursor.sent - *cursor.acked < window_bytes.max(1) {
         let offset = *cursor.sent;
         let len = (total - offset).min(chunk_bytes as u64);
@@ -93,16 +94,21 @@ impl Raft {
         self.stream_leader_chunks(to)
     }
 
-    /// An up-to-date, recently heard-from member other than `to`: it can serve its own snapshot.
+    /// A replicating, recently heard-from member other than `to`, serving the fewest transfers
+    /// already: it serves its own latest snapshot (if that is older than our log's start, the
+    /// leader follows up with its own).
     fn pick_snapshot_helper(&self, to: NodeId) -> Option<NodeId> {
-        let last = self.log.last_index();
+        let busy =
+            |helper: NodeId| self.progress.values().filter(|p| p.snapshot_helper == Some(helper)).count();
         self.progress
             .iter()
             .filter(|(id, p)| {
-                **id != to && p.recent_active && p.match_index == last && p.state == ProgressState::Replicate
+                let heard_lately = p.last_response_tick > 0
+                    && self.now_ticks - p.last_response_tick <= self.config.election_timeout_ticks;
+                **id != to && heard_lately && p.state == ProgressState::Replicate
             })
             .map(|(id, _)| *id)
-            .next()
+            .min_by_key(|&id| (busy(id), id))
     }
 
     fn stream_leader_chunks(&mut self, to: NodeId) -> bool {
@@ -164,12 +170,26 @@ impl Raft {
         if is_leader_stream {
             let pr = self.progress.get_mut(&from).expect("checked");
             pr.recent_active = true;
+            pr.last_response_tick = self.now_ticks;
             let progressed = r.received > pr.snapshot_acked;
             advance_cursor(&mut pr.snapshot_sent, &mut pr.snapshot_acked, &mut pr.snapshot_done_sent, &r);
             if progressed {
                 pr.snapshot_elapsed_ticks = 0;
             }
             self.stream_leader_chunks(from);
+            return;
+        }
+        if self.role == crate::types::Role::Leader {
+            // Progress of a transfer a helper makes for us: the transfer is alive.
+            if let Some(pr) = self.progress.get_mut(&from).filter(|p| p.snapshot_helper.is_some()) {
+                pr.recent_active = true;
+                pr.last_response_tick = self.now_ticks;
+                if r.received > pr.snapshot_acked {
+                    pr.snapshot_acked = r.received;
+                    pr.snapshot_sent = pr.snapshot_sent.max(r.received);
+                    pr.snapshot_elapsed_ticks = 0;
+                }
+            }
             return;
         }
         if let Some(s) = self.helper_streams.get_mut(&from).filter(|s| s.meta.last_included_index == r.index)
@@ -225,6 +245,10 @@ impl Raft {
             inc.data.extend_from_slice(&chunk.data[(have - chunk.offset) as usize..]);
         }
         let received = inc.data.len() as u64;
+        if from != leader {
+            // A helper streams it: tell the leader too, so it sees the transfer is alive.
+            self.reply_snapshot_progress(leader, &chunk.meta, received, false);
+        }
         if chunk.done && end == received {
             let inc = self.incoming_snapshot.take().expect("present");
             self.reply_snapshot_progress(from, &inc.meta, received, false);
@@ -272,11 +296,19 @@ impl Raft {
     }
 }
 
-/// Applies a progress report to a transfer's cursor: confirmed bytes only grow; a rewind (or a
-/// receiver that already holds more, e.g. from an earlier leader) moves the send point there.
+/// Applies a progress report to a transfer's cursor. A rewind says what the receiver holds now
+/// (it may have lost its partial copy in a crash): send from there. Otherwise confirmed bytes only
+/// grow, and a receiver that holds more than we sent (kept from an earlier leader) moves the send
+/// point forward.
 fn advance_cursor(sent: &mut u64, acked: &mut u64, done_sent: &mut bool, r: &InstallSnapshotResponse) {
+    if r.rewind {
+        *acked = r.received;
+        *sent = r.received;
+        *done_sent = false;
+        return;
+    }
     *acked = (*acked).max(r.received);
-    if r.rewind || r.received > *sent {
+    if r.received > *sent {
         *sent = r.received;
         *done_sent = false;
     }
@@ -316,6 +348,10 @@ mod tests {
         let r = InstallSnapshotResponse { index: 1, snapshot_term: 1, received: 3, rewind: true };
         advance_cursor(&mut sent, &mut acked, &mut done, &r);
         assert_eq!((sent, acked, done), (3, 3, false));
+        // A receiver that lost its partial copy (restarted) rewinds below what it confirmed.
+        let r = InstallSnapshotResponse { index: 1, snapshot_term: 1, received: 0, rewind: true };
+        advance_cursor(&mut sent, &mut acked, &mut done, &r);
+        assert_eq!((sent, acked), (0, 0));
         // A receiver that holds more than we sent (it kept a partial from an earlier leader).
         let r = InstallSnapshotResponse { index: 1, snapshot_term: 1, received: 8, rewind: false };
         advance_cursor(&mut sent, &mut acked, &mut done, &r);

@@ -21,7 +21,8 @@ use crate::network::Partition;
 use crate::simfs::SimFs;
 
 mod reconfig;
-use balsa_storage::{DiskStore, LogStore, StoreOptions, WalOptions};
+pub mod scenario;
+use balsa_storage::{DiskStore, LogStore, MemStore, StoreOptions, WalOptions};
 
 /// Why a run failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,8 +102,9 @@ pub(crate) struct SimNode {
     raft: Option<Raft>,
     /// The server's own simulated disk; survives crashes (minus what was not synced).
     fs: SimFs,
-    /// The real storage engine over that disk; `None` while crashed.
-    store: Option<DiskStore<SimFs>>,
+    /// The real storage engine over that disk (or, in memory-store scenarios, a `MemStore`);
+    /// `None` while crashed.
+    store: Option<NodeStore>,
     /// What this server has synced, to check messages that promise durability.
     durable: DurableShadow,
     kv: KvStore,
@@ -153,11 +155,31 @@ pub struct Cluster {
     nemesis_rng: SplitMix64,
     client_rng: SplitMix64,
     checker: SafetyChecker,
+    /// When each server's network interface is next free (egress queueing): the lane of Raft
+    /// messages, and the bulk lane of snapshot chunks.
+    egress_free_at: BTreeMap<NodeId, (Micros, Micros)>,
+    /// Bytes each server has sent.
+    bytes_sent: BTreeMap<NodeId, u64>,
     trace: Vec<String>,
     summary: Summary,
 }
 
 const CLIENT_TIMEOUT_US: Micros = 300_000;
+
+/// The storage a simulated server runs on.
+enum NodeStore {
+    Disk(Box<DiskStore<SimFs>>),
+    Memory(MemStore),
+}
+
+impl NodeStore {
+    fn log_store(&mut self) -> &mut dyn LogStore {
+        match self {
+            Self::Disk(d) => d.as_mut(),
+            Self::Memory(m) => m,
+        }
+    }
+}
 
 impl SimNode {
     fn new(cfg: &SimConfig, id: NodeId, founding: Membership) -> Self {
@@ -221,6 +243,8 @@ impl Cluster {
             partition: Partition::healed(),
             healed: false,
             checker: SafetyChecker::default(),
+            egress_free_at: BTreeMap::new(),
+            bytes_sent: BTreeMap::new(),
             trace: Vec::new(),
             summary: Summary::default(),
         }
@@ -248,6 +272,16 @@ impl Cluster {
     /// Runs the fault phase, then the heal phase, checking safety after every event and
     /// convergence at the end.
     pub fn run(&mut self) -> Result<Summary, Violation> {
+        self.start();
+        let end_us = self.cfg.fault_phase_us + self.cfg.heal_phase_us;
+        while self.step_until(end_us)? {}
+        self.now_us = end_us;
+        self.final_checks().map_err(|what| Violation { at_us: end_us, what })?;
+        Ok(self.summarize())
+    }
+
+    /// Boots the servers and schedules ticks, clients, the nemesis and the heal.
+    fn start(&mut self) {
         let ids = self.node_ids.clone();
         for id in ids {
             self.start_node(id);
@@ -261,18 +295,23 @@ impl Cluster {
         }
         self.schedule(self.cfg.nemesis_interval_us.0, Event::Nemesis);
         self.schedule(self.cfg.fault_phase_us, Event::Heal);
-        let end_us = self.cfg.fault_phase_us + self.cfg.heal_phase_us;
-        while let Some(Reverse((at, id))) = self.queue.pop() {
-            if at > end_us {
-                break;
-            }
-            self.now_us = at;
-            let event = self.events.remove(&id).expect("scheduled event");
-            self.summary.events += 1;
-            self.handle(event).map_err(|what| Violation { at_us: self.now_us, what })?;
+    }
+
+    /// Handles the next event if it is due by `end_us`. Returns whether one was handled.
+    fn step_until(&mut self, end_us: Micros) -> Result<bool, Violation> {
+        let Some(&Reverse((at, id))) = self.queue.peek() else { return Ok(false) };
+        if at > end_us {
+            return Ok(false);
         }
-        self.now_us = end_us;
-        self.final_checks().map_err(|what| Violation { at_us: end_us, what })?;
+        self.queue.pop();
+        self.now_us = at;
+        let event = self.events.remove(&id).expect("scheduled event");
+        self.summary.events += 1;
+        self.handle(event).map_err(|what| Violation { at_us: self.now_us, what })?;
+        Ok(true)
+    }
+
+    fn summarize(&mut self) -> Summary {
         self.summary.elections = self.checker.elections();
         self.summary.committed_index = self.checker.committed_index();
         self.summary.ops_completed = self.history.iter().filter(|o| o.completed_us.is_some()).count();
@@ -281,7 +320,7 @@ impl Cluster {
             self.summary.torn_writes += torn;
             self.summary.read_flips += flips;
         }
-        Ok(self.summary.clone())
+        self.summary.clone()
     }
 
     fn handle(&mut self, event: Event) -> Result<(), String> {
@@ -316,6 +355,15 @@ impl Cluster {
                         a.entries[0].index,
                         a.entries[a.entries.len() - 1].index,
                         a.leader_commit
+                    ),
+                    balsa_raft::MessageBody::InstallSnapshotResponse(r) => format!(
+                        "n{} -> n{} InstallSnapshotResp t{} (snapshot {}, received {}{})",
+                        m.from,
+                        m.to,
+                        m.term,
+                        r.index,
+                        r.received,
+                        if r.rewind { ", rewind" } else { "" }
                     ),
                     balsa_raft::MessageBody::AppendEntriesResponse(r) => format!(
                         "n{} -> n{} AppendEntriesResp t{} ({})",
@@ -388,6 +436,7 @@ impl Cluster {
         c.max_msg_bytes = self.cfg.max_msg_bytes;
         c.snapshot_chunk_bytes = self.cfg.snapshot_chunk_bytes;
         c.delegate_snapshots = self.cfg.delegate_snapshots;
+        c.snapshot_catch_up_entries = self.cfg.snapshot_catch_up_entries;
         c.seed = self.cfg.seed ^ (id << 32) ^ incarnation;
         c
     }
@@ -408,8 +457,14 @@ impl Cluster {
         }
         let membership = node.founding.clone();
         let dir = PathBuf::from(format!("/n{id}"));
-        let recovered = DiskStore::open_with(node.fs.clone(), &dir, options)
-            .and_then(|store| store.initial_state(&membership).map(|initial| (store, initial)));
+        let recovered = if self.cfg.memory_store {
+            let store = MemStore::default();
+            store.initial_state(&membership).map(|initial| (NodeStore::Memory(store), initial))
+        } else {
+            DiskStore::open_with(node.fs.clone(), &dir, options).and_then(|store| {
+                store.initial_state(&membership).map(|initial| (NodeStore::Disk(Box::new(store)), initial))
+            })
+        };
         let (store, initial) = match recovered {
             Ok(pair) => pair,
             Err(e) => {
@@ -428,9 +483,17 @@ impl Cluster {
             Some(s) => KvStore::decode(&s.data),
             None => KvStore::default(),
         };
-        let torn = store.torn_tail().map(|t| {
-            format!(", cut a torn write at {}:{} ({} bytes)", t.path.display(), t.offset, t.discarded_bytes)
-        });
+        let torn = match &store {
+            NodeStore::Disk(d) => d.torn_tail().map(|t| {
+                format!(
+                    ", cut a torn write at {}:{} ({} bytes)",
+                    t.path.display(),
+                    t.offset,
+                    t.discarded_bytes
+                )
+            }),
+            NodeStore::Memory(_) => None,
+        };
         node.durable = DurableShadow::recovered(&initial);
         node.raft = Some(Raft::new(config, initial).expect("valid config"));
         node.store = Some(store);
@@ -442,6 +505,7 @@ impl Cluster {
         if node.raft.take().is_none() {
             return;
         }
+        assert!(!self.cfg.memory_store, "memory-store runs keep nothing across a crash");
         node.incarnation += 1;
         node.inflight = None;
         node.crash_after_next_write = None;
@@ -489,6 +553,7 @@ impl Cluster {
             let node = self.nodes.get_mut(&id).expect("node");
             let store = node.store.as_mut().expect("a running server has its store");
             store
+                .log_store()
                 .write(&inflight.batch)
                 .map_err(|e| format!("n{id}: storage refused a Ready's batch: {e}"))?;
             if inflight.batch.is_empty() {
@@ -518,7 +583,7 @@ impl Cluster {
         }
         let write = node.inflight.take().expect("a write was in flight");
         let store = node.store.as_mut().expect("a running server has its store");
-        store.sync().map_err(|e| format!("n{id}: sync failed: {e}"))?;
+        store.log_store().sync().map_err(|e| format!("n{id}: sync failed: {e}"))?;
         node.durable.synced(&write.batch);
         let installed = write.batch.snapshot.as_ref().map(|s| {
             node.kv = KvStore::decode(&s.data);
@@ -605,6 +670,31 @@ impl Cluster {
         }
     }
 
+    /// Takes a snapshot at the server's applied index now, whatever the policy says. Returns
+    /// whether it did (not while a Ready's entries are still being applied).
+    fn snapshot_now(&mut self, id: NodeId) -> bool {
+        let node = self.nodes.get_mut(&id).expect("node");
+        let raft = node.raft.as_mut().expect("running");
+        let applied = node.kv.applied_index;
+        if applied <= raft.status().snapshot_index || applied != raft.status().last_applied {
+            return false;
+        }
+        let term = raft.term_at(applied).expect("applied entry in the log");
+        let meta = SnapshotMeta {
+            last_included_index: applied,
+            last_included_term: term,
+            membership: raft.membership_at(applied),
+        };
+        let snapshot = Snapshot { meta, data: node.kv.encode() };
+        let store = node.store.as_mut().expect("a running server has its store");
+        if let Err(e) = store.log_store().save_snapshot(&snapshot) {
+            panic!("n{id}: saving a snapshot failed: {e}");
+        }
+        raft.snapshot_taken(snapshot).expect("snapshot of applied state");
+        node.durable.compacted(applied);
+        true
+    }
+
     /// Section 7: each server snapshots on its own once the applied log since its last snapshot
     /// exceeds a number of entries or of bytes.
     fn maybe_snapshot(&mut self, id: NodeId) {
@@ -621,7 +711,7 @@ impl Cluster {
         let snapshot = Snapshot { meta, data: node.kv.encode() };
         // The snapshot is durable before the core drops the log prefix it covers.
         let store = node.store.as_mut().expect("a running server has its store");
-        if let Err(e) = store.save_snapshot(&snapshot) {
+        if let Err(e) = store.log_store().save_snapshot(&snapshot) {
             panic!("n{id}: saving a snapshot failed: {e}");
         }
         raft.snapshot_taken(snapshot).expect("snapshot of applied state");
@@ -640,9 +730,29 @@ impl Cluster {
         }
         let copies =
             if !self.healed && self.net_rng.chance(self.cfg.duplicate_per_mille, 1000) { 2 } else { 1 };
-        let transmit_us = m.size_bytes() as u64 / self.cfg.link_bytes_per_us;
+        // The sender's network interface sends one message at a time: a message waits for the
+        // ones queued before it, then takes its size over the bandwidth, then the latency.
+        // Snapshot chunks travel in a bulk lane that Raft's own messages overtake (the transport
+        // streams snapshots apart so heartbeats never wait behind them), sharing the bandwidth.
+        let size = m.size_bytes() as u64;
+        *self.bytes_sent.entry(m.from).or_default() += size;
+        let transmit_us = size / self.cfg.link_bytes_per_us;
+        let lanes = self.egress_free_at.entry(m.from).or_default();
+        let now = self.now_us;
+        let done_at = if matches!(m.body, balsa_raft::MessageBody::InstallSnapshot(_)) {
+            let start = lanes.1.max(lanes.0).max(now);
+            lanes.1 = start + transmit_us;
+            lanes.1
+        } else {
+            let start = lanes.0.max(now);
+            lanes.0 = start + transmit_us;
+            // The bulk lane loses the time this message used.
+            lanes.1 = lanes.1.max(now) + transmit_us;
+            lanes.0
+        };
+        let queued_and_sent = done_at - now;
         for _ in 0..copies {
-            let delay = self.message_delay() + transmit_us;
+            let delay = queued_and_sent + self.message_delay();
             self.schedule(delay, Event::Deliver(m.clone()));
         }
     }

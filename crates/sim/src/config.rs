@@ -66,8 +66,14 @@ pub struct SimConfig {
     pub snapshot_chunk_bytes: usize,
     /// Whether leaders delegate snapshot transfers to up-to-date followers.
     pub delegate_snapshots: bool,
-    /// Link bandwidth: a message is delayed by its size divided by this, on top of latency.
+    /// Entries the log keeps before a snapshot's point.
+    pub snapshot_catch_up_entries: u64,
+    /// Egress bandwidth of each server: a message waits for those queued before it on the
+    /// sender, then takes its size divided by this, then the latency.
     pub link_bytes_per_us: u64,
+    /// Keep each server's log in memory (`MemStore`) instead of the real engine on a simulated
+    /// disk: for scenarios with very large state and no crashes.
+    pub memory_store: bool,
     /// Record a readable trace.
     pub trace: bool,
 }
@@ -107,7 +113,9 @@ impl SimConfig {
             max_nodes: 9,
             snapshot_chunk_bytes: [16, 256, 1 << 20][rng.range(0, 3) as usize],
             delegate_snapshots: rng.chance(1, 2),
+            snapshot_catch_up_entries: [0, 10, 1024][rng.range(0, 3) as usize],
             link_bytes_per_us: 125,
+            memory_store: false,
             trace: false,
         };
         // A removed server that missed its removal keeps timing out. Without PreVote and without

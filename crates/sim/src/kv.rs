@@ -60,6 +60,9 @@ pub struct KvStore {
     pub sessions: BTreeMap<ClientId, u32>,
     /// Highest log index applied.
     pub applied_index: u64,
+    /// Opaque bulk state that only travels in snapshots: lets a scenario give the state machine
+    /// a realistic size (shared, never copied in memory).
+    pub ballast: Bytes,
 }
 
 impl KvStore {
@@ -97,12 +100,15 @@ impl KvStore {
             b.put_u32(c);
             b.put_u32(s);
         }
+        b.put_u64(self.ballast.len() as u64);
+        b.extend_from_slice(&self.ballast);
         b.freeze()
     }
 
     /// Restores a state serialized by [`KvStore::encode`]. Panics on malformed input: snapshots
     /// in the simulator are only ever produced by `encode`.
-    pub fn decode(mut data: &[u8]) -> Self {
+    pub fn decode(bytes: &Bytes) -> Self {
+        let mut data = &bytes[..];
         let applied_index = data.get_u64();
         let mut store = Self { applied_index, ..Self::default() };
         for _ in 0..data.get_u32() {
@@ -113,7 +119,9 @@ impl KvStore {
             let c = data.get_u32();
             store.sessions.insert(c, data.get_u32());
         }
-        assert!(data.is_empty(), "trailing bytes in snapshot");
+        let len = data.get_u64() as usize;
+        assert_eq!(data.len(), len, "snapshot ballast length");
+        store.ballast = bytes.slice(bytes.len() - len..);
         store
     }
 }
@@ -141,6 +149,8 @@ mod tests {
         let mut kv = KvStore::default();
         kv.apply(1, &p);
         kv.skip(2);
+        assert_eq!(KvStore::decode(&kv.encode()), kv);
+        kv.ballast = Bytes::from(vec![3u8; 1000]);
         assert_eq!(KvStore::decode(&kv.encode()), kv);
     }
 }

@@ -10,6 +10,10 @@ use std::process::ExitCode;
 use balsa_sim::{run_seeds, run_with_trace, SimConfig};
 
 struct Args {
+    /// A scripted measurement to run instead of seeds.
+    scenario: Option<String>,
+    state_mib: u64,
+    delegate: bool,
     seeds: std::ops::Range<u64>,
     nodes: Option<usize>,
     trace: bool,
@@ -17,11 +21,55 @@ struct Args {
 }
 
 fn usage() -> String {
-    "usage: balsa-sim (--seeds A..B | --seed S) [--nodes N] [--threads T] [--trace]".into()
+    "usage: balsa-sim (--seeds A..B | --seed S) [--nodes N] [--threads T] [--trace]\n       \
+     balsa-sim --scenario replace-majority [--state-mib N] [--no-delegate] [--seed S]"
+        .into()
+}
+
+fn run_scenario(args: &Args) -> ExitCode {
+    let bytes = args.state_mib << 20;
+    match balsa_sim::cluster::scenario::replace_two_of_three(
+        bytes,
+        args.delegate,
+        args.seeds.start,
+        args.trace,
+    ) {
+        Ok(r) => {
+            println!(
+                "replace 2 of 3 voters, state {} MiB, catch-up from peers: {}",
+                args.state_mib, r.delegate
+            );
+            for step in &r.steps {
+                println!("  {step}");
+            }
+            println!("time until C_new committed     {:.2} s", r.change_us as f64 / 1e6);
+            println!("client ops/s before            {:.0}", r.ops_per_s_before);
+            println!(
+                "client ops/s during the change {:.0} ({:.0}%)",
+                r.ops_per_s_during,
+                100.0 * r.ops_per_s_during / r.ops_per_s_before
+            );
+            println!("bytes sent by the leader       {:.1} MiB", r.leader_bytes as f64 / (1 << 20) as f64);
+            println!("bytes sent by the others       {:.1} MiB", r.others_bytes as f64 / (1 << 20) as f64);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("scenario failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { seeds: 0..100, nodes: None, trace: false, threads: 2 };
+    let mut args = Args {
+        scenario: None,
+        state_mib: 64,
+        delegate: true,
+        seeds: 0..100,
+        nodes: None,
+        trace: false,
+        threads: 2,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value\n{}", usage()));
@@ -54,6 +102,21 @@ fn parse_args() -> Result<Args, String> {
                 args.threads = v.parse().map_err(|_| format!("bad thread count {v:?}"))?;
             }
             "--trace" => args.trace = true,
+            "--scenario" => {
+                let v = value()?;
+                if v != "replace-majority" {
+                    return Err(format!("unknown scenario {v:?} (known: replace-majority)"));
+                }
+                args.scenario = Some(v);
+            }
+            "--state-mib" => {
+                let v = value()?;
+                args.state_mib = v.parse().map_err(|_| format!("bad size {v:?}"))?;
+                if args.state_mib > 4096 {
+                    return Err("--state-mib is at most 4096".into());
+                }
+            }
+            "--no-delegate" => args.delegate = false,
             "-h" | "--help" => return Err(usage()),
             other => return Err(format!("unknown argument {other:?}\n{}", usage())),
         }
@@ -69,6 +132,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.scenario.is_some() {
+        return run_scenario(&args);
+    }
     // Core panics are caught and reported per seed; keep the default hook from printing each.
     std::panic::set_hook(Box::new(|_| {}));
     let count = args.seeds.end - args.seeds.start;

@@ -73,3 +73,21 @@ fn runs_exercise_the_cluster() {
     assert!(faults > 60, "only {faults} faults in 20 runs");
     assert!(ops > 5_000, "only {ops} client operations in 20 runs");
 }
+
+/// Issue 4's measurement as a regression test, at a small scale: replacing two of three voters
+/// completes with clients served throughout, and catch-up from peers takes the snapshot traffic
+/// off the leader (Omni-Paxos' lesson, deck 003).
+#[test]
+fn replacing_two_of_three_offloads_the_leader_with_catch_up_from_peers() {
+    use balsa_sim::cluster::scenario::replace_two_of_three;
+    let state = 16 << 20;
+    let with = replace_two_of_three(state, true, 1, false).expect("completes with helpers");
+    let without = replace_two_of_three(state, false, 1, false).expect("completes without helpers");
+    assert!(without.leader_bytes >= 2 * state, "the leader sends both snapshots: {}", without.leader_bytes);
+    assert!(with.leader_bytes < state / 8, "helpers send the snapshots: leader sent {}", with.leader_bytes);
+    assert!(with.others_bytes >= 2 * state);
+    assert!(with.change_us < without.change_us, "parallel catch-up is faster");
+    for r in [&with, &without] {
+        assert!(r.ops_per_s_during > 0.5 * r.ops_per_s_before, "clients keep being served: {r:?}");
+    }
+}

@@ -208,7 +208,8 @@ pub type Filter = Box<dyn FnMut(&Message) -> bool>;
 
 /// Several servers, one hand-driven network.
 pub struct Cluster {
-    /// The initial configuration every server starts from.
+    /// The initial configuration of the servers the cluster was created with (servers added
+    /// later start from their own [`Node::bootstrap`]).
     pub membership: Membership,
     /// The servers by id.
     pub nodes: BTreeMap<NodeId, Node>,
@@ -712,8 +713,9 @@ impl Cluster {
         result
     }
 
-    /// The driver of `id` folds its state machine up to `index` into a snapshot, tells the core,
-    /// and on success keeps the snapshot on disk and drops the entries it covers.
+    /// The driver of `id` folds its state machine up to `index` into a snapshot (with the
+    /// configuration in effect at `index`), tells the core, and on success keeps the snapshot on
+    /// disk and drops the entries it covers.
     pub fn compact(&mut self, id: NodeId, index: Index) -> Result<(), SnapshotError> {
         let node = self.nodes.get_mut(&id).expect("member");
         let raft = node.raft.as_mut().expect("up");

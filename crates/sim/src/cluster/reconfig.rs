@@ -51,7 +51,7 @@ impl Cluster {
 
     /// Starts a fresh server with an empty disk and no configuration. Returns its id, or `None`
     /// if the cluster already has as many servers as the run allows.
-    fn add_server(&mut self) -> Option<NodeId> {
+    pub(super) fn add_server(&mut self) -> Option<NodeId> {
         let id = self.node_ids.iter().max().copied().unwrap_or(0) + 1;
         if id as usize > self.cfg.max_nodes {
             return None;

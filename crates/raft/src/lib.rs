@@ -4,7 +4,9 @@
 //! ("In Search of an Understandable Consensus Algorithm", Ongaro and Ousterhout, 2014) and
 //! Ongaro's thesis ("Consensus: Bridging Theory and Practice", 2014): leader election with
 //! randomized timeouts, PreVote, CheckQuorum, log replication with fast repair, the commit rule
-//! for entries of earlier terms, snapshots, leadership transfer and ReadIndex reads.
+//! for entries of earlier terms, leadership transfer, ReadIndex reads, membership changes by
+//! joint consensus with learners ([`Raft::change_membership`]), and snapshots transferred in
+//! chunks, by the leader or by an up-to-date follower.
 //!
 //! The core does no I/O, reads no clock and uses no thread randomness. A driver feeds it
 //! *events* — [`Raft::tick`], [`Raft::step`], [`Raft::propose`], [`Raft::read_index`] — and

@@ -676,7 +676,8 @@ impl Cluster {
         let node = self.nodes.get_mut(&id).expect("node");
         let raft = node.raft.as_mut().expect("running");
         let applied = node.kv.applied_index;
-        if applied <= raft.status().snapshot_index || applied != raft.status().last_applied {
+        let last_snapshot = raft.latest_snapshot().map_or(0, |(meta, _)| meta.last_included_index);
+        if applied <= last_snapshot || applied != raft.status().last_applied {
             return false;
         }
         let term = raft.term_at(applied).expect("applied entry in the log");
@@ -686,6 +687,7 @@ impl Cluster {
             membership: raft.membership_at(applied),
         };
         let snapshot = Snapshot { meta, data: node.kv.encode() };
+        // The snapshot is durable before the core drops the log prefix it covers.
         let store = node.store.as_mut().expect("a running server has its store");
         if let Err(e) = store.log_store().save_snapshot(&snapshot) {
             panic!("n{id}: saving a snapshot failed: {e}");
@@ -699,24 +701,10 @@ impl Cluster {
     /// exceeds a number of entries or of bytes.
     fn maybe_snapshot(&mut self, id: NodeId) {
         let Some(every) = self.cfg.snapshot_every_entries else { return };
-        let node = self.nodes.get_mut(&id).expect("node");
-        let raft = node.raft.as_mut().expect("running");
-        let Some(applied) = raft.snapshot_due(every, self.cfg.snapshot_every_bytes) else { return };
-        if applied != node.kv.applied_index {
-            return;
+        let raft = self.nodes[&id].raft.as_ref().expect("running");
+        if raft.snapshot_due(every, self.cfg.snapshot_every_bytes).is_some() && self.snapshot_now(id) {
+            self.log(|| format!("n{id} compacted its log"));
         }
-        let term = raft.term_at(applied).expect("applied entry in the log");
-        let membership = raft.membership_at(applied);
-        let meta = SnapshotMeta { last_included_index: applied, last_included_term: term, membership };
-        let snapshot = Snapshot { meta, data: node.kv.encode() };
-        // The snapshot is durable before the core drops the log prefix it covers.
-        let store = node.store.as_mut().expect("a running server has its store");
-        if let Err(e) = store.log_store().save_snapshot(&snapshot) {
-            panic!("n{id}: saving a snapshot failed: {e}");
-        }
-        raft.snapshot_taken(snapshot).expect("snapshot of applied state");
-        node.durable.compacted(applied);
-        self.log(|| format!("n{id} compacted its log up to {applied}"));
     }
 
     // ----- network --------------------------------------------------------------------------

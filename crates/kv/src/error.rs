@@ -1,0 +1,38 @@
+//! Expected failures, with etcd's messages so the API layer can pass them on unchanged.
+
+use thiserror::Error;
+
+/// Why a request was refused. The `Display` text is etcd's error message.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum KvError {
+    /// The revision asked for was compacted away.
+    #[error("mvcc: required revision has been compacted")]
+    Compacted {
+        /// The compaction point.
+        compact_revision: i64,
+    },
+    /// The revision asked for does not exist yet.
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// An empty key.
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// `ignore_value` or `ignore_lease` on a key that does not exist.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// The lease does not exist (or expired).
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// A lease with this id exists already.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// A lease id must be positive.
+    #[error("etcdserver: lease id must be positive")]
+    InvalidLeaseId,
+    /// A transaction writes the same key twice.
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// A command that cannot be decoded.
+    #[error("malformed command: {0}")]
+    Malformed(&'static str),
+}

@@ -1,0 +1,277 @@
+//! The state machine Raft drives: it applies committed [`Command`]s in log order and serves
+//! reads. Deterministic: the same commands give the same state and responses on every replica.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+
+use crate::command::{
+    Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, Response, ResponseOp, SortOrder, SortTarget,
+    TxnResponse,
+};
+use crate::error::KvError;
+use crate::mvcc::{Mvcc, WriteCtx};
+use crate::types::KeyValue;
+
+/// A lease: keys attached to it go when it is revoked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// Time to live granted, seconds (the leader tracks expiry and proposes the revoke).
+    pub ttl_secs: i64,
+    /// Keys attached.
+    pub keys: BTreeSet<Bytes>,
+}
+
+/// The keyspace and its leases.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateMachine {
+    /// Keys and their history.
+    pub mvcc: Mvcc,
+    /// Leases by id.
+    pub leases: BTreeMap<i64, Lease>,
+}
+
+impl StateMachine {
+    /// Applies a committed command. An error leaves the state unchanged (transactions are
+    /// validated in full before any write).
+    pub fn apply(&mut self, command: &Command) -> Result<Response, KvError> {
+        match command {
+            Command::Put(req) => {
+                self.validate_put(req)?;
+                let mut ctx = self.mvcc.begin();
+                let mut resp = self.put(&mut ctx, req);
+                resp.revision = self.mvcc.finish(ctx);
+                Ok(Response::Put(resp))
+            }
+            Command::DeleteRange(req) => {
+                let mut ctx = self.mvcc.begin();
+                let mut resp = self.delete_range(&mut ctx, req);
+                resp.revision = self.mvcc.finish(ctx);
+                Ok(Response::DeleteRange(resp))
+            }
+            Command::Txn(req) => {
+                let succeeded = self.compares_hold(&req.compare);
+                let ops = if succeeded { &req.success } else { &req.failure };
+                self.validate_ops(ops)?;
+                let mut ctx = self.mvcc.begin();
+                let responses = ops.iter().map(|op| self.run_op(&mut ctx, op)).collect();
+                let revision = self.mvcc.finish(ctx);
+                let mut resp = TxnResponse { revision, succeeded, responses };
+                set_revisions(&mut resp.responses, revision);
+                Ok(Response::Txn(resp))
+            }
+            Command::Compact { revision } => {
+                self.mvcc.compact(*revision)?;
+                Ok(Response::Compact { revision: self.mvcc.revision() })
+            }
+            Command::LeaseGrant { id, ttl_secs } => {
+                if *id <= 0 {
+                    return Err(KvError::InvalidLeaseId);
+                }
+                if self.leases.contains_key(id) {
+                    return Err(KvError::LeaseExists);
+                }
+                self.leases.insert(*id, Lease { ttl_secs: *ttl_secs, keys: BTreeSet::new() });
+                Ok(Response::LeaseGrant { id: *id, ttl_secs: *ttl_secs })
+            }
+            Command::LeaseRevoke { id } => {
+                let lease = self.leases.remove(id).ok_or(KvError::LeaseNotFound)?;
+                let mut ctx = self.mvcc.begin();
+                for key in &lease.keys {
+                    self.mvcc.delete(&mut ctx, key);
+                }
+                Ok(Response::LeaseRevoke { revision: self.mvcc.finish(ctx) })
+            }
+        }
+    }
+
+    /// A read (etcd's Range), served by any replica once it has applied far enough.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
+        let mut kvs = self.mvcc.range(&req.range, req.revision)?;
+        kvs.retain(|kv| in_bounds(kv.mod_revision, req.min_mod_revision, req.max_mod_revision));
+        kvs.retain(|kv| in_bounds(kv.create_revision, req.min_create_revision, req.max_create_revision));
+        sort(&mut kvs, req.sort_order, req.sort_target);
+        let count = kvs.len() as i64;
+        let more = req.limit > 0 && count > req.limit;
+        if req.limit > 0 {
+            kvs.truncate(req.limit as usize);
+        }
+        if req.count_only {
+            kvs.clear();
+        }
+        if req.keys_only {
+            kvs.iter_mut().for_each(|kv| kv.value = Bytes::new());
+        }
+        Ok(RangeResponse { revision: self.mvcc.revision(), kvs, more, count })
+    }
+
+    fn validate_put(&self, req: &PutRequest) -> Result<(), KvError> {
+        if req.key.is_empty() {
+            return Err(KvError::EmptyKey);
+        }
+        let existing = self.mvcc.get(&req.key);
+        if (req.ignore_value || req.ignore_lease) && existing.is_none() {
+            return Err(KvError::KeyNotFound);
+        }
+        if !req.ignore_lease && req.lease != 0 && !self.leases.contains_key(&req.lease) {
+            return Err(KvError::LeaseNotFound);
+        }
+        Ok(())
+    }
+
+    /// Checks a branch before running it, so a transaction applies whole or not at all. Nested
+    /// transactions are checked on both branches (which one runs depends on writes before it).
+    fn validate_ops(&self, ops: &[RequestOp]) -> Result<(), KvError> {
+        let mut written = BTreeSet::new();
+        for op in ops {
+            match op {
+                RequestOp::Put(p) => {
+                    self.validate_put(p)?;
+                    if !written.insert(p.key.clone()) {
+                        return Err(KvError::DuplicateKey);
+                    }
+                }
+                RequestOp::Range(r) => {
+                    if r.revision != 0 {
+                        self.mvcc.check_revision(r.revision)?;
+                    }
+                }
+                RequestOp::DeleteRange(_) => {}
+                RequestOp::Txn(t) => {
+                    self.validate_ops(&t.success)?;
+                    self.validate_ops(&t.failure)?;
+                }
+            }
+        }
+        for op in ops {
+            if let RequestOp::DeleteRange(d) = op {
+                if written.iter().any(|k| d.range.contains(k)) {
+                    return Err(KvError::DuplicateKey);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run_op(&mut self, ctx: &mut WriteCtx, op: &RequestOp) -> ResponseOp {
+        match op {
+            RequestOp::Range(r) => {
+                ResponseOp::Range(self.range(r).expect("validated before the transaction ran"))
+            }
+            RequestOp::Put(p) => ResponseOp::Put(self.put(ctx, p)),
+            RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete_range(ctx, d)),
+            RequestOp::Txn(t) => {
+                let succeeded = self.compares_hold(&t.compare);
+                let ops = if succeeded { &t.success } else { &t.failure };
+                let responses = ops.iter().map(|op| self.run_op(ctx, op)).collect();
+                ResponseOp::Txn(TxnResponse { revision: 0, succeeded, responses })
+            }
+        }
+    }
+
+    fn put(&mut self, ctx: &mut WriteCtx, req: &PutRequest) -> PutResponse {
+        let existing = self.mvcc.get(&req.key).cloned();
+        let value = match (&existing, req.ignore_value) {
+            (Some(kv), true) => kv.value.clone(),
+            _ => req.value.clone(),
+        };
+        let lease = match (&existing, req.ignore_lease) {
+            (Some(kv), true) => kv.lease,
+            _ => req.lease,
+        };
+        if let Some(old) = existing.as_ref().filter(|kv| kv.lease != 0 && kv.lease != lease) {
+            if let Some(l) = self.leases.get_mut(&old.lease) {
+                l.keys.remove(&req.key);
+            }
+        }
+        if let Some(l) = self.leases.get_mut(&lease) {
+            l.keys.insert(req.key.clone());
+        }
+        let prev = self.mvcc.put(ctx, req.key.clone(), value, lease);
+        PutResponse { revision: 0, prev_kv: if req.prev_kv { prev } else { None } }
+    }
+
+    fn delete_range(&mut self, ctx: &mut WriteCtx, req: &DeleteRangeRequest) -> DeleteRangeResponse {
+        let mut prev_kvs = Vec::new();
+        let keys = self.mvcc.current_keys(&req.range);
+        for key in &keys {
+            if let Some(prev) = self.mvcc.delete(ctx, key) {
+                if let Some(l) = self.leases.get_mut(&prev.lease) {
+                    l.keys.remove(key);
+                }
+                if req.prev_kv {
+                    prev_kvs.push(prev);
+                }
+            }
+        }
+        DeleteRangeResponse { revision: 0, deleted: keys.len() as i64, prev_kvs }
+    }
+
+    /// etcd's rule: a compare holds if it holds for every key in its range; comparing the value
+    /// of a key that does not exist always fails, other targets compare against zero.
+    fn compares_hold(&self, compares: &[Compare]) -> bool {
+        compares.iter().all(|c| {
+            let kvs = self.mvcc.range(&c.range, 0).expect("current revision is readable");
+            if kvs.is_empty() {
+                return !matches!(c.target, CompareTarget::Value(_)) && compare_kv(c, &KeyValue::default());
+            }
+            kvs.iter().all(|kv| compare_kv(c, kv))
+        })
+    }
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    let ordering = match &c.target {
+        CompareTarget::Version(v) => kv.version.cmp(v),
+        CompareTarget::Create(v) => kv.create_revision.cmp(v),
+        CompareTarget::Mod(v) => kv.mod_revision.cmp(v),
+        CompareTarget::Value(v) => kv.value[..].cmp(&v[..]),
+        CompareTarget::Lease(v) => kv.lease.cmp(v),
+    };
+    match c.result {
+        CompareResult::Equal => ordering.is_eq(),
+        CompareResult::NotEqual => !ordering.is_eq(),
+        CompareResult::Greater => ordering.is_gt(),
+        CompareResult::Less => ordering.is_lt(),
+    }
+}
+
+fn in_bounds(value: i64, min: i64, max: i64) -> bool {
+    (min == 0 || value >= min) && (max == 0 || value <= max)
+}
+
+fn sort(kvs: &mut [KeyValue], order: SortOrder, target: SortTarget) {
+    if order == SortOrder::None && target == SortTarget::Key {
+        return; // already in key order
+    }
+    kvs.sort_by(|a, b| {
+        let o = match target {
+            SortTarget::Key => a.key.cmp(&b.key),
+            SortTarget::Version => a.version.cmp(&b.version),
+            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+            SortTarget::Value => a.value.cmp(&b.value),
+        };
+        if order == SortOrder::Descend {
+            o.reverse()
+        } else {
+            o
+        }
+    });
+}
+
+/// Every write response inside a transaction reports the revision after it.
+fn set_revisions(responses: &mut [ResponseOp], revision: i64) {
+    for r in responses {
+        match r {
+            ResponseOp::Range(_) => {}
+            ResponseOp::Put(p) => p.revision = revision,
+            ResponseOp::DeleteRange(d) => d.revision = revision,
+            ResponseOp::Txn(t) => {
+                t.revision = revision;
+                set_revisions(&mut t.responses, revision);
+            }
+        }
+    }
+}

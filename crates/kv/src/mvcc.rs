@@ -1,0 +1,260 @@
+//! The multi-version keyspace (etcd's `mvcc` package, rebuilt): every write transaction gets the
+//! next main revision; each key keeps its versions, so reads at an old revision and watches
+//! from an old revision work until compaction.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use bytes::Bytes;
+
+use crate::error::KvError;
+use crate::types::{Event, EventKind, KeyRange, KeyValue, Revision};
+
+/// One version of a key: its value, or a tombstone.
+pub(crate) type Version = (Revision, Option<KeyValue>);
+
+/// The keyspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mvcc {
+    /// Every key's versions, oldest first.
+    pub(crate) keys: BTreeMap<Bytes, Vec<Version>>,
+    /// Main revision of the last write transaction. Starts at 1, as in etcd.
+    pub(crate) current: i64,
+    /// Revisions below this were compacted away.
+    pub(crate) compacted: i64,
+}
+
+impl Default for Mvcc {
+    fn default() -> Self {
+        Self { keys: BTreeMap::new(), current: 1, compacted: 0 }
+    }
+}
+
+/// A write transaction in progress: its main revision and the next sub-revision.
+#[derive(Debug)]
+pub struct WriteCtx {
+    main: i64,
+    sub: i64,
+    wrote: bool,
+}
+
+fn bounds(range: &KeyRange) -> (Bound<Bytes>, Bound<Bytes>) {
+    let start = Bound::Included(range.key.clone());
+    if range.range_end.is_empty() {
+        return (start.clone(), Bound::Included(range.key.clone()));
+    }
+    if &range.range_end[..] == b"\0" {
+        return (start, Bound::Unbounded);
+    }
+    (start, Bound::Excluded(range.range_end.clone()))
+}
+
+impl Mvcc {
+    /// The current revision.
+    pub fn revision(&self) -> i64 {
+        self.current
+    }
+
+    /// The compaction point (0 if never compacted).
+    pub fn compact_revision(&self) -> i64 {
+        self.compacted
+    }
+
+    /// Starts a write transaction.
+    pub fn begin(&self) -> WriteCtx {
+        WriteCtx { main: self.current + 1, sub: 0, wrote: false }
+    }
+
+    /// Ends a write transaction; the revision moves only if it wrote something.
+    pub fn finish(&mut self, ctx: WriteCtx) -> i64 {
+        if ctx.wrote {
+            self.current = ctx.main;
+        }
+        self.current
+    }
+
+    /// The current value of `key` (including writes of the transaction in progress).
+    pub fn get(&self, key: &[u8]) -> Option<&KeyValue> {
+        self.keys.get(key).and_then(|v| v.last()).and_then(|(_, kv)| kv.as_ref())
+    }
+
+    /// Writes `key`; returns its previous value.
+    pub fn put(&mut self, ctx: &mut WriteCtx, key: Bytes, value: Bytes, lease: i64) -> Option<KeyValue> {
+        let revision = Revision { main: ctx.main, sub: ctx.sub };
+        ctx.sub += 1;
+        ctx.wrote = true;
+        let versions = self.keys.entry(key.clone()).or_default();
+        let prev = versions.last().and_then(|(_, kv)| kv.clone());
+        let (create_revision, version) = match &prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (ctx.main, 1),
+        };
+        let kv = KeyValue { key, create_revision, mod_revision: ctx.main, version, value, lease };
+        versions.push((revision, Some(kv)));
+        prev
+    }
+
+    /// Deletes `key` if it exists; returns what it held.
+    pub fn delete(&mut self, ctx: &mut WriteCtx, key: &Bytes) -> Option<KeyValue> {
+        let versions = self.keys.get_mut(key)?;
+        let prev = versions.last().and_then(|(_, kv)| kv.clone())?;
+        versions.push((Revision { main: ctx.main, sub: ctx.sub }, None));
+        ctx.sub += 1;
+        ctx.wrote = true;
+        Some(prev)
+    }
+
+    /// Keys currently in `range`.
+    pub fn current_keys(&self, range: &KeyRange) -> Vec<Bytes> {
+        self.keys
+            .range(bounds(range))
+            .filter(|(_, v)| v.last().is_some_and(|(_, kv)| kv.is_some()))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Checks a read revision: 0 means current; compacted or future revisions are errors.
+    pub fn check_revision(&self, revision: i64) -> Result<i64, KvError> {
+        if revision == 0 {
+            return Ok(self.current);
+        }
+        if revision > self.current {
+            return Err(KvError::FutureRevision);
+        }
+        if revision < self.compacted {
+            return Err(KvError::Compacted { compact_revision: self.compacted });
+        }
+        Ok(revision)
+    }
+
+    /// The values in `range` as of `revision` (0: now, including an unfinished transaction's
+    /// writes), in key order.
+    pub fn range(&self, range: &KeyRange, revision: i64) -> Result<Vec<KeyValue>, KvError> {
+        let at = if revision == 0 { None } else { Some(self.check_revision(revision)?) };
+        let mut out = Vec::new();
+        for (_, versions) in self.keys.range(bounds(range)) {
+            let version = match at {
+                None => versions.last(),
+                Some(rev) => versions.iter().rev().find(|(r, _)| r.main <= rev),
+            };
+            if let Some((_, Some(kv))) = version {
+                out.push(kv.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets history before `revision`: each key keeps its latest version at or before it
+    /// (a tombstone only if it is exactly at `revision`), so reads at `revision` still work.
+    pub fn compact(&mut self, revision: i64) -> Result<(), KvError> {
+        if revision <= self.compacted {
+            return Err(KvError::Compacted { compact_revision: self.compacted });
+        }
+        if revision > self.current {
+            return Err(KvError::FutureRevision);
+        }
+        self.keys.retain(|_, versions| {
+            let keep_from = versions.iter().rposition(|(r, _)| r.main <= revision).unwrap_or(0);
+            versions.drain(..keep_from);
+            if let Some((r, None)) = versions.first() {
+                if r.main < revision {
+                    versions.remove(0);
+                }
+            }
+            !versions.is_empty()
+        });
+        self.compacted = revision;
+        Ok(())
+    }
+
+    /// Every change to keys in `range` at or after `start` (etcd's watch history), in revision
+    /// order, with the previous value where history still holds it.
+    pub fn events_since(&self, range: &KeyRange, start: i64) -> Result<Vec<(Revision, Event)>, KvError> {
+        if start < self.compacted {
+            return Err(KvError::Compacted { compact_revision: self.compacted });
+        }
+        let mut out = Vec::new();
+        for (key, versions) in self.keys.range(bounds(range)) {
+            for (i, (rev, kv)) in versions.iter().enumerate() {
+                if rev.main < start {
+                    continue;
+                }
+                let prev_kv = i.checked_sub(1).and_then(|j| versions[j].1.clone());
+                let event = match kv {
+                    Some(kv) => Event { kind: EventKind::Put, kv: kv.clone(), prev_kv },
+                    None => {
+                        let kv = KeyValue { key: key.clone(), mod_revision: rev.main, ..KeyValue::default() };
+                        Event { kind: EventKind::Delete, kv, prev_kv }
+                    }
+                };
+                out.push((*rev, event));
+            }
+        }
+        out.sort_by_key(|(rev, _)| *rev);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn put(m: &mut Mvcc, k: &str, v: &str) -> i64 {
+        let mut ctx = m.begin();
+        m.put(&mut ctx, b(k), b(v), 0);
+        m.finish(ctx)
+    }
+
+    #[test]
+    fn revisions_versions_and_history() {
+        let mut m = Mvcc::default();
+        assert_eq!(m.revision(), 1, "etcd starts at revision 1");
+        assert_eq!(put(&mut m, "a", "1"), 2);
+        assert_eq!(put(&mut m, "a", "2"), 3);
+        let kv = m.get(b"a").unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+        let mut ctx = m.begin();
+        assert!(m.delete(&mut ctx, &b("a")).is_some());
+        assert_eq!(m.finish(ctx), 4);
+        assert_eq!(put(&mut m, "a", "3"), 5);
+        let kv = m.get(b"a").unwrap();
+        assert_eq!((kv.create_revision, kv.version), (5, 1), "a new generation after a delete");
+        assert_eq!(&m.range(&KeyRange::single("a"), 3).unwrap()[0].value[..], b"2");
+        assert!(m.range(&KeyRange::single("a"), 4).unwrap().is_empty(), "deleted at 4");
+        assert_eq!(m.range(&KeyRange::single("a"), 6), Err(KvError::FutureRevision));
+        // Deleting a missing key writes nothing and keeps the revision.
+        let mut ctx = m.begin();
+        assert!(m.delete(&mut ctx, &b("zz")).is_none());
+        assert_eq!(m.finish(ctx), 5);
+    }
+
+    #[test]
+    fn compaction_keeps_reads_at_the_compaction_point() {
+        let mut m = Mvcc::default();
+        put(&mut m, "a", "1"); // 2
+        put(&mut m, "b", "1"); // 3
+        put(&mut m, "a", "2"); // 4
+        let mut ctx = m.begin();
+        m.delete(&mut ctx, &b("b"));
+        m.finish(ctx); // 5
+        put(&mut m, "a", "3"); // 6
+        m.compact(5).unwrap();
+        assert_eq!(m.range(&KeyRange::single("a"), 3), Err(KvError::Compacted { compact_revision: 5 }));
+        assert_eq!(&m.range(&KeyRange::single("a"), 5).unwrap()[0].value[..], b"2");
+        assert!(m.range(&KeyRange::single("b"), 5).unwrap().is_empty());
+        assert_eq!(m.compact(5), Err(KvError::Compacted { compact_revision: 5 }));
+        assert_eq!(m.compact(7), Err(KvError::FutureRevision));
+        // The delete at exactly 5 is still visible to a watch from 5; nothing before 5 is.
+        let events = m.events_since(&KeyRange::prefix(""), 5).unwrap();
+        let kinds: Vec<_> = events.iter().map(|(r, e)| (r.main, e.kind)).collect();
+        assert_eq!(kinds, vec![(5, EventKind::Delete), (6, EventKind::Put)]);
+        assert_eq!(events[1].1.prev_kv.as_ref().map(|kv| &kv.value[..]), Some(&b"2"[..]));
+        assert!(m.events_since(&KeyRange::prefix(""), 4).is_err());
+        m.compact(6).unwrap();
+        assert!(!m.keys.contains_key(&b("b")[..]), "a key deleted before the compaction point is gone");
+    }
+}

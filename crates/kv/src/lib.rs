@@ -27,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+pub mod codec;
 pub mod command;
 pub mod error;
 pub mod machine;

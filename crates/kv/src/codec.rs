@@ -1,0 +1,338 @@
+//! Binary encodings: commands for the Raft log, the whole state for snapshots. Little-endian
+//! integers, u32-length-prefixed byte strings, one tag byte per variant. Decoding never panics:
+//! malformed input is an error.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::command::*;
+use crate::error::KvError;
+use crate::machine::{Lease, StateMachine};
+use crate::mvcc::Mvcc;
+use crate::types::{KeyRange, KeyValue, Revision};
+
+/// Nesting limit for transactions inside transactions, so hostile input cannot exhaust the stack.
+const MAX_TXN_DEPTH: u32 = 32;
+
+struct W(BytesMut);
+
+impl W {
+    fn u8(&mut self, v: u8) {
+        self.0.put_u8(v);
+    }
+    fn i64(&mut self, v: i64) {
+        self.0.put_i64_le(v);
+    }
+    fn bool(&mut self, v: bool) {
+        self.0.put_u8(u8::from(v));
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.0.put_u32_le(v.len() as u32);
+        self.0.put_slice(v);
+    }
+    fn len(&mut self, n: usize) {
+        self.0.put_u32_le(n as u32);
+    }
+}
+
+struct R(Bytes);
+
+fn bad(what: &'static str) -> KvError {
+    KvError::Malformed(what)
+}
+
+impl R {
+    fn need(&self, n: usize, what: &'static str) -> Result<(), KvError> {
+        if self.0.remaining() < n {
+            return Err(bad(what));
+        }
+        Ok(())
+    }
+    fn u8(&mut self) -> Result<u8, KvError> {
+        self.need(1, "truncated")?;
+        Ok(self.0.get_u8())
+    }
+    fn i64(&mut self) -> Result<i64, KvError> {
+        self.need(8, "truncated")?;
+        Ok(self.0.get_i64_le())
+    }
+    fn bool(&mut self) -> Result<bool, KvError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(bad("bad boolean")),
+        }
+    }
+    fn len(&mut self) -> Result<usize, KvError> {
+        self.need(4, "truncated")?;
+        let n = self.0.get_u32_le() as usize;
+        // Every element takes at least one byte: a count larger than what is left is a lie.
+        if n > self.0.remaining() {
+            return Err(bad("length beyond the input"));
+        }
+        Ok(n)
+    }
+    fn bytes(&mut self) -> Result<Bytes, KvError> {
+        let n = self.len()?;
+        Ok(self.0.split_to(n))
+    }
+}
+
+fn put_range(w: &mut W, r: &KeyRange) {
+    w.bytes(&r.key);
+    w.bytes(&r.range_end);
+}
+
+fn get_range(r: &mut R) -> Result<KeyRange, KvError> {
+    Ok(KeyRange { key: r.bytes()?, range_end: r.bytes()? })
+}
+
+fn put_put(w: &mut W, p: &PutRequest) {
+    w.bytes(&p.key);
+    w.bytes(&p.value);
+    w.i64(p.lease);
+    w.bool(p.prev_kv);
+    w.bool(p.ignore_value);
+    w.bool(p.ignore_lease);
+}
+
+fn get_put(r: &mut R) -> Result<PutRequest, KvError> {
+    Ok(PutRequest {
+        key: r.bytes()?,
+        value: r.bytes()?,
+        lease: r.i64()?,
+        prev_kv: r.bool()?,
+        ignore_value: r.bool()?,
+        ignore_lease: r.bool()?,
+    })
+}
+
+fn put_range_req(w: &mut W, q: &RangeRequest) {
+    put_range(w, &q.range);
+    w.i64(q.limit);
+    w.i64(q.revision);
+    w.u8(q.sort_order as u8);
+    w.u8(q.sort_target as u8);
+    w.bool(q.keys_only);
+    w.bool(q.count_only);
+    for v in [q.min_mod_revision, q.max_mod_revision, q.min_create_revision, q.max_create_revision] {
+        w.i64(v);
+    }
+}
+
+fn get_range_req(r: &mut R) -> Result<RangeRequest, KvError> {
+    let range = get_range(r)?;
+    let (limit, revision) = (r.i64()?, r.i64()?);
+    let sort_order = match r.u8()? {
+        0 => SortOrder::None,
+        1 => SortOrder::Ascend,
+        2 => SortOrder::Descend,
+        _ => return Err(bad("sort order")),
+    };
+    let sort_target = match r.u8()? {
+        0 => SortTarget::Key,
+        1 => SortTarget::Version,
+        2 => SortTarget::Create,
+        3 => SortTarget::Mod,
+        4 => SortTarget::Value,
+        _ => return Err(bad("sort target")),
+    };
+    Ok(RangeRequest {
+        range,
+        limit,
+        revision,
+        sort_order,
+        sort_target,
+        keys_only: r.bool()?,
+        count_only: r.bool()?,
+        min_mod_revision: r.i64()?,
+        max_mod_revision: r.i64()?,
+        min_create_revision: r.i64()?,
+        max_create_revision: r.i64()?,
+    })
+}
+
+fn put_txn(w: &mut W, t: &TxnRequest) {
+    w.len(t.compare.len());
+    for c in &t.compare {
+        put_range(w, &c.range);
+        w.u8(c.result as u8);
+        match &c.target {
+            CompareTarget::Version(v) => (w.u8(0), w.i64(*v)).1,
+            CompareTarget::Create(v) => (w.u8(1), w.i64(*v)).1,
+            CompareTarget::Mod(v) => (w.u8(2), w.i64(*v)).1,
+            CompareTarget::Value(v) => (w.u8(3), w.bytes(v)).1,
+            CompareTarget::Lease(v) => (w.u8(4), w.i64(*v)).1,
+        }
+    }
+    for ops in [&t.success, &t.failure] {
+        w.len(ops.len());
+        for op in ops {
+            match op {
+                RequestOp::Range(q) => (w.u8(0), put_range_req(w, q)).1,
+                RequestOp::Put(p) => (w.u8(1), put_put(w, p)).1,
+                RequestOp::DeleteRange(d) => (w.u8(2), put_range(w, &d.range), w.bool(d.prev_kv)).1,
+                RequestOp::Txn(t) => (w.u8(3), put_txn(w, t)).1,
+            };
+        }
+    }
+}
+
+fn get_txn(r: &mut R, depth: u32) -> Result<TxnRequest, KvError> {
+    if depth > MAX_TXN_DEPTH {
+        return Err(bad("transactions nested too deep"));
+    }
+    let mut compare = Vec::new();
+    for _ in 0..r.len()? {
+        let range = get_range(r)?;
+        let result = match r.u8()? {
+            0 => CompareResult::Equal,
+            1 => CompareResult::Greater,
+            2 => CompareResult::Less,
+            3 => CompareResult::NotEqual,
+            _ => return Err(bad("compare result")),
+        };
+        let target = match r.u8()? {
+            0 => CompareTarget::Version(r.i64()?),
+            1 => CompareTarget::Create(r.i64()?),
+            2 => CompareTarget::Mod(r.i64()?),
+            3 => CompareTarget::Value(r.bytes()?),
+            4 => CompareTarget::Lease(r.i64()?),
+            _ => return Err(bad("compare target")),
+        };
+        compare.push(Compare { range, target, result });
+    }
+    let mut branches = [Vec::new(), Vec::new()];
+    for branch in &mut branches {
+        for _ in 0..r.len()? {
+            branch.push(match r.u8()? {
+                0 => RequestOp::Range(get_range_req(r)?),
+                1 => RequestOp::Put(get_put(r)?),
+                2 => RequestOp::DeleteRange(DeleteRangeRequest { range: get_range(r)?, prev_kv: r.bool()? }),
+                3 => RequestOp::Txn(get_txn(r, depth + 1)?),
+                _ => return Err(bad("transaction operation")),
+            });
+        }
+    }
+    let [success, failure] = branches;
+    Ok(TxnRequest { compare, success, failure })
+}
+
+impl Command {
+    /// Serializes the command for a log entry.
+    pub fn encode(&self) -> Bytes {
+        let mut w = W(BytesMut::new());
+        match self {
+            Command::Put(p) => (w.u8(1), put_put(&mut w, p)).1,
+            Command::DeleteRange(d) => (w.u8(2), put_range(&mut w, &d.range), w.bool(d.prev_kv)).1,
+            Command::Txn(t) => (w.u8(3), put_txn(&mut w, t)).1,
+            Command::Compact { revision } => (w.u8(4), w.i64(*revision)).1,
+            Command::LeaseGrant { id, ttl_secs } => (w.u8(5), w.i64(*id), w.i64(*ttl_secs)).1,
+            Command::LeaseRevoke { id } => (w.u8(6), w.i64(*id)).1,
+        }
+        w.0.freeze()
+    }
+
+    /// Parses a log entry's payload.
+    pub fn decode(data: Bytes) -> Result<Self, KvError> {
+        let mut r = R(data);
+        let cmd = match r.u8()? {
+            1 => Command::Put(get_put(&mut r)?),
+            2 => Command::DeleteRange(DeleteRangeRequest { range: get_range(&mut r)?, prev_kv: r.bool()? }),
+            3 => Command::Txn(get_txn(&mut r, 0)?),
+            4 => Command::Compact { revision: r.i64()? },
+            5 => Command::LeaseGrant { id: r.i64()?, ttl_secs: r.i64()? },
+            6 => Command::LeaseRevoke { id: r.i64()? },
+            _ => return Err(bad("unknown command")),
+        };
+        if r.0.has_remaining() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(cmd)
+    }
+}
+
+fn put_kv(w: &mut W, kv: &KeyValue) {
+    w.bytes(&kv.value);
+    for v in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
+        w.i64(v);
+    }
+}
+
+fn get_kv(r: &mut R, key: &Bytes) -> Result<KeyValue, KvError> {
+    Ok(KeyValue {
+        key: key.clone(),
+        value: r.bytes()?,
+        create_revision: r.i64()?,
+        mod_revision: r.i64()?,
+        version: r.i64()?,
+        lease: r.i64()?,
+    })
+}
+
+impl StateMachine {
+    /// Serializes the whole state (history since the last compaction included) for a snapshot.
+    pub fn encode(&self) -> Bytes {
+        let mut w = W(BytesMut::new());
+        w.i64(self.mvcc.current);
+        w.i64(self.mvcc.compacted);
+        w.len(self.mvcc.keys.len());
+        for (key, versions) in &self.mvcc.keys {
+            w.bytes(key);
+            w.len(versions.len());
+            for (rev, kv) in versions {
+                w.i64(rev.main);
+                w.i64(rev.sub);
+                match kv {
+                    Some(kv) => (w.u8(1), put_kv(&mut w, kv)).1,
+                    None => w.u8(0),
+                }
+            }
+        }
+        w.len(self.leases.len());
+        for (id, lease) in &self.leases {
+            w.i64(*id);
+            w.i64(lease.ttl_secs);
+            w.len(lease.keys.len());
+            for k in &lease.keys {
+                w.bytes(k);
+            }
+        }
+        w.0.freeze()
+    }
+
+    /// Restores a state serialized by [`StateMachine::encode`].
+    pub fn decode(data: Bytes) -> Result<Self, KvError> {
+        let mut r = R(data);
+        let (current, compacted) = (r.i64()?, r.i64()?);
+        let mut keys = BTreeMap::new();
+        for _ in 0..r.len()? {
+            let key = r.bytes()?;
+            let mut versions = Vec::new();
+            for _ in 0..r.len()? {
+                let rev = Revision { main: r.i64()?, sub: r.i64()? };
+                let kv = match r.u8()? {
+                    0 => None,
+                    1 => Some(get_kv(&mut r, &key)?),
+                    _ => return Err(bad("version tag")),
+                };
+                versions.push((rev, kv));
+            }
+            keys.insert(key, versions);
+        }
+        let mut leases = BTreeMap::new();
+        for _ in 0..r.len()? {
+            let (id, ttl_secs) = (r.i64()?, r.i64()?);
+            let mut lease_keys = BTreeSet::new();
+            for _ in 0..r.len()? {
+                lease_keys.insert(r.bytes()?);
+            }
+            leases.insert(id, Lease { ttl_secs, keys: lease_keys });
+        }
+        if r.0.has_remaining() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(Self { mvcc: Mvcc { keys, current, compacted }, leases })
+    }
+}

@@ -89,6 +89,7 @@ mod replication;
 pub mod rng;
 mod snapshot;
 mod types;
+pub mod wire;
 
 pub use conf_change::MembershipChange;
 pub use config::{Config, ConfigError, ReadMode};

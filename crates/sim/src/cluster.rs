@@ -710,6 +710,11 @@ impl Cluster {
     // ----- network --------------------------------------------------------------------------
 
     fn send(&mut self, m: Message) {
+        // Every message crosses the wire format, as between real servers.
+        let m = match Message::decode(m.encode()) {
+            Ok(decoded) if decoded == m => decoded,
+            other => panic!("wire format does not round-trip {m:?}: {other:?}"),
+        };
         if self.partition.blocks(m.from, m.to) {
             return;
         }

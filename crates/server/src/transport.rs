@@ -1,0 +1,244 @@
+//! Peer transport over TCP (issue 5): one connection per peer and lane, reconnecting with
+//! back-off; messages queued while a write is in progress go out together in one write; snapshot
+//! chunks travel on their own connection so heartbeats never wait behind megabytes of snapshot.
+//!
+//! A connection starts with a handshake — magic, cluster id, sender id, lane — and then carries
+//! frames: `[u32 length][encoded message]`. A bad handshake, an oversized frame, a frame that does
+//! not decode, or a message whose sender or recipient does not match the connection closes the
+//! connection with a log line. Nothing a peer sends can panic this server.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use balsa_raft::{Message, MessageBody, NodeId};
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+const MAGIC: &[u8; 8] = b"BALSAPR1";
+
+/// Settings of the transport.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// This server.
+    pub id: NodeId,
+    /// Connections from servers of another cluster are refused.
+    pub cluster_id: u64,
+    /// Largest frame accepted or sent.
+    pub max_frame_bytes: usize,
+    /// Messages queued per peer and lane before new ones are dropped (Raft resends).
+    pub queue_messages: usize,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+impl TransportConfig {
+    /// Defaults: 64 MiB frames, 4096 queued messages, back-off up to 2 s.
+    pub fn new(id: NodeId, cluster_id: u64) -> Self {
+        Self {
+            id,
+            cluster_id,
+            max_frame_bytes: 64 << 20,
+            queue_messages: 4096,
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Which connection a message travels on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Lane {
+    Raft = 0,
+    Snapshot = 1,
+}
+
+fn lane_of(m: &Message) -> Lane {
+    if matches!(m.body, MessageBody::InstallSnapshot(_)) {
+        Lane::Snapshot
+    } else {
+        Lane::Raft
+    }
+}
+
+/// Sends messages to peers; received messages arrive on the channel given to [`Transport::start`].
+pub struct Transport {
+    config: Arc<TransportConfig>,
+    outbound: BTreeMap<(NodeId, Lane), mpsc::Sender<Message>>,
+    /// The accept loop; stopped when the transport is dropped (writers stop with their queues).
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+impl Transport {
+    /// Starts accepting on `listener` and connecting to `peers`. Received messages go to `inbox`.
+    pub fn start(
+        config: TransportConfig,
+        listener: TcpListener,
+        peers: BTreeMap<NodeId, SocketAddr>,
+        inbox: mpsc::Sender<Message>,
+    ) -> Self {
+        let config = Arc::new(config);
+        let known: Arc<Vec<NodeId>> = Arc::new(peers.keys().copied().collect());
+        let acceptor = tokio::spawn(accept_loop(listener, config.clone(), known, inbox));
+        let mut outbound = BTreeMap::new();
+        for (&peer, &addr) in &peers {
+            if peer == config.id {
+                continue;
+            }
+            for lane in [Lane::Raft, Lane::Snapshot] {
+                let (tx, rx) = mpsc::channel(config.queue_messages);
+                tokio::spawn(peer_writer(config.clone(), peer, addr, lane, rx));
+                outbound.insert((peer, lane), tx);
+            }
+        }
+        Self { config, outbound, acceptor }
+    }
+
+    /// Queues a message for its peer. Returns false if it was dropped (unknown peer, queue full):
+    /// Raft treats that as a lost message.
+    pub fn send(&self, m: Message) -> bool {
+        let Some(tx) = self.outbound.get(&(m.to, lane_of(&m))) else {
+            tracing::warn!(to = m.to, "message for an unknown peer dropped");
+            return false;
+        };
+        tx.try_send(m).is_ok()
+    }
+
+    /// This server's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+}
+
+fn handshake(config: &TransportConfig, lane: Lane) -> Bytes {
+    let mut b = BytesMut::with_capacity(25);
+    b.put_slice(MAGIC);
+    b.put_u64_le(config.cluster_id);
+    b.put_u64_le(config.id);
+    b.put_u8(lane as u8);
+    b.freeze()
+}
+
+/// Keeps one lane to one peer connected and drains its queue into it.
+async fn peer_writer(
+    config: Arc<TransportConfig>,
+    peer: NodeId,
+    addr: SocketAddr,
+    lane: Lane,
+    mut rx: mpsc::Receiver<Message>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let mut stream = match TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(peer, %addr, error = %e, "connect failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(config.max_backoff);
+                // While disconnected, keep the queue moving: old messages are useless to Raft.
+                while rx.try_recv().is_ok() {}
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        if stream.write_all(&handshake(&config, lane)).await.is_err() {
+            continue;
+        }
+        backoff = Duration::from_millis(50);
+        loop {
+            let Some(first) = rx.recv().await else {
+                return; // the transport was dropped
+            };
+            let mut batch = BytesMut::new();
+            let mut next = Some(first);
+            while let Some(m) = next {
+                let frame = m.encode();
+                if frame.len() > config.max_frame_bytes {
+                    tracing::error!(peer, bytes = frame.len(), "message larger than the frame limit dropped");
+                } else {
+                    batch.put_u32_le(frame.len() as u32);
+                    batch.put_slice(&frame);
+                }
+                next = if batch.len() < (1 << 20) { rx.try_recv().ok() } else { None };
+            }
+            if let Err(e) = stream.write_all(&batch).await {
+                // The batch is lost with the connection; Raft resends what matters.
+                tracing::debug!(peer, error = %e, "connection lost; reconnecting");
+                break;
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    config: Arc<TransportConfig>,
+    known: Arc<Vec<NodeId>>,
+    inbox: mpsc::Sender<Message>,
+) {
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (config, known, inbox) = (config.clone(), known.clone(), inbox.clone());
+        tokio::spawn(async move {
+            if let Err(why) = serve_connection(stream, &config, &known, &inbox).await {
+                tracing::warn!(%remote, reason = why, "peer connection closed");
+            }
+        });
+    }
+}
+
+/// Reads one inbound connection until it ends or misbehaves.
+async fn serve_connection(
+    stream: TcpStream,
+    config: &TransportConfig,
+    known: &[NodeId],
+    inbox: &mpsc::Sender<Message>,
+) -> Result<(), &'static str> {
+    let mut r = BufReader::new(stream);
+    let mut hello = [0u8; 25];
+    r.read_exact(&mut hello).await.map_err(|_| "no handshake")?;
+    if &hello[..8] != MAGIC {
+        return Err("not a balsa peer");
+    }
+    let cluster = u64::from_le_bytes(hello[8..16].try_into().expect("8 bytes"));
+    let from = u64::from_le_bytes(hello[16..24].try_into().expect("8 bytes"));
+    if cluster != config.cluster_id {
+        return Err("peer belongs to another cluster");
+    }
+    if !known.contains(&from) {
+        return Err("unknown peer");
+    }
+    loop {
+        let len = match r.read_u32_le().await {
+            Ok(n) => n as usize,
+            Err(_) => return Ok(()), // closed
+        };
+        if len > config.max_frame_bytes {
+            return Err("frame larger than the limit");
+        }
+        let mut frame = vec![0u8; len];
+        r.read_exact(&mut frame).await.map_err(|_| "truncated frame")?;
+        let m = Message::decode(Bytes::from(frame)).map_err(|_| "malformed frame")?;
+        if m.from != from || m.to != config.id {
+            return Err("message not from the connected peer or not for this server");
+        }
+        if inbox.send(m).await.is_err() {
+            return Ok(()); // this server is shutting down
+        }
+    }
+}

@@ -6,6 +6,8 @@
 
 #![warn(missing_docs)]
 
+pub mod node;
 pub mod transport;
 
-pub use transport::{Transport, TransportConfig};
+pub use node::{NodeConfig, NodeError, NodeHandle};
+pub use transport::{Transport, TransportConfig, TransportSender};

@@ -116,6 +116,24 @@ impl Transport {
     pub fn id(&self) -> NodeId {
         self.config.id
     }
+
+    /// A cheap handle that sends through this transport (for another task).
+    pub fn clone_sender(&self) -> TransportSender {
+        TransportSender { outbound: self.outbound.clone() }
+    }
+}
+
+/// Sends through a [`Transport`] from another task.
+#[derive(Clone)]
+pub struct TransportSender {
+    outbound: BTreeMap<(NodeId, Lane), mpsc::Sender<Message>>,
+}
+
+impl TransportSender {
+    /// Like [`Transport::send`].
+    pub fn send(&self, m: Message) -> bool {
+        self.outbound.get(&(m.to, lane_of(&m))).is_some_and(|tx| tx.try_send(m).is_ok())
+    }
 }
 
 fn handshake(config: &TransportConfig, lane: Lane) -> Bytes {

@@ -6,8 +6,22 @@
 
 #![warn(missing_docs)]
 
+pub mod kv_service;
 pub mod node;
 pub mod transport;
 
 pub use node::{NodeConfig, NodeError, NodeHandle};
 pub use transport::{Transport, TransportConfig, TransportSender};
+
+/// Generated from `proto/` (etcd's wire format): `etcdserverpb` and `mvccpb`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    /// etcd's `mvccpb` package.
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    /// etcd's `etcdserverpb` package.
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+}

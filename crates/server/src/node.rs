@@ -67,6 +67,7 @@ enum Input {
     Peer(balsa_raft::Message),
     Propose(Command, ProposeReply),
     Read(RangeRequest, ReadReply),
+    ReadLocal(RangeRequest, ReadReply),
     Status(oneshot::Sender<Status>),
     Stop,
 }
@@ -142,6 +143,13 @@ impl NodeHandle {
     pub async fn read(&self, request: RangeRequest) -> Result<RangeResponse, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.input.send(Input::Read(request, tx)).map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// A serializable read: this server's state as applied so far, possibly stale.
+    pub async fn read_local(&self, request: RangeRequest) -> Result<RangeResponse, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.input.send(Input::ReadLocal(request, tx)).map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)?
     }
 
@@ -230,6 +238,9 @@ impl Driver {
                         let _ = reply.send(Err(NodeError::NotLeader { leader_hint }));
                     }
                 }
+            }
+            Input::ReadLocal(request, reply) => {
+                let _ = reply.send(self.sm.range(&request).map_err(NodeError::from));
             }
             Input::Status(reply) => {
                 let _ = reply.send(self.raft.status());

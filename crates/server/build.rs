@@ -1,0 +1,8 @@
+//! Compiles balsa's .proto files with protox (pure Rust: no protoc needed on a fresh machine).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::compile(["proto/rpc.proto"], ["proto"])?;
+    tonic_build::configure().build_server(true).build_client(true).compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! etcd's v3 `KV` gRPC service over a node: requests become balsa-kv commands (writes go through
+//! Raft) or reads (linearizable by default, serializable on request); errors carry etcd's gRPC
+//! codes and messages, so etcd clients react to them as they would with etcd.
+
+use std::sync::Arc;
+
+use balsa_kv as kv;
+use bytes::Bytes;
+use tonic::{Request, Response, Status};
+
+use crate::node::{NodeError, NodeHandle};
+use crate::pb::etcdserverpb as pb;
+use crate::pb::etcdserverpb::kv_server::Kv;
+use crate::pb::mvccpb;
+
+/// etcd's default limit on a request's size.
+pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
+
+/// The KV service of one member.
+pub struct KvService {
+    node: Arc<NodeHandle>,
+    cluster_id: u64,
+    member_id: u64,
+}
+
+impl KvService {
+    /// Serves `node` as member `member_id` of cluster `cluster_id`.
+    pub fn new(node: Arc<NodeHandle>, cluster_id: u64, member_id: u64) -> Self {
+        Self { node, cluster_id, member_id }
+    }
+
+    fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
+        Some(pb::ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: 0,
+        })
+    }
+}
+
+/// etcd's status for each failure.
+pub fn status_of(e: NodeError) -> Status {
+    match e {
+        NodeError::NotLeader { .. } => Status::unavailable("etcdserver: not leader"),
+        NodeError::Dropped => {
+            Status::unavailable("etcdserver: request timed out, possibly due to previous leader failure")
+        }
+        NodeError::Stopped => Status::unavailable("etcdserver: server stopped"),
+        NodeError::Kv(e) => match e {
+            kv::KvError::Compacted { .. } | kv::KvError::FutureRevision => {
+                Status::out_of_range(format!("etcdserver: {e}"))
+            }
+            kv::KvError::LeaseNotFound => Status::not_found(e.to_string()),
+            _ => Status::invalid_argument(e.to_string()),
+        },
+    }
+}
+
+fn range_of(key: Vec<u8>, range_end: Vec<u8>) -> kv::KeyRange {
+    kv::KeyRange { key: Bytes::from(key), range_end: Bytes::from(range_end) }
+}
+
+fn kv_out(k: kv::KeyValue) -> mvccpb::KeyValue {
+    mvccpb::KeyValue {
+        key: k.key.to_vec(),
+        create_revision: k.create_revision,
+        mod_revision: k.mod_revision,
+        version: k.version,
+        value: k.value.to_vec(),
+        lease: k.lease,
+    }
+}
+
+fn range_in(r: pb::RangeRequest) -> kv::RangeRequest {
+    let mut q = kv::RangeRequest::of(range_of(r.key, r.range_end));
+    q.limit = r.limit;
+    q.revision = r.revision;
+    q.sort_order = match r.sort_order {
+        1 => kv::SortOrder::Ascend,
+        2 => kv::SortOrder::Descend,
+        _ => kv::SortOrder::None,
+    };
+    q.sort_target = match r.sort_target {
+        1 => kv::SortTarget::Version,
+        2 => kv::SortTarget::Create,
+        3 => kv::SortTarget::Mod,
+        4 => kv::SortTarget::Value,
+        _ => kv::SortTarget::Key,
+    };
+    q.keys_only = r.keys_only;
+    q.count_only = r.count_only;
+    q.min_mod_revision = r.min_mod_revision;
+    q.max_mod_revision = r.max_mod_revision;
+    q.min_create_revision = r.min_create_revision;
+    q.max_create_revision = r.max_create_revision;
+    q
+}
+
+fn put_in(p: pb::PutRequest) -> kv::PutRequest {
+    kv::PutRequest {
+        key: Bytes::from(p.key),
+        value: Bytes::from(p.value),
+        lease: p.lease,
+        prev_kv: p.prev_kv,
+        ignore_value: p.ignore_value,
+        ignore_lease: p.ignore_lease,
+    }
+}
+
+fn delete_in(d: pb::DeleteRangeRequest) -> kv::DeleteRangeRequest {
+    kv::DeleteRangeRequest { range: range_of(d.key, d.range_end), prev_kv: d.prev_kv }
+}
+
+fn compare_in(c: pb::Compare) -> Result<kv::Compare, Status> {
+    use pb::compare::TargetUnion;
+    let target = match (c.target, c.target_union) {
+        (0, Some(TargetUnion::Version(v))) => kv::CompareTarget::Version(v),
+        (0, None) => kv::CompareTarget::Version(0),
+        (1, Some(TargetUnion::CreateRevision(v))) => kv::CompareTarget::Create(v),
+        (1, None) => kv::CompareTarget::Create(0),
+        (2, Some(TargetUnion::ModRevision(v))) => kv::CompareTarget::Mod(v),
+        (2, None) => kv::CompareTarget::Mod(0),
+        (3, Some(TargetUnion::Value(v))) => kv::CompareTarget::Value(Bytes::from(v)),
+        (3, None) => kv::CompareTarget::Value(Bytes::new()),
+        (4, Some(TargetUnion::Lease(v))) => kv::CompareTarget::Lease(v),
+        (4, None) => kv::CompareTarget::Lease(0),
+        _ => return Err(Status::invalid_argument("etcdserver: invalid compare target")),
+    };
+    let result = match c.result {
+        0 => kv::CompareResult::Equal,
+        1 => kv::CompareResult::Greater,
+        2 => kv::CompareResult::Less,
+        3 => kv::CompareResult::NotEqual,
+        _ => return Err(Status::invalid_argument("etcdserver: invalid compare result")),
+    };
+    Ok(kv::Compare { range: range_of(c.key, c.range_end), target, result })
+}
+
+fn txn_in(t: pb::TxnRequest) -> Result<kv::TxnRequest, Status> {
+    let ops = |ops: Vec<pb::RequestOp>| -> Result<Vec<kv::RequestOp>, Status> {
+        ops.into_iter()
+            .map(|op| match op.request {
+                Some(pb::request_op::Request::RequestRange(r)) => Ok(kv::RequestOp::Range(range_in(r))),
+                Some(pb::request_op::Request::RequestPut(p)) => Ok(kv::RequestOp::Put(put_in(p))),
+                Some(pb::request_op::Request::RequestDeleteRange(d)) => {
+                    Ok(kv::RequestOp::DeleteRange(delete_in(d)))
+                }
+                Some(pb::request_op::Request::RequestTxn(t)) => Ok(kv::RequestOp::Txn(txn_in(t)?)),
+                None => Err(Status::invalid_argument("etcdserver: empty request in txn")),
+            })
+            .collect()
+    };
+    Ok(kv::TxnRequest {
+        compare: t.compare.into_iter().map(compare_in).collect::<Result<_, _>>()?,
+        success: ops(t.success)?,
+        failure: ops(t.failure)?,
+    })
+}
+
+impl KvService {
+    fn range_out(&self, r: kv::RangeResponse) -> pb::RangeResponse {
+        pb::RangeResponse {
+            header: self.header(r.revision),
+            kvs: r.kvs.into_iter().map(kv_out).collect(),
+            more: r.more,
+            count: r.count,
+        }
+    }
+
+    fn put_out(&self, p: kv::PutResponse) -> pb::PutResponse {
+        pb::PutResponse { header: self.header(p.revision), prev_kv: p.prev_kv.map(kv_out) }
+    }
+
+    fn delete_out(&self, d: kv::DeleteRangeResponse) -> pb::DeleteRangeResponse {
+        pb::DeleteRangeResponse {
+            header: self.header(d.revision),
+            deleted: d.deleted,
+            prev_kvs: d.prev_kvs.into_iter().map(kv_out).collect(),
+        }
+    }
+
+    fn txn_out(&self, t: kv::TxnResponse) -> pb::TxnResponse {
+        let responses = t
+            .responses
+            .into_iter()
+            .map(|r| pb::ResponseOp {
+                response: Some(match r {
+                    kv::ResponseOp::Range(r) => pb::response_op::Response::ResponseRange(self.range_out(r)),
+                    kv::ResponseOp::Put(p) => pb::response_op::Response::ResponsePut(self.put_out(p)),
+                    kv::ResponseOp::DeleteRange(d) => {
+                        pb::response_op::Response::ResponseDeleteRange(self.delete_out(d))
+                    }
+                    kv::ResponseOp::Txn(t) => pb::response_op::Response::ResponseTxn(self.txn_out(t)),
+                }),
+            })
+            .collect();
+        pb::TxnResponse { header: self.header(t.revision), succeeded: t.succeeded, responses }
+    }
+
+    async fn propose(&self, command: kv::Command) -> Result<kv::Response, Status> {
+        self.node.propose(command).await.map_err(status_of)
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+        let r = request.into_inner();
+        let serializable = r.serializable;
+        let q = range_in(r);
+        let result = if serializable { self.node.read_local(q).await } else { self.node.read(q).await };
+        Ok(Response::new(self.range_out(result.map_err(status_of)?)))
+    }
+
+    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let p = request.into_inner();
+        if p.key.len() + p.value.len() > MAX_REQUEST_BYTES {
+            return Err(Status::invalid_argument("etcdserver: request is too large"));
+        }
+        match self.propose(kv::Command::Put(put_in(p))).await? {
+            kv::Response::Put(p) => Ok(Response::new(self.put_out(p))),
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        match self.propose(kv::Command::DeleteRange(delete_in(request.into_inner()))).await? {
+            kv::Response::DeleteRange(d) => Ok(Response::new(self.delete_out(d))),
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let txn = txn_in(request.into_inner())?;
+        match self.propose(kv::Command::Txn(txn)).await? {
+            kv::Response::Txn(t) => Ok(Response::new(self.txn_out(t))),
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let revision = request.into_inner().revision;
+        match self.propose(kv::Command::Compact { revision }).await? {
+            kv::Response::Compact { revision } => {
+                Ok(Response::new(pb::CompactionResponse { header: self.header(revision) }))
+            }
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
+    }
+}
+
+/// Serves the KV service on `listener` until the task is dropped.
+pub async fn serve(
+    service: KvService,
+    listener: tokio::net::TcpListener,
+) -> Result<(), tonic::transport::Error> {
+    let server = pb::kv_server::KvServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES + 4096);
+    tonic::transport::Server::builder()
+        .add_service(server)
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await
+}

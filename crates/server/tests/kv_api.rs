@@ -1,0 +1,158 @@
+//! The etcd v3 KV API served by a balsa node, through a generated gRPC client and, where Debian's
+//! etcd-client is installed, through the real `etcdctl`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use balsa_raft::Role;
+use balsa_server::kv_service::{self, KvService};
+use balsa_server::pb::etcdserverpb as pb;
+use balsa_server::pb::etcdserverpb::kv_client::KvClient;
+use balsa_server::{NodeConfig, NodeHandle};
+use tokio::net::TcpListener;
+use tonic::Code;
+
+struct Dir(std::path::PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A one-member cluster serving the KV API; returns the client address.
+async fn single_node(dir: &Dir) -> (Arc<NodeHandle>, std::net::SocketAddr) {
+    let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peers = BTreeMap::from([(1, peer.local_addr().unwrap())]);
+    let config = NodeConfig {
+        id: 1,
+        cluster_id: 99,
+        data_dir: dir.0.clone(),
+        peers,
+        tick: Duration::from_millis(10),
+        snapshot_entries: 1000,
+    };
+    let node = Arc::new(NodeHandle::start(config, peer).await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.status().await.unwrap().role != Role::Leader {
+        assert!(Instant::now() < deadline, "a single node elects itself");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let client = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = client.local_addr().unwrap();
+    tokio::spawn(kv_service::serve(KvService::new(node.clone(), 99, 1), client));
+    (node, addr)
+}
+
+fn put(k: &str, v: &str) -> pb::PutRequest {
+    pb::PutRequest { key: k.into(), value: v.into(), ..Default::default() }
+}
+
+fn get(k: &str) -> pb::RangeRequest {
+    pb::RangeRequest { key: k.into(), ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kv_api_speaks_etcd() {
+    let dir = Dir(std::env::temp_dir().join(format!("balsa-kvapi-{}", std::process::id())));
+    let (_node, addr) = single_node(&dir).await;
+    let mut c = KvClient::connect(format!("http://{addr}")).await.unwrap();
+    let r = c.put(put("fruit/apple", "red")).await.unwrap().into_inner();
+    let first = r.header.unwrap().revision;
+    c.put(put("fruit/banana", "yellow")).await.unwrap();
+    let got = c.range(get("fruit/apple")).await.unwrap().into_inner();
+    assert_eq!(got.kvs[0].value, b"red");
+    assert_eq!((got.kvs[0].create_revision, got.kvs[0].version), (first, 1));
+    let prefix = pb::RangeRequest { key: "fruit/".into(), range_end: "fruit0".into(), ..Default::default() };
+    assert_eq!(c.range(prefix.clone()).await.unwrap().into_inner().count, 2);
+    // Serializable reads are served too.
+    let serial = pb::RangeRequest { serializable: true, ..prefix.clone() };
+    assert_eq!(c.range(serial).await.unwrap().into_inner().count, 2);
+    // Compare-and-swap in a transaction.
+    let cas = |expect: &str, new: &str| pb::TxnRequest {
+        compare: vec![pb::Compare {
+            result: 0,
+            target: 3,
+            key: "fruit/apple".into(),
+            target_union: Some(pb::compare::TargetUnion::Value(expect.into())),
+            range_end: vec![],
+        }],
+        success: vec![pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestPut(put("fruit/apple", new))),
+        }],
+        failure: vec![pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestRange(get("fruit/apple"))),
+        }],
+    };
+    assert!(c.txn(cas("red", "green")).await.unwrap().into_inner().succeeded);
+    let failed = c.txn(cas("red", "blue")).await.unwrap().into_inner();
+    assert!(!failed.succeeded);
+    let Some(pb::response_op::Response::ResponseRange(now)) = &failed.responses[0].response else { panic!() };
+    assert_eq!(now.kvs[0].value, b"green");
+    // Deletes, with previous values.
+    let del = pb::DeleteRangeRequest { key: "fruit/".into(), range_end: "fruit0".into(), prev_kv: true };
+    let d = c.delete_range(del).await.unwrap().into_inner();
+    assert_eq!((d.deleted, d.prev_kvs.len()), (2, 2));
+    // etcd's errors, with etcd's codes.
+    let e = c.put(put("", "x")).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "etcdserver: key is not provided"));
+    let future = pb::RangeRequest { revision: 1_000, ..get("a") };
+    assert_eq!(c.range(future).await.unwrap_err().code(), Code::OutOfRange);
+    let head = c.put(put("x", "1")).await.unwrap().into_inner().header.unwrap().revision;
+    c.compact(pb::CompactionRequest { revision: head, physical: false }).await.unwrap();
+    let old = pb::RangeRequest { revision: first, ..get("fruit/apple") };
+    let e = c.range(old).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
+    );
+    let leased = pb::PutRequest { lease: 12345, ..put("y", "1") };
+    assert_eq!(c.put(leased).await.unwrap_err().code(), Code::NotFound);
+    let huge = put("big", &"x".repeat(kv_service::MAX_REQUEST_BYTES + 1));
+    assert!(c.put(huge).await.is_err(), "oversized requests are refused");
+    assert_eq!(c.range(get("x")).await.unwrap().into_inner().kvs[0].value, b"1", "still serving");
+}
+
+/// The real etcdctl (Debian's etcd-client) against balsa, when it is installed (CI installs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_puts_gets_and_deletes() {
+    let Ok(path) = which_etcdctl() else {
+        eprintln!("NOTE: etcdctl is not installed; apt-get install etcd-client to run this test");
+        return;
+    };
+    let dir = Dir(std::env::temp_dir().join(format!("balsa-etcdctl-{}", std::process::id())));
+    let (_node, addr) = single_node(&dir).await;
+    let endpoint = format!("--endpoints={addr}");
+    let run = |args: Vec<String>| {
+        let path = path.clone();
+        async move {
+            let out = tokio::process::Command::new(path)
+                .env("ETCDCTL_API", "3")
+                .args(&args)
+                .output()
+                .await
+                .unwrap();
+            assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let arg = |v: &[&str]| {
+        std::iter::once(endpoint.clone()).chain(v.iter().map(|s| s.to_string())).collect::<Vec<_>>()
+    };
+    assert_eq!(run(arg(&["put", "greeting", "hello"])).await.trim(), "OK");
+    assert_eq!(run(arg(&["put", "greet/2", "hi"])).await.trim(), "OK");
+    assert_eq!(run(arg(&["get", "greeting"])).await, "greeting\nhello\n");
+    assert_eq!(run(arg(&["get", "--prefix", "greet"])).await, "greet/2\nhi\ngreeting\nhello\n");
+    assert_eq!(run(arg(&["del", "greet/2"])).await.trim(), "1");
+    assert_eq!(run(arg(&["get", "--prefix", "greet", "--keys-only"])).await.trim(), "greeting");
+}
+
+fn which_etcdctl() -> Result<String, ()> {
+    for p in ["/usr/bin/etcdctl", "/usr/local/bin/etcdctl"] {
+        if std::path::Path::new(p).exists() {
+            return Ok(p.to_string());
+        }
+    }
+    Err(())
+}

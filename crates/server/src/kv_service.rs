@@ -112,7 +112,7 @@ fn delete_in(d: pb::DeleteRangeRequest) -> kv::DeleteRangeRequest {
     kv::DeleteRangeRequest { range: range_of(d.key, d.range_end), prev_kv: d.prev_kv }
 }
 
-fn compare_in(c: pb::Compare) -> Result<kv::Compare, Status> {
+fn compare_in(c: pb::Compare) -> Result<kv::Compare, &'static str> {
     use pb::compare::TargetUnion;
     let target = match (c.target, c.target_union) {
         (0, Some(TargetUnion::Version(v))) => kv::CompareTarget::Version(v),
@@ -125,20 +125,21 @@ fn compare_in(c: pb::Compare) -> Result<kv::Compare, Status> {
         (3, None) => kv::CompareTarget::Value(Bytes::new()),
         (4, Some(TargetUnion::Lease(v))) => kv::CompareTarget::Lease(v),
         (4, None) => kv::CompareTarget::Lease(0),
-        _ => return Err(Status::invalid_argument("etcdserver: invalid compare target")),
+        _ => return Err("etcdserver: invalid compare target"),
     };
     let result = match c.result {
         0 => kv::CompareResult::Equal,
         1 => kv::CompareResult::Greater,
         2 => kv::CompareResult::Less,
         3 => kv::CompareResult::NotEqual,
-        _ => return Err(Status::invalid_argument("etcdserver: invalid compare result")),
+        _ => return Err("etcdserver: invalid compare result"),
     };
     Ok(kv::Compare { range: range_of(c.key, c.range_end), target, result })
 }
 
-fn txn_in(t: pb::TxnRequest) -> Result<kv::TxnRequest, Status> {
-    let ops = |ops: Vec<pb::RequestOp>| -> Result<Vec<kv::RequestOp>, Status> {
+/// Converts an etcd transaction; the error is the message of an InvalidArgument status.
+fn txn_in(t: pb::TxnRequest) -> Result<kv::TxnRequest, &'static str> {
+    let ops = |ops: Vec<pb::RequestOp>| -> Result<Vec<kv::RequestOp>, &'static str> {
         ops.into_iter()
             .map(|op| match op.request {
                 Some(pb::request_op::Request::RequestRange(r)) => Ok(kv::RequestOp::Range(range_in(r))),
@@ -147,7 +148,7 @@ fn txn_in(t: pb::TxnRequest) -> Result<kv::TxnRequest, Status> {
                     Ok(kv::RequestOp::DeleteRange(delete_in(d)))
                 }
                 Some(pb::request_op::Request::RequestTxn(t)) => Ok(kv::RequestOp::Txn(txn_in(t)?)),
-                None => Err(Status::invalid_argument("etcdserver: empty request in txn")),
+                None => Err("etcdserver: empty request in txn"),
             })
             .collect()
     };
@@ -235,7 +236,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        let txn = txn_in(request.into_inner())?;
+        let txn = txn_in(request.into_inner()).map_err(Status::invalid_argument)?;
         match self.propose(kv::Command::Txn(txn)).await? {
             kv::Response::Txn(t) => Ok(Response::new(self.txn_out(t))),
             other => Err(Status::internal(format!("unexpected response {other:?}"))),

@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod kv_service;
 pub mod node;
 pub mod transport;

@@ -97,7 +97,7 @@ pub use error::{ConfChangeError, ProposeError, ReadIndexError, SnapshotError, St
 pub use membership::{Membership, VoteResult};
 pub use message::{
     AppendEntries, AppendEntriesResponse, CatchUp, ConflictHint, InstallSnapshot, InstallSnapshotResponse,
-    Message, MessageBody, ReadIndexRequest, ReadIndexResponse, RequestVote, RequestVoteResponse,
+    Message, MessageBody, Propose, ReadIndexRequest, ReadIndexResponse, RequestVote, RequestVoteResponse,
 };
 pub use progress::{Progress, ProgressState};
 pub use raft::{InitialState, Raft, Status};

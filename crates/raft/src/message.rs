@@ -36,6 +36,9 @@ pub enum MessageBody {
     /// The leader asks a follower to stream its snapshot to a catching-up server, so that adding
     /// members does not load the leader alone (deck 003, Omni-Paxos).
     CatchUp(CatchUp),
+    /// A follower forwards client commands to the leader, which appends them if it still leads
+    /// (and drops them otherwise: the client's request id tells it, by time-out, to retry).
+    Propose(Propose),
     /// The leader tells its chosen successor to campaign now (thesis section 3.10).
     TimeoutNow,
     /// A follower forwards a linearizable read to the leader (thesis section 6.4).
@@ -139,6 +142,13 @@ pub struct InstallSnapshotResponse {
     pub rewind: bool,
 }
 
+/// Commands forwarded to the leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Propose {
+    /// The commands, appended in this order.
+    pub commands: Vec<Bytes>,
+}
+
 /// The leader asks the receiver to stream its latest snapshot to `target`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CatchUp {
@@ -183,6 +193,7 @@ impl Message {
         let payload = match &self.body {
             MessageBody::AppendEntries(a) => a.entries.iter().map(Entry::size_bytes).sum(),
             MessageBody::InstallSnapshot(s) => s.data.len(),
+            MessageBody::Propose(p) => p.commands.iter().map(Bytes::len).sum(),
             _ => 0,
         };
         48 + payload
@@ -201,6 +212,7 @@ impl Message {
             MessageBody::InstallSnapshot(_) => "InstallSnapshot",
             MessageBody::InstallSnapshotResponse(_) => "InstallSnapshotResp",
             MessageBody::CatchUp(_) => "CatchUp",
+            MessageBody::Propose(_) => "Propose",
             MessageBody::TimeoutNow => "TimeoutNow",
             MessageBody::ReadIndex(_) => "ReadIndex",
             MessageBody::ReadIndexResponse(_) => "ReadIndexResp",

@@ -241,6 +241,24 @@ impl Raft {
         Ok(first)
     }
 
+    /// Proposes a command from any server (etcd's behaviour): the leader appends it, a follower
+    /// forwards it to the leader it knows. Nothing reports the index: the caller recognises its
+    /// command when it is applied (by an id it put in the command). Fails only when no leader is
+    /// known, or leadership is being transferred.
+    pub fn propose_anywhere(&mut self, data: Bytes) -> Result<(), ProposeError> {
+        match self.role {
+            Role::Leader => self.propose(data).map(|_| ()),
+            _ => match self.leader_id {
+                Some(leader) => {
+                    let body = crate::message::Propose { commands: vec![data] };
+                    self.send(leader, MessageBody::Propose(body));
+                    Ok(())
+                }
+                None => Err(ProposeError::NotLeader { leader_hint: None }),
+            },
+        }
+    }
+
     /// Asks for a linearizable read point (thesis 6.4). The outcome arrives as a [`ReadState`]
     /// carrying `context`. A follower forwards the request to its leader.
     pub fn read_index(&mut self, context: Bytes) -> Result<(), ReadIndexError> {
@@ -714,6 +732,12 @@ impl Raft {
             }
             MessageBody::InstallSnapshotResponse(r) => self.handle_snapshot_response(from, r),
             MessageBody::CatchUp(req) => self.handle_catch_up(from, req),
+            MessageBody::Propose(p) => {
+                // Forwarded commands: appended only by a leader that accepts proposals.
+                if self.check_can_propose().is_ok() && !p.commands.is_empty() {
+                    let _ = self.propose_batch(p.commands);
+                }
+            }
             MessageBody::TimeoutNow => {
                 if self.role != Role::Leader && self.membership.is_voter(self.config.id) {
                     self.campaign(Campaign::Transfer);

@@ -159,6 +159,11 @@ impl Message {
                 b.put_u64_le(c.target);
             }
             MessageBody::TimeoutNow => b.put_u8(8),
+            MessageBody::Propose(p) => {
+                b.put_u8(11);
+                b.put_u32_le(p.commands.len() as u32);
+                p.commands.iter().for_each(|c| put_bytes(&mut b, c));
+            }
             MessageBody::ReadIndex(r) => {
                 b.put_u8(9);
                 put_bytes(&mut b, &r.context);
@@ -222,6 +227,11 @@ impl Message {
             }),
             7 => MessageBody::CatchUp(CatchUp { target: r.u64()? }),
             8 => MessageBody::TimeoutNow,
+            11 => {
+                let n = r.len()?;
+                let commands = (0..n).map(|_| r.bytes()).collect::<Result<Vec<_>, _>>()?;
+                MessageBody::Propose(Propose { commands })
+            }
             9 => MessageBody::ReadIndex(ReadIndexRequest { context: r.bytes()? }),
             10 => MessageBody::ReadIndexResponse(ReadIndexResponse {
                 context: r.bytes()?,
@@ -295,6 +305,7 @@ mod tests {
             }),
             MessageBody::CatchUp(CatchUp { target: 5 }),
             MessageBody::TimeoutNow,
+            MessageBody::Propose(Propose { commands: vec![Bytes::from_static(b"put x"), Bytes::new()] }),
             MessageBody::ReadIndex(ReadIndexRequest { context: Bytes::from_static(b"ctx") }),
             MessageBody::ReadIndexResponse(ReadIndexResponse {
                 context: Bytes::from_static(b"ctx"),

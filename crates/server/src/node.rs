@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use balsa_kv::{Command, KvError, RangeRequest, RangeResponse, Response, StateMachine};
 use balsa_raft::{
-    Config, EntryKind, Index, Membership, NodeId, ProposeError, Raft, ReadIndexError, Role, Snapshot, Status,
-    Term,
+    Config, EntryKind, Index, Membership, NodeId, ProposeError, Raft, ReadIndexError, Snapshot, Status,
 };
 use balsa_storage::{DiskStore, LogStore, StoreOptions};
 use bytes::Bytes;
@@ -33,8 +32,9 @@ pub enum NodeError {
     /// The state machine refused the request.
     #[error("{0}")]
     Kv(#[from] KvError),
-    /// The proposal was lost to a change of leader; it may be retried.
-    #[error("etcdserver: request was dropped by a leader change")]
+    /// No answer in time (lost to a change of leader, or still on its way): the outcome is
+    /// unknown, as with etcd's time-out; the request may be retried.
+    #[error("etcdserver: request timed out")]
     Dropped,
     /// The node stopped (or its storage failed and it is stopping).
     #[error("etcdserver: server stopped")]
@@ -57,6 +57,9 @@ pub struct NodeConfig {
     /// Snapshot once this many entries were applied since the last one.
     pub snapshot_entries: u64,
 }
+
+/// How long a proposal may take before its client is told the outcome is unknown.
+const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the answer to a read goes.
 type ReadReply = oneshot::Sender<Result<RangeResponse, NodeError>>;
@@ -120,6 +123,7 @@ impl NodeHandle {
             out: out_tx,
             config,
             proposals: BTreeMap::new(),
+            next_request: 0,
             reads: Vec::new(),
             next_read: 0,
             read_contexts: BTreeMap::new(),
@@ -177,8 +181,10 @@ struct Driver {
     sm: StateMachine,
     out: mpsc::UnboundedSender<balsa_raft::Message>,
     config: NodeConfig,
-    /// Proposals waiting to be applied: index -> (term, reply).
-    proposals: BTreeMap<Index, (Term, ProposeReply)>,
+    /// Proposals waiting to be applied, by request id: when they were made, and where to answer.
+    proposals: BTreeMap<u64, (Instant, ProposeReply)>,
+    /// The next request id's counter (ids are `node id << 40 | counter`).
+    next_request: u64,
     /// Reads with a read index, waiting for the state machine to reach it.
     reads: Vec<(Index, RangeRequest, ReadReply)>,
     next_read: u64,
@@ -216,17 +222,20 @@ impl Driver {
                     tracing::warn!(error = %e, "message refused");
                 }
             }
-            Input::Propose(command, reply) => match self.raft.propose(command.encode()) {
-                Ok(index) => {
-                    self.proposals.insert(index, (self.raft.current_term(), reply));
+            Input::Propose(command, reply) => {
+                let (id, data) = self.tag(&command);
+                match self.raft.propose_anywhere(data) {
+                    Ok(()) => {
+                        self.proposals.insert(id, (Instant::now(), reply));
+                    }
+                    Err(ProposeError::NotLeader { leader_hint }) => {
+                        let _ = reply.send(Err(NodeError::NotLeader { leader_hint }));
+                    }
+                    Err(ProposeError::TransferInProgress { .. }) => {
+                        let _ = reply.send(Err(NodeError::NotLeader { leader_hint: None }));
+                    }
                 }
-                Err(ProposeError::NotLeader { leader_hint }) => {
-                    let _ = reply.send(Err(NodeError::NotLeader { leader_hint }));
-                }
-                Err(ProposeError::TransferInProgress { .. }) => {
-                    let _ = reply.send(Err(NodeError::NotLeader { leader_hint: None }));
-                }
-            },
+            }
             Input::Read(request, reply) => {
                 let context = self.next_read;
                 self.next_read += 1;
@@ -247,6 +256,17 @@ impl Driver {
             }
             Input::Stop => {}
         }
+    }
+
+    /// The entry payload of a command: its request id, then the command. Any member can propose
+    /// (followers forward to the leader, as etcd does); the proposer recognises its own entry
+    /// by the id when it is applied.
+    fn tag(&mut self, command: &Command) -> (u64, Bytes) {
+        self.next_request += 1;
+        let id = (self.config.id << 40) | self.next_request;
+        let mut data = id.to_le_bytes().to_vec();
+        data.extend_from_slice(&command.encode());
+        (id, Bytes::from(data))
     }
 
     fn carry_out_readies(&mut self) -> Result<(), balsa_storage::StorageError> {
@@ -283,36 +303,36 @@ impl Driver {
             self.serve_reads();
             self.maybe_snapshot()?;
         }
-        if self.raft.role() != Role::Leader {
-            // A proposal whose index is taken by another leader's entry fails on apply; one
-            // whose index was never reached fails here once we know we are not leading.
-            let last = self.raft.status().last_index;
-            let stale: Vec<Index> = self.proposals.keys().copied().filter(|&i| i > last).collect();
-            for i in stale {
-                if let Some((_, reply)) = self.proposals.remove(&i) {
-                    let _ = reply.send(Err(NodeError::Dropped));
-                }
+        // Forwarded proposals can be lost on the way (a change of leader); answer them in time.
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .proposals
+            .iter()
+            .filter(|(_, (at, _))| now - *at > PROPOSAL_TIMEOUT)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some((_, reply)) = self.proposals.remove(&id) {
+                let _ = reply.send(Err(NodeError::Dropped));
             }
         }
         Ok(())
     }
 
     fn apply(&mut self, entry: &balsa_raft::Entry) {
-        let result = match entry.kind {
-            EntryKind::Normal => Some(
-                Command::decode(entry.data.clone())
-                    .map_err(NodeError::from)
-                    .and_then(|c| self.sm.apply(&c).map_err(NodeError::from)),
-            ),
-            EntryKind::Noop | EntryKind::ConfChange => None,
-        };
-        if let Some((term, reply)) = self.proposals.remove(&entry.index) {
-            let outcome = if term == entry.term {
-                result.unwrap_or(Err(NodeError::Dropped))
-            } else {
-                Err(NodeError::Dropped)
-            };
-            let _ = reply.send(outcome);
+        if entry.kind != EntryKind::Normal {
+            return;
+        }
+        if entry.data.len() < 8 {
+            tracing::error!(index = entry.index, "an entry without a request id; skipped on every member");
+            return;
+        }
+        let id = u64::from_le_bytes(entry.data[..8].try_into().expect("8 bytes"));
+        let result = Command::decode(entry.data.slice(8..))
+            .map_err(NodeError::from)
+            .and_then(|c| self.sm.apply(&c).map_err(NodeError::from));
+        if let Some((_, reply)) = self.proposals.remove(&id) {
+            let _ = reply.send(result);
         }
     }
 

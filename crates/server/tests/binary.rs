@@ -119,3 +119,53 @@ fn a_server_process_serves_etcdctl_stops_on_sigterm_and_keeps_its_data() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_three_member_cluster_of_processes_takes_writes_through_any_member() {
+    if Command::new("etcdctl").arg("version").output().is_err() {
+        eprintln!("NOTE: etcdctl is not installed; apt-get install etcd-client to run this test");
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("balsa-bin3-{}", std::process::id()));
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let servers: Vec<Server> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (client, peer))| {
+            let child = balsa()
+                .args(["server", "--name", &format!("m{i}"), "--tick-ms", "20"])
+                .args(["--data-dir", base.join(format!("m{i}")).to_str().unwrap()])
+                .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args(["--initial-cluster", &cluster])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            Server(child)
+        })
+        .collect();
+    // Every member takes a write (followers forward to the leader) ...
+    for (i, (client, _)) in ports.iter().enumerate() {
+        let key = format!("from-m{i}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while etcdctl(*client, &["put", &key, "ok"]).as_deref().map(str::trim) != Some("OK") {
+            assert!(Instant::now() < deadline, "member m{i} never took a write");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // ... and every member reads all of them, linearizably.
+    for (client, _) in &ports {
+        let keys = etcdctl(*client, &["get", "--prefix", "from-", "--keys-only"]).unwrap();
+        let keys: Vec<&str> = keys.split_whitespace().collect();
+        assert_eq!(keys, ["from-m0", "from-m1", "from-m2"]);
+    }
+    drop(servers);
+    let _ = std::fs::remove_dir_all(base);
+}

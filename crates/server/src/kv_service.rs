@@ -257,14 +257,20 @@ impl Kv for KvService {
     }
 }
 
-/// Serves the KV service on `listener` until the task is dropped.
+/// Serves the etcd API (KV and Maintenance) on `listener` until the task is dropped.
 pub async fn serve(
     service: KvService,
     listener: tokio::net::TcpListener,
 ) -> Result<(), tonic::transport::Error> {
+    let maintenance = crate::maintenance::MaintenanceService::new(
+        service.node.clone(),
+        service.cluster_id,
+        service.member_id,
+    );
     let server = pb::kv_server::KvServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES + 4096);
     tonic::transport::Server::builder()
         .add_service(server)
+        .add_service(pb::maintenance_server::MaintenanceServer::new(maintenance))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await
 }

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod kv_service;
+pub mod maintenance;
 pub mod node;
 pub mod transport;
 

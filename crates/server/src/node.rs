@@ -72,6 +72,7 @@ enum Input {
     Read(RangeRequest, ReadReply),
     ReadLocal(RangeRequest, ReadReply),
     Status(oneshot::Sender<Status>),
+    StateSize(oneshot::Sender<(usize, i64)>),
     Stop,
 }
 
@@ -155,6 +156,13 @@ impl NodeHandle {
         let (tx, rx) = oneshot::channel();
         self.input.send(Input::ReadLocal(request, tx)).map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Size of the state machine's serialized state, and its revision (for etcd's Status).
+    pub async fn state_size(&self) -> Result<(usize, i64), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.input.send(Input::StateSize(tx)).map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
     }
 
     /// The core's status.
@@ -250,6 +258,9 @@ impl Driver {
             }
             Input::ReadLocal(request, reply) => {
                 let _ = reply.send(self.sm.range(&request).map_err(NodeError::from));
+            }
+            Input::StateSize(reply) => {
+                let _ = reply.send((self.sm.encode().len(), self.sm.mvcc.revision()));
             }
             Input::Status(reply) => {
                 let _ = reply.send(self.raft.status());

@@ -146,6 +146,11 @@ async fn etcdctl_puts_gets_and_deletes() {
     assert_eq!(run(arg(&["get", "--prefix", "greet"])).await, "greet/2\nhi\ngreeting\nhello\n");
     assert_eq!(run(arg(&["del", "greet/2"])).await.trim(), "1");
     assert_eq!(run(arg(&["get", "--prefix", "greet", "--keys-only"])).await.trim(), "greeting");
+    // `endpoint status`: Maintenance.Status, decoded by etcdctl into its own field names.
+    let status = run(arg(&["endpoint", "status", "-w", "json"])).await;
+    assert!(status.contains("\"version\":\"balsa-0.1.0\""), "{status}");
+    assert!(status.contains("\"leader\":1,"), "the single member leads: {status}");
+    assert!(status.contains("\"raft_term\":") || status.contains("\"raftTerm\":"), "{status}");
 }
 
 fn which_etcdctl() -> Result<String, ()> {

@@ -9,6 +9,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::command::*;
 use crate::error::KvError;
 use crate::machine::{Lease, StateMachine};
+use crate::members::MemberAttrs;
 use crate::mvcc::Mvcc;
 use crate::types::{KeyRange, KeyValue, Revision};
 
@@ -76,6 +77,9 @@ impl R {
     fn bytes(&mut self) -> Result<Bytes, KvError> {
         let n = self.len()?;
         Ok(self.0.split_to(n))
+    }
+    fn string(&mut self) -> Result<String, KvError> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| bad("text that is not UTF-8"))
     }
 }
 
@@ -230,6 +234,9 @@ impl Command {
             Command::Compact { revision } => (w.u8(4), w.i64(*revision)).1,
             Command::LeaseGrant { id, ttl_secs } => (w.u8(5), w.i64(*id), w.i64(*ttl_secs)).1,
             Command::LeaseRevoke { id } => (w.u8(6), w.i64(*id)).1,
+            Command::LeaseKeepAlive { id } => (w.u8(7), w.i64(*id)).1,
+            Command::MemberPut(m) => (w.u8(8), put_member(&mut w, m)).1,
+            Command::MemberForget { id } => (w.u8(9), w.i64(*id as i64)).1,
         }
         w.0.freeze()
     }
@@ -244,6 +251,9 @@ impl Command {
             4 => Command::Compact { revision: r.i64()? },
             5 => Command::LeaseGrant { id: r.i64()?, ttl_secs: r.i64()? },
             6 => Command::LeaseRevoke { id: r.i64()? },
+            7 => Command::LeaseKeepAlive { id: r.i64()? },
+            8 => Command::MemberPut(get_member(&mut r)?),
+            9 => Command::MemberForget { id: r.i64()? as u64 },
             _ => return Err(bad("unknown command")),
         };
         if r.0.has_remaining() {
@@ -251,6 +261,30 @@ impl Command {
         }
         Ok(cmd)
     }
+}
+
+fn put_member(w: &mut W, m: &MemberAttrs) {
+    w.i64(m.id as i64);
+    w.bytes(m.name.as_bytes());
+    for urls in [&m.peer_urls, &m.client_urls] {
+        w.len(urls.len());
+        for u in urls {
+            w.bytes(u.as_bytes());
+        }
+    }
+}
+
+fn get_member(r: &mut R) -> Result<MemberAttrs, KvError> {
+    let id = r.i64()? as u64;
+    let name = r.string()?;
+    let mut lists = [Vec::new(), Vec::new()];
+    for list in &mut lists {
+        for _ in 0..r.len()? {
+            list.push(r.string()?);
+        }
+    }
+    let [peer_urls, client_urls] = lists;
+    Ok(MemberAttrs { id, name, peer_urls, client_urls })
 }
 
 fn put_kv(w: &mut W, kv: &KeyValue) {
@@ -299,6 +333,10 @@ impl StateMachine {
                 w.bytes(k);
             }
         }
+        w.len(self.members.len());
+        for m in self.members.values() {
+            put_member(&mut w, m);
+        }
         w.0.freeze()
     }
 
@@ -330,9 +368,14 @@ impl StateMachine {
             }
             leases.insert(id, Lease { ttl_secs, keys: lease_keys });
         }
+        let mut members = BTreeMap::new();
+        for _ in 0..r.len()? {
+            let m = get_member(&mut r)?;
+            members.insert(m.id, m);
+        }
         if r.0.has_remaining() {
             return Err(bad("trailing bytes"));
         }
-        Ok(Self { mvcc: Mvcc { keys, current, compacted }, leases })
+        Ok(Self { mvcc: Mvcc { keys, current, compacted }, leases, members })
     }
 }

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use crate::members::{MemberAttrs, MemberTable};
 use crate::types::{KeyRange, KeyValue};
 
 /// etcd's `PutRequest`.
@@ -195,6 +196,20 @@ pub enum Command {
         /// Lease id.
         id: i64,
     },
+    /// Renew a lease. It changes no state here: each server restarts the lease's clock when it
+    /// applies it, and the leader's clock decides expiry. Through the log so any member can take
+    /// a keep-alive and the answer says whether the lease still exists.
+    LeaseKeepAlive {
+        /// Lease id.
+        id: i64,
+    },
+    /// Record (or replace) a member's attributes.
+    MemberPut(MemberAttrs),
+    /// Forget a member's attributes (after it left the Raft configuration).
+    MemberForget {
+        /// The member's id.
+        id: u64,
+    },
 }
 
 /// etcd's `RangeResponse`.
@@ -280,4 +295,13 @@ pub enum Response {
         /// Store revision.
         revision: i64,
     },
+    /// From [`Command::LeaseKeepAlive`]: the lease's granted TTL.
+    LeaseKeepAlive {
+        /// The lease.
+        id: i64,
+        /// Its TTL, seconds.
+        ttl_secs: i64,
+    },
+    /// From [`Command::MemberPut`] and [`Command::MemberForget`]: the member table after.
+    Members(MemberTable),
 }

@@ -31,6 +31,7 @@ pub mod codec;
 pub mod command;
 pub mod error;
 pub mod machine;
+pub mod members;
 pub mod mvcc;
 pub mod types;
 
@@ -41,5 +42,6 @@ pub use command::{
 };
 pub use error::KvError;
 pub use machine::{Lease, StateMachine};
+pub use members::{MemberAttrs, MemberTable};
 pub use mvcc::Mvcc;
 pub use types::{prefix_end, Event, EventKind, KeyRange, KeyValue, Revision};

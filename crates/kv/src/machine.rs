@@ -11,6 +11,7 @@ use crate::command::{
     TxnResponse,
 };
 use crate::error::KvError;
+use crate::members::MemberTable;
 use crate::mvcc::{Mvcc, WriteCtx};
 use crate::types::KeyValue;
 
@@ -30,6 +31,8 @@ pub struct StateMachine {
     pub mvcc: Mvcc,
     /// Leases by id.
     pub leases: BTreeMap<i64, Lease>,
+    /// The cluster's members' attributes (names and URLs).
+    pub members: MemberTable,
 }
 
 impl StateMachine {
@@ -82,6 +85,21 @@ impl StateMachine {
                     self.mvcc.delete(&mut ctx, key);
                 }
                 Ok(Response::LeaseRevoke { revision: self.mvcc.finish(ctx) })
+            }
+            Command::LeaseKeepAlive { id } => {
+                let lease = self.leases.get(id).ok_or(KvError::LeaseNotFound)?;
+                Ok(Response::LeaseKeepAlive { id: *id, ttl_secs: lease.ttl_secs })
+            }
+            Command::MemberPut(attrs) => {
+                if attrs.id == 0 {
+                    return Err(KvError::Malformed("member id 0"));
+                }
+                self.members.insert(attrs.id, attrs.clone());
+                Ok(Response::Members(self.members.clone()))
+            }
+            Command::MemberForget { id } => {
+                self.members.remove(id);
+                Ok(Response::Members(self.members.clone()))
             }
         }
     }

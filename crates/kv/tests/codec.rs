@@ -68,6 +68,14 @@ fn sample_commands() -> Vec<Command> {
         Command::Compact { revision: 42 },
         Command::LeaseGrant { id: 7, ttl_secs: 60 },
         Command::LeaseRevoke { id: 7 },
+        Command::LeaseKeepAlive { id: 7 },
+        Command::MemberPut(MemberAttrs {
+            id: u64::MAX - 3,
+            name: "n\u{e9}1".into(),
+            peer_urls: vec!["http://10.0.0.1:2380".into(), "http://10.0.0.2:2380".into()],
+            client_urls: vec!["http://10.0.0.1:2379".into()],
+        }),
+        Command::MemberForget { id: u64::MAX - 3 },
     ]
 }
 
@@ -112,6 +120,9 @@ fn a_state_with_history_and_leases_round_trips() {
     sm.apply(&Command::DeleteRange(DeleteRangeRequest { range: KeyRange::single(b("b")), prev_kv: false }))
         .unwrap();
     sm.apply(&Command::Compact { revision: 3 }).unwrap();
+    let member =
+        MemberAttrs { id: 77, name: "m".into(), peer_urls: vec!["http://h:1".into()], client_urls: vec![] };
+    sm.apply(&Command::MemberPut(member)).unwrap();
     let restored = StateMachine::decode(sm.encode()).unwrap();
     assert_eq!(restored, sm);
     let mut at = RangeRequest::of(KeyRange::prefix(""));

@@ -231,6 +231,36 @@ fn leases_take_their_keys_with_them() {
     assert_eq!(revision, before + 1, "the revoke deletes in one revision");
     assert_eq!(values(&get(&sm, KeyRange::prefix("s/"))), ["kept"]);
     assert_eq!(sm.apply(&Command::LeaseRevoke { id: 5 }), Err(KvError::LeaseNotFound));
+    assert_eq!(sm.apply(&Command::LeaseKeepAlive { id: 5 }), Err(KvError::LeaseNotFound), "revoked");
+}
+
+#[test]
+fn keep_alive_answers_the_granted_ttl_and_changes_no_state() {
+    let mut sm = StateMachine::default();
+    sm.apply(&Command::LeaseGrant { id: 3, ttl_secs: 42 }).unwrap();
+    let before = sm.clone();
+    assert_eq!(
+        sm.apply(&Command::LeaseKeepAlive { id: 3 }),
+        Ok(Response::LeaseKeepAlive { id: 3, ttl_secs: 42 })
+    );
+    assert_eq!(sm, before, "renewal is a matter of each server's clock, not of replicated state");
+}
+
+#[test]
+fn the_member_table_records_replaces_and_forgets() {
+    let mut sm = StateMachine::default();
+    let attrs = |id: u64, url: &str| MemberAttrs { id, peer_urls: vec![url.into()], ..Default::default() };
+    sm.apply(&Command::MemberPut(attrs(5, "http://a:1"))).unwrap();
+    sm.apply(&Command::MemberPut(attrs(6, "http://b:1"))).unwrap();
+    let Response::Members(table) = sm.apply(&Command::MemberPut(attrs(5, "http://c:1"))).unwrap() else {
+        panic!()
+    };
+    assert_eq!(table[&5].peer_urls, ["http://c:1"], "a put replaces");
+    assert_eq!(table.len(), 2);
+    sm.apply(&Command::MemberForget { id: 5 }).unwrap();
+    assert_eq!(sm.members.keys().copied().collect::<Vec<_>>(), [6]);
+    assert!(sm.apply(&Command::MemberPut(attrs(0, "http://d:1"))).is_err(), "id 0 is nobody");
+    assert_eq!(sm.mvcc.revision(), 1, "membership is not a keyspace write");
 }
 
 #[test]

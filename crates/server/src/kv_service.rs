@@ -52,6 +52,7 @@ pub fn status_of(e: NodeError) -> Status {
                 Status::out_of_range(format!("etcdserver: {e}"))
             }
             kv::KvError::LeaseNotFound => Status::not_found(e.to_string()),
+            kv::KvError::LeaseExists => Status::failed_precondition(e.to_string()),
             _ => Status::invalid_argument(e.to_string()),
         },
     }
@@ -267,10 +268,16 @@ pub async fn serve(
         service.cluster_id,
         service.member_id,
     );
+    let lease = Arc::new(crate::lease_service::LeaseService::new(
+        service.node.clone(),
+        service.cluster_id,
+        service.member_id,
+    ));
     let server = pb::kv_server::KvServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES + 4096);
     tonic::transport::Server::builder()
         .add_service(server)
         .add_service(pb::maintenance_server::MaintenanceServer::new(maintenance))
+        .add_service(pb::lease_server::LeaseServer::new(lease))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await
 }

@@ -8,6 +8,8 @@
 
 pub mod config;
 pub mod kv_service;
+pub mod lease_clock;
+pub mod lease_service;
 pub mod maintenance;
 pub mod node;
 pub mod transport;

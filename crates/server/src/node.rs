@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use balsa_kv::{Command, KvError, RangeRequest, RangeResponse, Response, StateMachine};
 use balsa_raft::{
-    Config, EntryKind, Index, Membership, NodeId, ProposeError, Raft, ReadIndexError, Snapshot, Status,
+    Config, EntryKind, Index, Membership, NodeId, ProposeError, Raft, ReadIndexError, Role, Snapshot, Status,
 };
 use balsa_storage::{DiskStore, LogStore, StoreOptions};
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::lease_clock::LeaseClock;
 use crate::transport::{Transport, TransportConfig};
 
 /// Why a request failed.
@@ -74,11 +75,27 @@ enum Input {
     Status(oneshot::Sender<Status>),
     StateSize(oneshot::Sender<(usize, i64)>),
     Stop,
+    LeaseTimeToLive(i64, oneshot::Sender<Option<LeaseInfo>>),
+    Leases(oneshot::Sender<Vec<i64>>),
+}
+
+/// What this server knows of a lease (etcd's `LeaseTimeToLive`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// Time left by this server's clock (the leader's clock decides expiry).
+    pub remaining: Duration,
+    /// TTL granted, seconds.
+    pub granted_ttl_secs: i64,
+    /// Keys attached.
+    pub keys: Vec<Bytes>,
 }
 
 /// A running node. Dropping it stops the node.
 pub struct NodeHandle {
     input: std_mpsc::Sender<Input>,
+    /// The shortest lease TTL granted, seconds: a lease must outlive a change of leader, or it
+    /// could expire while the cluster elects one (etcd's rule: 1.5 election timeouts).
+    min_lease_ttl_secs: i64,
     thread: Option<std::thread::JoinHandle<()>>,
     _transport: Transport,
 }
@@ -95,6 +112,8 @@ impl NodeHandle {
             None => StateMachine::default(),
         };
         let mut rc = Config::new(config.id);
+        let election_timeout = config.tick * rc.election_timeout_ticks as u32;
+        let min_lease_ttl_secs = (election_timeout * 3 / 2).as_secs_f64().ceil().max(1.0) as i64;
         rc.seed = config.id ^ config.cluster_id.rotate_left(17);
         let raft = Raft::new(rc, initial).map_err(|e| e.to_string())?;
         let (input_tx, input_rx) = std_mpsc::channel();
@@ -128,12 +147,14 @@ impl NodeHandle {
             reads: Vec::new(),
             next_read: 0,
             read_contexts: BTreeMap::new(),
+            lease_clock: LeaseClock::default(),
+            was_leader: false,
         };
         let thread = std::thread::Builder::new()
             .name("balsa-node".into())
             .spawn(move || driver.run(input_rx))
             .map_err(|e| e.to_string())?;
-        Ok(Self { input: input_tx, thread: Some(thread), _transport: transport })
+        Ok(Self { input: input_tx, min_lease_ttl_secs, thread: Some(thread), _transport: transport })
     }
 
     /// Proposes a write and waits until it is applied (or fails).
@@ -162,6 +183,25 @@ impl NodeHandle {
     pub async fn state_size(&self) -> Result<(usize, i64), NodeError> {
         let (tx, rx) = oneshot::channel();
         self.input.send(Input::StateSize(tx)).map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// The shortest TTL a lease is granted, seconds.
+    pub fn min_lease_ttl_secs(&self) -> i64 {
+        self.min_lease_ttl_secs
+    }
+
+    /// A lease's time left and keys, as this server knows them (`None`: no such lease).
+    pub async fn lease_time_to_live(&self, id: i64) -> Result<Option<LeaseInfo>, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.input.send(Input::LeaseTimeToLive(id, tx)).map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// The ids of every lease.
+    pub async fn leases(&self) -> Result<Vec<i64>, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.input.send(Input::Leases(tx)).map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
@@ -198,6 +238,10 @@ struct Driver {
     next_read: u64,
     /// Reads waiting for their read index, by context.
     read_contexts: BTreeMap<u64, (RangeRequest, ReadReply)>,
+    /// When each lease runs out by this server's clock.
+    lease_clock: LeaseClock,
+    /// Whether this server led at the last look, to notice taking over.
+    was_leader: bool,
 }
 
 impl Driver {
@@ -213,6 +257,8 @@ impl Driver {
             if Instant::now() >= next_tick {
                 self.raft.tick();
                 next_tick += self.config.tick;
+                // Once a tick, not per message: it looks at every lease.
+                self.expire_leases();
             }
             if let Err(e) = self.carry_out_readies() {
                 // A storage failure (a failed fsync above all) stops the node: its disk can no
@@ -265,6 +311,20 @@ impl Driver {
             Input::Status(reply) => {
                 let _ = reply.send(self.raft.status());
             }
+            Input::LeaseTimeToLive(id, reply) => {
+                let info = self.sm.leases.get(&id).map(|lease| LeaseInfo {
+                    remaining: self
+                        .lease_clock
+                        .remaining(id, Instant::now())
+                        .unwrap_or(Duration::from_secs(lease.ttl_secs.max(0) as u64)),
+                    granted_ttl_secs: lease.ttl_secs,
+                    keys: lease.keys.iter().cloned().collect(),
+                });
+                let _ = reply.send(info);
+            }
+            Input::Leases(reply) => {
+                let _ = reply.send(self.sm.leases.keys().copied().collect());
+            }
             Input::Stop => {}
         }
     }
@@ -292,6 +352,7 @@ impl Driver {
             if let Some(s) = &batch.snapshot {
                 self.sm = StateMachine::decode(s.data.clone())
                     .unwrap_or_else(|e| panic!("a snapshot from the leader does not decode: {e}"));
+                self.lease_clock.restart_all(&self.sm.leases, Instant::now());
             }
             let receipt = batch.durable();
             for m in ready.gated_messages.release(&receipt) {
@@ -339,11 +400,48 @@ impl Driver {
             return;
         }
         let id = u64::from_le_bytes(entry.data[..8].try_into().expect("8 bytes"));
-        let result = Command::decode(entry.data.slice(8..))
-            .map_err(NodeError::from)
-            .and_then(|c| self.sm.apply(&c).map_err(NodeError::from));
+        let result = match Command::decode(entry.data.slice(8..)) {
+            Ok(command) => {
+                let result = self.sm.apply(&command);
+                self.observe_applied(&command, &result);
+                result.map_err(NodeError::from)
+            }
+            Err(e) => Err(NodeError::from(e)),
+        };
         if let Some((_, reply)) = self.proposals.remove(&id) {
             let _ = reply.send(result);
+        }
+    }
+
+    /// Keeps what lives beside the state machine in step with it.
+    fn observe_applied(&mut self, command: &Command, result: &Result<Response, balsa_kv::KvError>) {
+        let now = Instant::now();
+        match result {
+            Ok(Response::LeaseKeepAlive { ttl_secs, .. }) => {
+                self.lease_clock.applied(command, Some(*ttl_secs), now)
+            }
+            Ok(_) => self.lease_clock.applied(command, None, now),
+            Err(_) => {}
+        }
+    }
+
+    /// The leader revokes expired leases through the log; a server that just took over first
+    /// gives every lease a full TTL (see `lease_clock`).
+    fn expire_leases(&mut self) {
+        let leading = self.raft.role() == Role::Leader;
+        let now = Instant::now();
+        if leading && !self.was_leader {
+            self.lease_clock.restart_all(&self.sm.leases, now);
+        }
+        self.was_leader = leading;
+        if !leading {
+            return;
+        }
+        for id in self.lease_clock.due(now) {
+            let (_, data) = self.tag(&Command::LeaseRevoke { id });
+            if let Err(e) = self.raft.propose(data) {
+                tracing::debug!(lease = id, error = %e, "expired lease not revoked yet");
+            }
         }
     }
 

@@ -172,6 +172,12 @@ impl Raft {
         Ok(index)
     }
 
+    /// Whether the last membership change is over: its configuration entry committed and the
+    /// cluster out of the joint configuration. Until then a new change is refused.
+    pub fn membership_settled(&self) -> bool {
+        self.config_log.latest_index() <= self.log.commit_index && !self.membership.is_joint()
+    }
+
     /// The configuration in effect at `index`, for building snapshot metadata.
     pub fn membership_at(&self, index: Index) -> Membership {
         self.config_log.at(index).clone()

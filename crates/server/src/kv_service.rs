@@ -47,6 +47,13 @@ pub fn status_of(e: NodeError) -> Status {
             Status::unavailable("etcdserver: request timed out, possibly due to previous leader failure")
         }
         NodeError::Stopped => Status::unavailable("etcdserver: server stopped"),
+        NodeError::MemberNotFound => Status::not_found(e.to_string()),
+        NodeError::MemberExists
+        | NodeError::PeerUrlExists
+        | NodeError::NotLearner
+        | NodeError::LearnerNotReady => Status::failed_precondition(e.to_string()),
+        NodeError::MembershipChangeInProgress => Status::unavailable(e.to_string()),
+        NodeError::InvalidMembership(_) => Status::invalid_argument(e.to_string()),
         NodeError::Kv(e) => match e {
             kv::KvError::Compacted { .. } | kv::KvError::FutureRevision => {
                 Status::out_of_range(format!("etcdserver: {e}"))
@@ -273,11 +280,17 @@ pub async fn serve(
         service.cluster_id,
         service.member_id,
     ));
+    let cluster = crate::cluster_service::ClusterService::new(
+        service.node.clone(),
+        service.cluster_id,
+        service.member_id,
+    );
     let server = pb::kv_server::KvServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES + 4096);
     tonic::transport::Server::builder()
         .add_service(server)
         .add_service(pb::maintenance_server::MaintenanceServer::new(maintenance))
         .add_service(pb::lease_server::LeaseServer::new(lease))
+        .add_service(pb::cluster_server::ClusterServer::new(cluster))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await
 }

@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cluster_service;
 pub mod config;
 pub mod kv_service;
 pub mod lease_clock;
@@ -14,7 +15,7 @@ pub mod maintenance;
 pub mod node;
 pub mod transport;
 
-pub use node::{NodeConfig, NodeError, NodeHandle};
+pub use node::{MemberInfo, NodeConfig, NodeError, NodeHandle};
 pub use transport::{Transport, TransportConfig, TransportSender};
 
 /// Generated from `proto/` (etcd's wire format): `etcdserverpb` and `mvccpb`.

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use balsa_kv::{Command, KvError, RangeRequest, RangeResponse, Response, StateMachine};
+use balsa_kv::{Command, KvError, MemberAttrs, RangeRequest, RangeResponse, Response, StateMachine};
 use balsa_raft::{
-    Config, EntryKind, Index, Membership, NodeId, ProposeError, Raft, ReadIndexError, Role, Snapshot, Status,
+    ConfChangeError, Config, EntryKind, Index, Membership, MembershipChange, NodeId, ProposeError, Raft,
+    ReadIndexError, Role, Snapshot, Status, Term,
 };
 use balsa_storage::{DiskStore, LogStore, StoreOptions};
 use bytes::Bytes;
@@ -40,6 +41,27 @@ pub enum NodeError {
     /// The node stopped (or its storage failed and it is stopping).
     #[error("etcdserver: server stopped")]
     Stopped,
+    /// No member has this id.
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    /// A member with this id exists already.
+    #[error("etcdserver: member ID already exist")]
+    MemberExists,
+    /// A member listens at this peer URL already.
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    /// Only learners are promoted.
+    #[error("etcdserver: can only promote a learner member")]
+    NotLearner,
+    /// A learner is promoted only once it has caught up with the leader.
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    /// Another membership change has not finished; retry shortly.
+    #[error("etcdserver: a membership change is in progress")]
+    MembershipChangeInProgress,
+    /// The membership change makes no sense (removing the last voter, say).
+    #[error("etcdserver: {0}")]
+    InvalidMembership(String),
 }
 
 /// Settings of one node.
@@ -57,7 +79,28 @@ pub struct NodeConfig {
     pub tick: Duration,
     /// Snapshot once this many entries were applied since the last one.
     pub snapshot_entries: u64,
+    /// This server joins a running cluster (etcd's `--initial-cluster-state existing`): it
+    /// starts with no configuration and learns it from the leader. Otherwise it founds the
+    /// cluster `peers` describes.
+    pub join: bool,
+    /// This member's name, published to the member table once it runs.
+    pub name: String,
+    /// Where clients reach this member, published to the member table.
+    pub client_urls: Vec<String>,
 }
+
+/// A member as the Cluster API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Id, name and URLs.
+    pub attrs: MemberAttrs,
+    /// Receives the log without voting.
+    pub is_learner: bool,
+}
+
+/// How long a membership change may take before its client is told the outcome is unknown
+/// (a joint change commits two entries; a learner may be catching up).
+const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a proposal may take before its client is told the outcome is unknown.
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,6 +120,8 @@ enum Input {
     Stop,
     LeaseTimeToLive(i64, oneshot::Sender<Option<LeaseInfo>>),
     Leases(oneshot::Sender<Vec<i64>>),
+    ChangeMembership(MembershipChange, oneshot::Sender<Result<(), NodeError>>),
+    Members(oneshot::Sender<(Option<NodeId>, Vec<MemberInfo>)>),
 }
 
 /// What this server knows of a lease (etcd's `LeaseTimeToLive`).
@@ -105,7 +150,9 @@ impl NodeHandle {
     /// begins ticking.
     pub async fn start(config: NodeConfig, peer_listener: TcpListener) -> Result<Self, String> {
         let store = DiskStore::open(&config.data_dir, StoreOptions::default()).map_err(|e| e.to_string())?;
-        let members = Membership::new(config.peers.keys().copied());
+        // A joining server knows no configuration until the leader's log or snapshot brings it.
+        let members =
+            if config.join { Membership::default() } else { Membership::new(config.peers.keys().copied()) };
         let initial = store.initial_state(&members).map_err(|e| e.to_string())?;
         let sm = match &initial.snapshot {
             Some(s) => StateMachine::decode(s.data.clone()).map_err(|e| e.to_string())?,
@@ -114,6 +161,7 @@ impl NodeHandle {
         let mut rc = Config::new(config.id);
         let election_timeout = config.tick * rc.election_timeout_ticks as u32;
         let min_lease_ttl_secs = (election_timeout * 3 / 2).as_secs_f64().ceil().max(1.0) as i64;
+        let learner_lag_entries = rc.learner_catch_up_lag_entries;
         rc.seed = config.id ^ config.cluster_id.rotate_left(17);
         let raft = Raft::new(rc, initial).map_err(|e| e.to_string())?;
         let (input_tx, input_rx) = std_mpsc::channel();
@@ -131,11 +179,13 @@ impl NodeHandle {
             }
         });
         let sender = transport.clone_sender();
+        let peer_book = transport.clone_sender();
         tokio::spawn(async move {
             while let Some(m) = out_rx.recv().await {
                 sender.send(m);
             }
         });
+        let config_peers = config.peers.clone();
         let driver = Driver {
             raft,
             store,
@@ -149,6 +199,11 @@ impl NodeHandle {
             read_contexts: BTreeMap::new(),
             lease_clock: LeaseClock::default(),
             was_leader: false,
+            peer_addrs: config_peers,
+            peer_book,
+            conf_waiters: Vec::new(),
+            learner_lag_entries,
+            last_publish: None,
         };
         let thread = std::thread::Builder::new()
             .name("balsa-node".into())
@@ -205,6 +260,22 @@ impl NodeHandle {
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
+    /// Changes the membership and waits until the change is over (the configuration committed
+    /// and the cluster out of joint consensus). Only the leader can.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.input.send(Input::ChangeMembership(change, tx)).map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// The leader this member believes in, and every member (voters and learners) with its
+    /// attributes as far as the member table knows them.
+    pub async fn members(&self) -> Result<(Option<NodeId>, Vec<MemberInfo>), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.input.send(Input::Members(tx)).map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
     /// The core's status.
     pub async fn status(&self) -> Result<Status, NodeError> {
         let (tx, rx) = oneshot::channel();
@@ -242,6 +313,17 @@ struct Driver {
     lease_clock: LeaseClock,
     /// Whether this server led at the last look, to notice taking over.
     was_leader: bool,
+    /// The peers the transport connects to and accepts, as last set.
+    peer_addrs: BTreeMap<NodeId, SocketAddr>,
+    /// Changes the transport's peers when members come and go.
+    peer_book: crate::transport::TransportSender,
+    /// Membership changes waiting to finish: their entry's index and term, when asked, and
+    /// where to answer.
+    conf_waiters: Vec<(Index, Term, Instant, oneshot::Sender<Result<(), NodeError>>)>,
+    /// How far behind the leader a learner may be and still be promoted.
+    learner_lag_entries: u64,
+    /// When this member last proposed its own attributes, so it does not flood the log.
+    last_publish: Option<Instant>,
 }
 
 impl Driver {
@@ -257,8 +339,10 @@ impl Driver {
             if Instant::now() >= next_tick {
                 self.raft.tick();
                 next_tick += self.config.tick;
-                // Once a tick, not per message: it looks at every lease.
+                // Once a tick, not per message: these look at every lease and member.
                 self.expire_leases();
+                self.refresh_peers();
+                self.publish_attrs();
             }
             if let Err(e) = self.carry_out_readies() {
                 // A storage failure (a failed fsync above all) stops the node: its disk can no
@@ -325,6 +409,10 @@ impl Driver {
             Input::Leases(reply) => {
                 let _ = reply.send(self.sm.leases.keys().copied().collect());
             }
+            Input::ChangeMembership(change, reply) => self.change_membership(change, reply),
+            Input::Members(reply) => {
+                let _ = reply.send((self.raft.leader_id(), self.member_view()));
+            }
             Input::Stop => {}
         }
     }
@@ -375,6 +463,7 @@ impl Driver {
             self.serve_reads();
             self.maybe_snapshot()?;
         }
+        self.finish_membership_changes();
         // Forwarded proposals can be lost on the way (a change of leader); answer them in time.
         let now = Instant::now();
         let expired: Vec<u64> = self
@@ -442,6 +531,154 @@ impl Driver {
             if let Err(e) = self.raft.propose(data) {
                 tracing::debug!(lease = id, error = %e, "expired lease not revoked yet");
             }
+        }
+    }
+
+    fn change_membership(&mut self, change: MembershipChange, reply: oneshot::Sender<Result<(), NodeError>>) {
+        if let Err(e) = self.check_membership_change(&change) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        match self.raft.change_membership(change) {
+            Ok(index) => {
+                let term = self.raft.current_term();
+                self.conf_waiters.push((index, term, Instant::now(), reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(match e {
+                    ConfChangeError::NotLeader { leader_hint } => NodeError::NotLeader { leader_hint },
+                    ConfChangeError::TransferInProgress { .. } => NodeError::NotLeader { leader_hint: None },
+                    ConfChangeError::InProgress => NodeError::MembershipChangeInProgress,
+                    ConfChangeError::Invalid(why) => NodeError::InvalidMembership(why),
+                }));
+            }
+        }
+    }
+
+    /// etcd's checks, made here so the client hears etcd's errors.
+    fn check_membership_change(&self, change: &MembershipChange) -> Result<(), NodeError> {
+        if self.raft.role() != Role::Leader {
+            return Err(NodeError::NotLeader { leader_hint: self.raft.leader_id() });
+        }
+        let m = self.raft.membership();
+        match change {
+            MembershipChange::AddVoter(id) | MembershipChange::AddLearner(id) if m.contains(*id) => {
+                Err(NodeError::MemberExists)
+            }
+            MembershipChange::Remove(id) | MembershipChange::Promote(id) if !m.contains(*id) => {
+                Err(NodeError::MemberNotFound)
+            }
+            MembershipChange::Promote(id) if !m.learners.contains(id) => Err(NodeError::NotLearner),
+            MembershipChange::Promote(id) => {
+                let last = self.raft.status().last_index;
+                let caught_up = self
+                    .raft
+                    .progress(*id)
+                    .is_some_and(|p| p.match_index > 0 && p.match_index + self.learner_lag_entries >= last);
+                if caught_up {
+                    Ok(())
+                } else {
+                    Err(NodeError::LearnerNotReady)
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Answers membership changes that are over, or lost (their entry replaced by a new
+    /// leader), or taking too long.
+    fn finish_membership_changes(&mut self) {
+        if self.conf_waiters.is_empty() {
+            return;
+        }
+        let commit = self.raft.status().commit_index;
+        let settled = self.raft.membership_settled();
+        let now = Instant::now();
+        let waiters = std::mem::take(&mut self.conf_waiters);
+        for (index, term, at, reply) in waiters {
+            let replaced = self.raft.term_at(index).is_some_and(|t| t != term);
+            if replaced || now - at > MEMBERSHIP_CHANGE_TIMEOUT {
+                let _ = reply.send(Err(NodeError::Dropped));
+            } else if commit >= index && settled {
+                let _ = reply.send(Ok(()));
+            } else {
+                self.conf_waiters.push((index, term, at, reply));
+            }
+        }
+    }
+
+    /// Every member of the configuration in effect, with what the member table knows of it
+    /// (a founding member that has not published yet shows its peer URL from the flags).
+    fn member_view(&self) -> Vec<MemberInfo> {
+        let m = self.raft.membership();
+        m.members()
+            .into_iter()
+            .map(|id| {
+                let attrs = self.sm.members.get(&id).cloned().unwrap_or_else(|| MemberAttrs {
+                    id,
+                    peer_urls: self
+                        .config
+                        .peers
+                        .get(&id)
+                        .map(|a| vec![format!("http://{a}")])
+                        .unwrap_or_default(),
+                    ..MemberAttrs::default()
+                });
+                MemberInfo { attrs, is_learner: m.learners.contains(&id) }
+            })
+            .collect()
+    }
+
+    /// Points the transport at the current members: the member table's addresses, the flags'
+    /// for members not in it yet, and nobody who has left. Until this server has joined, it
+    /// keeps every address the flags gave, so the leader can reach it.
+    fn refresh_peers(&mut self) {
+        let m = self.raft.membership();
+        let joined = m.contains(self.config.id);
+        let mut peers: BTreeMap<NodeId, SocketAddr> = self
+            .config
+            .peers
+            .iter()
+            .filter(|(id, _)| !joined || m.contains(**id) || self.sm.members.contains_key(id))
+            .map(|(id, a)| (*id, *a))
+            .collect();
+        for (id, attrs) in &self.sm.members {
+            let addr = attrs.peer_urls.first().and_then(|u| crate::config::parse_url("peer URL", u).ok());
+            if let Some(addr) = addr {
+                peers.insert(*id, addr);
+            }
+        }
+        if peers != self.peer_addrs {
+            tracing::info!(peers = ?peers, "peer set changed");
+            self.peer_book.set_peers(&peers);
+            self.peer_addrs = peers;
+        }
+    }
+
+    /// Publishes this member's name and client URLs to the member table once it is a member and
+    /// a leader is known (etcd does the same at start), retrying until the table shows them.
+    fn publish_attrs(&mut self) {
+        let me = self.config.id;
+        if !self.raft.membership().contains(me) || self.raft.leader_id().is_none() {
+            return;
+        }
+        let current = self.sm.members.get(&me);
+        let peer_urls = current.map(|a| a.peer_urls.clone()).filter(|u| !u.is_empty()).unwrap_or_else(|| {
+            self.config.peers.get(&me).map(|a| vec![format!("http://{a}")]).unwrap_or_default()
+        });
+        let mine = MemberAttrs {
+            id: me,
+            name: self.config.name.clone(),
+            peer_urls,
+            client_urls: self.config.client_urls.clone(),
+        };
+        if current == Some(&mine) || self.last_publish.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        self.last_publish = Some(Instant::now());
+        let (_, data) = self.tag(&Command::MemberPut(mine));
+        if let Err(e) = self.raft.propose_anywhere(data) {
+            tracing::debug!(error = %e, "member attributes not published yet");
         }
     }
 

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use balsa_raft::{Message, MessageBody, NodeId};
@@ -65,10 +65,64 @@ fn lane_of(m: &Message) -> Lane {
 
 /// Sends messages to peers; received messages arrive on the channel given to [`Transport::start`].
 pub struct Transport {
-    config: Arc<TransportConfig>,
-    outbound: BTreeMap<(NodeId, Lane), mpsc::Sender<Message>>,
+    shared: Arc<Shared>,
     /// The accept loop; stopped when the transport is dropped (writers stop with their queues).
     acceptor: tokio::task::JoinHandle<()>,
+}
+
+/// What the transport's tasks and senders share: the peers can change while it runs (members
+/// join and leave).
+struct Shared {
+    config: Arc<TransportConfig>,
+    /// Where writers for new peers are spawned (senders may live on a thread of their own).
+    runtime: tokio::runtime::Handle,
+    peers: RwLock<Peers>,
+}
+
+#[derive(Default)]
+struct Peers {
+    /// Every peer and where it listens; connections from others are refused.
+    addrs: BTreeMap<NodeId, SocketAddr>,
+    /// The queue of each peer's writer, per lane. Dropping one stops its writer.
+    outbound: BTreeMap<(NodeId, Lane), mpsc::Sender<Message>>,
+}
+
+impl Shared {
+    fn send(&self, m: Message) -> bool {
+        let peers = self.peers.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(tx) = peers.outbound.get(&(m.to, lane_of(&m))) else {
+            tracing::debug!(to = m.to, "message for an unknown peer dropped");
+            return false;
+        };
+        tx.try_send(m).is_ok()
+    }
+
+    fn knows(&self, id: NodeId) -> bool {
+        self.peers.read().unwrap_or_else(std::sync::PoisonError::into_inner).addrs.contains_key(&id)
+    }
+
+    /// Makes `addrs` the peer set: writers start for new peers (or new addresses) and stop for
+    /// peers no longer listed.
+    fn set_peers(&self, addrs: &BTreeMap<NodeId, SocketAddr>) {
+        let mut peers = self.peers.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stale: Vec<NodeId> =
+            peers.addrs.iter().filter(|(id, a)| addrs.get(id) != Some(a)).map(|(id, _)| *id).collect();
+        for id in stale {
+            peers.addrs.remove(&id);
+            peers.outbound.retain(|(peer, _), _| *peer != id);
+        }
+        for (&peer, &addr) in addrs {
+            if peer == self.config.id || peers.addrs.contains_key(&peer) {
+                continue;
+            }
+            for lane in [Lane::Raft, Lane::Snapshot] {
+                let (tx, rx) = mpsc::channel(self.config.queue_messages);
+                self.runtime.spawn(peer_writer(self.config.clone(), peer, addr, lane, rx));
+                peers.outbound.insert((peer, lane), tx);
+            }
+            peers.addrs.insert(peer, addr);
+        }
+    }
 }
 
 impl Drop for Transport {
@@ -85,54 +139,49 @@ impl Transport {
         peers: BTreeMap<NodeId, SocketAddr>,
         inbox: mpsc::Sender<Message>,
     ) -> Self {
-        let config = Arc::new(config);
-        let known: Arc<Vec<NodeId>> = Arc::new(peers.keys().copied().collect());
-        let acceptor = tokio::spawn(accept_loop(listener, config.clone(), known, inbox));
-        let mut outbound = BTreeMap::new();
-        for (&peer, &addr) in &peers {
-            if peer == config.id {
-                continue;
-            }
-            for lane in [Lane::Raft, Lane::Snapshot] {
-                let (tx, rx) = mpsc::channel(config.queue_messages);
-                tokio::spawn(peer_writer(config.clone(), peer, addr, lane, rx));
-                outbound.insert((peer, lane), tx);
-            }
-        }
-        Self { config, outbound, acceptor }
+        let shared = Arc::new(Shared {
+            config: Arc::new(config),
+            runtime: tokio::runtime::Handle::current(),
+            peers: RwLock::new(Peers::default()),
+        });
+        shared.set_peers(&peers);
+        let acceptor = tokio::spawn(accept_loop(listener, shared.clone(), inbox));
+        Self { shared, acceptor }
     }
 
     /// Queues a message for its peer. Returns false if it was dropped (unknown peer, queue full):
     /// Raft treats that as a lost message.
     pub fn send(&self, m: Message) -> bool {
-        let Some(tx) = self.outbound.get(&(m.to, lane_of(&m))) else {
-            tracing::warn!(to = m.to, "message for an unknown peer dropped");
-            return false;
-        };
-        tx.try_send(m).is_ok()
+        self.shared.send(m)
     }
 
     /// This server's id.
     pub fn id(&self) -> NodeId {
-        self.config.id
+        self.shared.config.id
     }
 
-    /// A cheap handle that sends through this transport (for another task).
+    /// A cheap handle that sends through this transport (for another task or thread).
     pub fn clone_sender(&self) -> TransportSender {
-        TransportSender { outbound: self.outbound.clone() }
+        TransportSender { shared: self.shared.clone() }
     }
 }
 
-/// Sends through a [`Transport`] from another task.
+/// Sends through a [`Transport`] from another task or thread, and changes its peers.
 #[derive(Clone)]
 pub struct TransportSender {
-    outbound: BTreeMap<(NodeId, Lane), mpsc::Sender<Message>>,
+    shared: Arc<Shared>,
 }
 
 impl TransportSender {
     /// Like [`Transport::send`].
     pub fn send(&self, m: Message) -> bool {
-        self.outbound.get(&(m.to, lane_of(&m))).is_some_and(|tx| tx.try_send(m).is_ok())
+        self.shared.send(m)
+    }
+
+    /// Replaces the peer set (members joined, left or moved): connections start to new peers,
+    /// stop to peers no longer listed, and only listed peers may connect.
+    pub fn set_peers(&self, peers: &BTreeMap<NodeId, SocketAddr>) {
+        self.shared.set_peers(peers);
     }
 }
 
@@ -162,7 +211,14 @@ async fn peer_writer(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(config.max_backoff);
                 // While disconnected, keep the queue moving: old messages are useless to Raft.
-                while rx.try_recv().is_ok() {}
+                loop {
+                    match rx.try_recv() {
+                        Ok(_) => {}
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        // The peer was removed (or the transport dropped): stop trying.
+                        Err(mpsc::error::TryRecvError::Disconnected) => return,
+                    }
+                }
                 continue;
             }
         };
@@ -196,12 +252,7 @@ async fn peer_writer(
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    config: Arc<TransportConfig>,
-    known: Arc<Vec<NodeId>>,
-    inbox: mpsc::Sender<Message>,
-) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, inbox: mpsc::Sender<Message>) {
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(c) => c,
@@ -211,9 +262,9 @@ async fn accept_loop(
                 continue;
             }
         };
-        let (config, known, inbox) = (config.clone(), known.clone(), inbox.clone());
+        let (shared, inbox) = (shared.clone(), inbox.clone());
         tokio::spawn(async move {
-            if let Err(why) = serve_connection(stream, &config, &known, &inbox).await {
+            if let Err(why) = serve_connection(stream, &shared, &inbox).await {
                 tracing::warn!(%remote, reason = why, "peer connection closed");
             }
         });
@@ -223,10 +274,10 @@ async fn accept_loop(
 /// Reads one inbound connection until it ends or misbehaves.
 async fn serve_connection(
     stream: TcpStream,
-    config: &TransportConfig,
-    known: &[NodeId],
+    shared: &Shared,
     inbox: &mpsc::Sender<Message>,
 ) -> Result<(), &'static str> {
+    let config = &shared.config;
     let mut r = BufReader::new(stream);
     let mut hello = [0u8; 25];
     r.read_exact(&mut hello).await.map_err(|_| "no handshake")?;
@@ -238,7 +289,7 @@ async fn serve_connection(
     if cluster != config.cluster_id {
         return Err("peer belongs to another cluster");
     }
-    if !known.contains(&from) {
+    if !shared.knows(from) {
         return Err("unknown peer");
     }
     loop {

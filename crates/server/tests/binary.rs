@@ -27,7 +27,7 @@ fn bad_configuration_gives_clear_errors() {
         "--name \"a\" is not in --initial-cluster",
     );
     fails_with(&["server", "--initial-cluster", "nonsense"], "is not name=url");
-    fails_with(&["server", "--initial-cluster-state", "existing"], "only \"new\" is supported");
+    fails_with(&["server", "--initial-cluster-state", "sideways"], "expected \"new\" or \"existing\"");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let dir = std::env::temp_dir().join(format!("balsa-bin-taken-{}", std::process::id()));

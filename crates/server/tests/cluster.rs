@@ -27,6 +27,9 @@ fn config(id: u64, dir: &Dir, peers: &BTreeMap<u64, SocketAddr>) -> NodeConfig {
         peers: peers.clone(),
         tick: Duration::from_millis(20),
         snapshot_entries: 25,
+        join: false,
+        name: String::new(),
+        client_urls: Vec::new(),
     }
 }
 

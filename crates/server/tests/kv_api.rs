@@ -32,6 +32,9 @@ async fn single_node(dir: &Dir) -> (Arc<NodeHandle>, std::net::SocketAddr) {
         peers,
         tick: Duration::from_millis(10),
         snapshot_entries: 1000,
+        join: false,
+        name: String::new(),
+        client_urls: Vec::new(),
     };
     let node = Arc::new(NodeHandle::start(config, peer).await.unwrap());
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -42,6 +42,9 @@ pub async fn single_node(dir: &Dir) -> (Arc<NodeHandle>, SocketAddr) {
         peers,
         tick: Duration::from_millis(10),
         snapshot_entries: 1000,
+        join: false,
+        name: String::new(),
+        client_urls: Vec::new(),
     };
     let node = Arc::new(NodeHandle::start(config, peer).await.unwrap());
     let deadline = Instant::now() + Duration::from_secs(10);

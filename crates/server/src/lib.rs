@@ -11,9 +11,11 @@ pub mod kv_service;
 pub mod maintenance;
 pub mod node;
 pub mod transport;
+pub mod watch_hub;
 
 pub use node::{NodeConfig, NodeError, NodeHandle};
 pub use transport::{Transport, TransportConfig, TransportSender};
+pub use watch_hub::{WatchFeed, WatchSpec, WatchUpdate};
 
 /// Generated from `proto/` (etcd's wire format): `etcdserverpb` and `mvccpb`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

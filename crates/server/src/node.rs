@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::transport::{Transport, TransportConfig};
+use crate::watch_hub::{HubCommand, WatchHub};
 
 /// Why a request failed.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -66,7 +67,7 @@ type ReadReply = oneshot::Sender<Result<RangeResponse, NodeError>>;
 /// Where the answer to a proposal goes.
 type ProposeReply = oneshot::Sender<Result<Response, NodeError>>;
 
-enum Input {
+pub(crate) enum Input {
     Peer(balsa_raft::Message),
     Propose(Command, ProposeReply),
     Read(RangeRequest, ReadReply),
@@ -74,11 +75,13 @@ enum Input {
     Status(oneshot::Sender<Status>),
     StateSize(oneshot::Sender<(usize, i64)>),
     Stop,
+    /// A request to the watch hub (`watch_hub.rs`).
+    Watch(HubCommand),
 }
 
 /// A running node. Dropping it stops the node.
 pub struct NodeHandle {
-    input: std_mpsc::Sender<Input>,
+    pub(crate) input: std_mpsc::Sender<Input>,
     thread: Option<std::thread::JoinHandle<()>>,
     _transport: Transport,
 }
@@ -128,6 +131,7 @@ impl NodeHandle {
             reads: Vec::new(),
             next_read: 0,
             read_contexts: BTreeMap::new(),
+            watch_hub: WatchHub::default(),
         };
         let thread = std::thread::Builder::new()
             .name("balsa-node".into())
@@ -198,6 +202,8 @@ struct Driver {
     next_read: u64,
     /// Reads waiting for their read index, by context.
     read_contexts: BTreeMap<u64, (RangeRequest, ReadReply)>,
+    /// Watchers, fed from the events each applied command wrote.
+    watch_hub: WatchHub,
 }
 
 impl Driver {
@@ -220,6 +226,7 @@ impl Driver {
                 tracing::error!(error = %e, "storage failed; the node stops");
                 return;
             }
+            self.watch_hub.catch_up(&self.sm);
         }
     }
 
@@ -266,6 +273,7 @@ impl Driver {
                 let _ = reply.send(self.raft.status());
             }
             Input::Stop => {}
+            Input::Watch(command) => self.watch_hub.handle(command, &self.sm),
         }
     }
 
@@ -290,8 +298,10 @@ impl Driver {
             self.store.write(&batch)?;
             self.store.sync()?;
             if let Some(s) = &batch.snapshot {
+                let before = self.sm.mvcc.revision();
                 self.sm = StateMachine::decode(s.data.clone())
                     .unwrap_or_else(|e| panic!("a snapshot from the leader does not decode: {e}"));
+                self.watch_hub.state_replaced(before);
             }
             let receipt = batch.durable();
             for m in ready.gated_messages.release(&receipt) {
@@ -339,9 +349,11 @@ impl Driver {
             return;
         }
         let id = u64::from_le_bytes(entry.data[..8].try_into().expect("8 bytes"));
+        let mut events = Vec::new();
         let result = Command::decode(entry.data.slice(8..))
             .map_err(NodeError::from)
-            .and_then(|c| self.sm.apply(&c).map_err(NodeError::from));
+            .and_then(|c| self.sm.apply_recording(&c, &mut events).map_err(NodeError::from));
+        self.watch_hub.publish(&events);
         if let Some((_, reply)) = self.proposals.remove(&id) {
             let _ = reply.send(result);
         }

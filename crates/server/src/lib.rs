@@ -12,6 +12,7 @@ pub mod maintenance;
 pub mod node;
 pub mod transport;
 pub mod watch_hub;
+pub mod watch_service;
 
 pub use node::{NodeConfig, NodeError, NodeHandle};
 pub use transport::{Transport, TransportConfig, TransportSender};

@@ -99,6 +99,7 @@ pub(crate) enum HubCommand {
     Watch { feed: u64, watch: u64, spec: WatchSpec, reply: oneshot::Sender<i64> },
     Cancel { feed: u64, watch: u64, reply: oneshot::Sender<i64> },
     Progress { feed: u64, watch: Option<u64> },
+    Revision { reply: oneshot::Sender<i64> },
     Close { feed: u64 },
 }
 
@@ -201,6 +202,9 @@ impl WatchHub {
                 let Some(f) = self.feeds.get_mut(&feed) else { return };
                 f.progress_pending = true;
                 self.catch_up_feed(feed, sm);
+            }
+            HubCommand::Revision { reply } => {
+                let _ = reply.send(current);
             }
             HubCommand::Close { feed } => {
                 self.feeds.remove(&feed);
@@ -382,6 +386,13 @@ impl WatchFeed {
     /// feed (sent once every watcher is synced).
     pub fn request_progress(&self, watch: Option<u64>) -> Result<(), NodeError> {
         self.send(HubCommand::Progress { feed: self.id, watch })
+    }
+
+    /// The applied revision (for the header of a response that carries no event).
+    pub async fn revision(&self) -> Result<i64, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(HubCommand::Revision { reply })?;
+        rx.await.map_err(|_| NodeError::Stopped)
     }
 
     /// The next update; `None` once the node stopped.

@@ -81,7 +81,19 @@ struct Stream {
 
 impl Stream {
     async fn open(addr: SocketAddr) -> Self {
-        let mut client = WatchClient::connect(format!("http://{addr}")).await.unwrap();
+        Self::open_with(addr, None).await
+    }
+
+    /// With an HTTP/2 receive window of `window` bytes (hyper's default is megabytes).
+    async fn open_with(addr: SocketAddr, window: Option<u32>) -> Self {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+        let channel = endpoint
+            .initial_stream_window_size(window)
+            .initial_connection_window_size(window)
+            .connect()
+            .await
+            .unwrap();
+        let mut client = WatchClient::new(channel);
         let (requests, rx) = mpsc::channel(16);
         let responses = client.watch(ReceiverStream::new(rx)).await.unwrap().into_inner();
         Self { requests, responses }
@@ -450,4 +462,36 @@ async fn etcdctl_watch_prints_puts_and_deletes() {
     }
     assert_eq!(first[2], "1");
     assert_eq!(got, ["PUT|foo/a|1", "DELETE|foo/a|", "PUT|foobar|2"]);
+}
+
+/// A client that does not read: the node keeps applying (its writes are answered), the watch
+/// falls behind and is later caught up from history — every revision once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_misses_nothing() {
+    let dir = dir("slow");
+    let (_node, addr) = single_node(&dir, Duration::from_secs(600)).await;
+    let mut kv = KvClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut s = Stream::open_with(addr, Some(65_535)).await;
+    s.create(watch("big/", "big0")).await;
+    assert!(s.next().await.created);
+    // Large values, so the stream's flow-control window and buffers fill well before the end.
+    let value = "v".repeat(2048);
+    let mut revisions = Vec::new();
+    for i in 0..500 {
+        let key = format!("big/{}", i % 7);
+        let r = tokio::time::timeout(WAIT, kv.put(put(&key, &value)))
+            .await
+            .expect("writes never wait for watchers");
+        revisions.push(r.unwrap().into_inner().header.unwrap().revision);
+    }
+    let mut seen = Vec::new();
+    let mut batched = false;
+    while seen.len() < revisions.len() {
+        let r = s.next().await;
+        assert_eq!(r.watch_id, 0);
+        batched |= r.events.len() > 1;
+        seen.extend(r.events.iter().map(|e| kv_of(e).3));
+    }
+    assert_eq!(seen, revisions);
+    assert!(batched, "the watch lagged and was caught up from history (one response, many revisions)");
 }

@@ -13,7 +13,7 @@ use crate::command::{
 use crate::error::KvError;
 use crate::members::MemberTable;
 use crate::mvcc::{Mvcc, WriteCtx};
-use crate::types::KeyValue;
+use crate::types::{Event, KeyValue, Revision};
 
 /// A lease: keys attached to it go when it is revoked.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -39,27 +39,62 @@ impl StateMachine {
     /// Applies a committed command. An error leaves the state unchanged (transactions are
     /// validated in full before any write).
     pub fn apply(&mut self, command: &Command) -> Result<Response, KvError> {
+        self.apply_inner(command, None)
+    }
+
+    /// Applies a committed command like [`apply`](Self::apply), and appends to `feed` what it
+    /// wrote, as watch events in revision order (with `prev_kv`): the change feed that serves
+    /// live watchers without rescanning the keyspace. A failed command, a compaction or a lease
+    /// grant appends nothing.
+    pub fn apply_recording(
+        &mut self,
+        command: &Command,
+        feed: &mut Vec<(Revision, Event)>,
+    ) -> Result<Response, KvError> {
+        self.apply_inner(command, Some(feed))
+    }
+
+    fn begin(&self, feed: &Option<&mut Vec<(Revision, Event)>>) -> WriteCtx {
+        if feed.is_some() {
+            self.mvcc.begin_recording()
+        } else {
+            self.mvcc.begin()
+        }
+    }
+
+    fn finish(&mut self, mut ctx: WriteCtx, feed: &mut Option<&mut Vec<(Revision, Event)>>) -> i64 {
+        if let Some(feed) = feed.as_deref_mut() {
+            feed.extend(ctx.take_events());
+        }
+        self.mvcc.finish(ctx)
+    }
+
+    fn apply_inner(
+        &mut self,
+        command: &Command,
+        mut feed: Option<&mut Vec<(Revision, Event)>>,
+    ) -> Result<Response, KvError> {
         match command {
             Command::Put(req) => {
                 self.validate_put(req)?;
-                let mut ctx = self.mvcc.begin();
+                let mut ctx = self.begin(&feed);
                 let mut resp = self.put(&mut ctx, req);
-                resp.revision = self.mvcc.finish(ctx);
+                resp.revision = self.finish(ctx, &mut feed);
                 Ok(Response::Put(resp))
             }
             Command::DeleteRange(req) => {
-                let mut ctx = self.mvcc.begin();
+                let mut ctx = self.begin(&feed);
                 let mut resp = self.delete_range(&mut ctx, req);
-                resp.revision = self.mvcc.finish(ctx);
+                resp.revision = self.finish(ctx, &mut feed);
                 Ok(Response::DeleteRange(resp))
             }
             Command::Txn(req) => {
                 let succeeded = self.compares_hold(&req.compare);
                 let ops = if succeeded { &req.success } else { &req.failure };
                 self.validate_ops(ops)?;
-                let mut ctx = self.mvcc.begin();
+                let mut ctx = self.begin(&feed);
                 let responses = ops.iter().map(|op| self.run_op(&mut ctx, op)).collect();
-                let revision = self.mvcc.finish(ctx);
+                let revision = self.finish(ctx, &mut feed);
                 let mut resp = TxnResponse { revision, succeeded, responses };
                 set_revisions(&mut resp.responses, revision);
                 Ok(Response::Txn(resp))
@@ -80,11 +115,11 @@ impl StateMachine {
             }
             Command::LeaseRevoke { id } => {
                 let lease = self.leases.remove(id).ok_or(KvError::LeaseNotFound)?;
-                let mut ctx = self.mvcc.begin();
+                let mut ctx = self.begin(&feed);
                 for key in &lease.keys {
                     self.mvcc.delete(&mut ctx, key);
                 }
-                Ok(Response::LeaseRevoke { revision: self.mvcc.finish(ctx) })
+                Ok(Response::LeaseRevoke { revision: self.finish(ctx, &mut feed) })
             }
             Command::LeaseKeepAlive { id } => {
                 let lease = self.leases.get(id).ok_or(KvError::LeaseNotFound)?;
@@ -291,5 +326,140 @@ fn set_revisions(responses: &mut [ResponseOp], revision: i64) {
                 set_revisions(&mut t.responses, revision);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::TxnRequest;
+    use crate::types::{EventKind, KeyRange};
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn put(k: &str, v: &str) -> PutRequest {
+        PutRequest { key: b(k), value: b(v), ..Default::default() }
+    }
+
+    fn everything() -> KeyRange {
+        KeyRange { key: b("\0"), range_end: b("\0") }
+    }
+
+    #[test]
+    fn the_feed_reports_each_write_with_its_revision_and_previous_value() {
+        let mut sm = StateMachine::default();
+        let mut feed = Vec::new();
+        sm.apply_recording(&Command::Put(put("a", "1")), &mut feed).unwrap();
+        assert_eq!(feed.len(), 1);
+        let (rev, e) = &feed[0];
+        assert_eq!((rev.main, rev.sub, e.kind, e.prev_kv.clone()), (2, 0, EventKind::Put, None));
+        assert_eq!((&e.kv.value[..], e.kv.version, e.kv.create_revision), (&b"1"[..], 1, 2));
+        feed.clear();
+        // One transaction: one main revision, sub-revisions in write order.
+        let txn = TxnRequest {
+            compare: vec![],
+            success: vec![
+                RequestOp::Put(put("a", "2")),
+                RequestOp::Put(put("b", "1")),
+                RequestOp::DeleteRange(DeleteRangeRequest { range: KeyRange::single("c"), prev_kv: false }),
+            ],
+            failure: vec![],
+        };
+        sm.apply_recording(&Command::Txn(txn), &mut feed).unwrap();
+        let seen: Vec<_> = feed.iter().map(|(r, e)| (r.main, r.sub, e.kind, e.kv.key.clone())).collect();
+        assert_eq!(seen, vec![(3, 0, EventKind::Put, b("a")), (3, 1, EventKind::Put, b("b"))]);
+        assert_eq!(
+            feed[0].1.prev_kv.as_ref().map(|kv| kv.value.clone()),
+            Some(b("1")),
+            "prev_kv is the old value"
+        );
+        feed.clear();
+        // A delete: etcd's shape (key, deleting revision, version 0) and the deleted value.
+        let del = DeleteRangeRequest { range: KeyRange::prefix(""), prev_kv: false };
+        sm.apply_recording(&Command::DeleteRange(del), &mut feed).unwrap();
+        assert_eq!(feed.len(), 2);
+        let (rev, e) = &feed[1];
+        assert_eq!(
+            (rev.main, e.kind, &e.kv.key[..], e.kv.mod_revision, e.kv.version),
+            (4, EventKind::Delete, &b"b"[..], 4, 0)
+        );
+        assert_eq!(e.prev_kv.as_ref().map(|kv| kv.value.clone()), Some(b("1")));
+        feed.clear();
+        // Nothing written, nothing reported: failures, deletes of nothing, compaction, grants.
+        assert!(sm.apply_recording(&Command::Put(put("", "x")), &mut feed).is_err());
+        let nothing = DeleteRangeRequest { range: KeyRange::single("zz"), prev_kv: false };
+        sm.apply_recording(&Command::DeleteRange(nothing), &mut feed).unwrap();
+        sm.apply_recording(&Command::Compact { revision: 3 }, &mut feed).unwrap();
+        sm.apply_recording(&Command::LeaseGrant { id: 7, ttl_secs: 10 }, &mut feed).unwrap();
+        assert!(feed.is_empty(), "{feed:?}");
+        // A revoke deletes the lease's keys: delete events.
+        sm.apply_recording(&Command::Put(PutRequest { lease: 7, ..put("l", "x") }), &mut feed).unwrap();
+        feed.clear();
+        sm.apply_recording(&Command::LeaseRevoke { id: 7 }, &mut feed).unwrap();
+        assert_eq!(feed.len(), 1);
+        assert_eq!((feed[0].1.kind, &feed[0].1.kv.key[..]), (EventKind::Delete, &b"l"[..]));
+    }
+
+    /// Over a long pseudo-random run the feed is exactly the history a watch from the start would
+    /// replay, and recording changes nothing in the state.
+    #[test]
+    fn the_feed_equals_watch_history_and_leaves_the_state_alone() {
+        let mut recorded = StateMachine::default();
+        let mut plain = StateMachine::default();
+        let mut feed = Vec::new();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for i in 0..600 {
+            let key = |r: u64| format!("k{r}");
+            let command = match next(10) {
+                0..=4 => Command::Put(put(&key(next(20)), &format!("v{i}"))),
+                5 => Command::DeleteRange(DeleteRangeRequest {
+                    range: KeyRange::single(key(next(20))),
+                    prev_kv: false,
+                }),
+                6 => Command::DeleteRange(DeleteRangeRequest {
+                    range: KeyRange::prefix(key(next(3))),
+                    prev_kv: true,
+                }),
+                7 => Command::Put(put("", "refused")),
+                8 => Command::LeaseGrant { id: 1 + next(3) as i64, ttl_secs: 5 },
+                _ => {
+                    let lease = 1 + next(3) as i64;
+                    if next(2) == 0 {
+                        Command::LeaseRevoke { id: lease }
+                    } else {
+                        Command::Txn(TxnRequest {
+                            compare: vec![],
+                            success: vec![
+                                RequestOp::Put(PutRequest { lease, ..put(&key(next(20)), "t") }),
+                                RequestOp::DeleteRange(DeleteRangeRequest {
+                                    range: KeyRange::single(key(20 + next(5))),
+                                    prev_kv: false,
+                                }),
+                            ],
+                            failure: vec![],
+                        })
+                    }
+                }
+            };
+            let before = feed.len();
+            let a = recorded.apply_recording(&command, &mut feed);
+            let b = plain.apply(&command);
+            assert_eq!(a, b, "{command:?}");
+            if a.is_err() {
+                assert_eq!(feed.len(), before, "a refused command reports nothing");
+            }
+        }
+        assert_eq!(recorded, plain);
+        let history = recorded.mvcc.events_since(&everything(), 0).unwrap();
+        assert!(history.len() > 300, "the run wrote enough: {}", history.len());
+        assert_eq!(feed, history);
     }
 }

@@ -36,6 +36,16 @@ pub struct WriteCtx {
     main: i64,
     sub: i64,
     wrote: bool,
+    /// The change feed of this transaction, when someone asked for it (see
+    /// [`Mvcc::begin_recording`]): each write as the watch event it is, in write order.
+    events: Option<Vec<(Revision, Event)>>,
+}
+
+impl WriteCtx {
+    /// The events this transaction wrote so far (empty unless it was begun recording).
+    pub fn take_events(&mut self) -> Vec<(Revision, Event)> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
+    }
 }
 
 fn bounds(range: &KeyRange) -> (Bound<Bytes>, Bound<Bytes>) {
@@ -47,6 +57,12 @@ fn bounds(range: &KeyRange) -> (Bound<Bytes>, Bound<Bytes>) {
         return (start, Bound::Unbounded);
     }
     (start, Bound::Excluded(range.range_end.clone()))
+}
+
+/// etcd's shape of a delete event: the key, the deleting revision, version 0, no value.
+fn delete_event(key: Bytes, revision: i64, prev_kv: Option<KeyValue>) -> Event {
+    let kv = KeyValue { key, mod_revision: revision, ..KeyValue::default() };
+    Event { kind: EventKind::Delete, kv, prev_kv }
 }
 
 impl Mvcc {
@@ -62,7 +78,14 @@ impl Mvcc {
 
     /// Starts a write transaction.
     pub fn begin(&self) -> WriteCtx {
-        WriteCtx { main: self.current + 1, sub: 0, wrote: false }
+        WriteCtx { main: self.current + 1, sub: 0, wrote: false, events: None }
+    }
+
+    /// Starts a write transaction that also records each write as a watch event (the change
+    /// feed): live watchers are served from it instead of rescanning the keyspace after every
+    /// write. Recording clones only reference-counted keys and values.
+    pub fn begin_recording(&self) -> WriteCtx {
+        WriteCtx { events: Some(Vec::new()), ..self.begin() }
     }
 
     /// Ends a write transaction; the revision moves only if it wrote something.
@@ -90,6 +113,9 @@ impl Mvcc {
             None => (ctx.main, 1),
         };
         let kv = KeyValue { key, create_revision, mod_revision: ctx.main, version, value, lease };
+        if let Some(events) = &mut ctx.events {
+            events.push((revision, Event { kind: EventKind::Put, kv: kv.clone(), prev_kv: prev.clone() }));
+        }
         versions.push((revision, Some(kv)));
         prev
     }
@@ -98,9 +124,13 @@ impl Mvcc {
     pub fn delete(&mut self, ctx: &mut WriteCtx, key: &Bytes) -> Option<KeyValue> {
         let versions = self.keys.get_mut(key)?;
         let prev = versions.last().and_then(|(_, kv)| kv.clone())?;
-        versions.push((Revision { main: ctx.main, sub: ctx.sub }, None));
+        let revision = Revision { main: ctx.main, sub: ctx.sub };
+        versions.push((revision, None));
         ctx.sub += 1;
         ctx.wrote = true;
+        if let Some(events) = &mut ctx.events {
+            events.push((revision, delete_event(key.clone(), revision.main, Some(prev.clone()))));
+        }
         Some(prev)
     }
 
@@ -182,10 +212,7 @@ impl Mvcc {
                 let prev_kv = i.checked_sub(1).and_then(|j| versions[j].1.clone());
                 let event = match kv {
                     Some(kv) => Event { kind: EventKind::Put, kv: kv.clone(), prev_kv },
-                    None => {
-                        let kv = KeyValue { key: key.clone(), mod_revision: rev.main, ..KeyValue::default() };
-                        Event { kind: EventKind::Delete, kv, prev_kv }
-                    }
+                    None => delete_event(key.clone(), rev.main, prev_kv),
                 };
                 out.push((*rev, event));
             }

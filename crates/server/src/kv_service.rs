@@ -265,10 +265,19 @@ impl Kv for KvService {
     }
 }
 
-/// Serves the etcd API (KV and Maintenance) on `listener` until the task is dropped.
+/// Serves the etcd API (KV, Watch and Maintenance) on `listener` until the task is dropped.
 pub async fn serve(
     service: KvService,
     listener: tokio::net::TcpListener,
+) -> Result<(), tonic::transport::Error> {
+    serve_with(service, listener, crate::watch_service::WatchOptions::default()).await
+}
+
+/// [`serve`] with Watch settings other than etcd's defaults.
+pub async fn serve_with(
+    service: KvService,
+    listener: tokio::net::TcpListener,
+    watch: crate::watch_service::WatchOptions,
 ) -> Result<(), tonic::transport::Error> {
     let maintenance = crate::maintenance::MaintenanceService::new(
         service.node.clone(),
@@ -285,12 +294,21 @@ pub async fn serve(
         service.cluster_id,
         service.member_id,
     );
+    let watch = crate::watch_service::WatchService::new(
+        service.node.clone(),
+        service.cluster_id,
+        service.member_id,
+        watch,
+    );
     let server = pb::kv_server::KvServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES + 4096);
     tonic::transport::Server::builder()
         .add_service(server)
         .add_service(pb::maintenance_server::MaintenanceServer::new(maintenance))
         .add_service(pb::lease_server::LeaseServer::new(lease))
         .add_service(pb::cluster_server::ClusterServer::new(cluster))
+        .add_service(
+            pb::watch_server::WatchServer::new(watch).max_decoding_message_size(MAX_REQUEST_BYTES + 4096),
+        )
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await
 }

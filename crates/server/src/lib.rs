@@ -14,9 +14,12 @@ pub mod lease_service;
 pub mod maintenance;
 pub mod node;
 pub mod transport;
+pub mod watch_hub;
+pub mod watch_service;
 
 pub use node::{MemberInfo, NodeConfig, NodeError, NodeHandle};
 pub use transport::{Transport, TransportConfig, TransportSender};
+pub use watch_hub::{WatchFeed, WatchSpec, WatchUpdate};
 
 /// Generated from `proto/` (etcd's wire format): `etcdserverpb` and `mvccpb`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::lease_clock::LeaseClock;
 use crate::transport::{Transport, TransportConfig};
+use crate::watch_hub::{HubCommand, WatchHub};
 
 /// Why a request failed.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -110,7 +111,7 @@ type ReadReply = oneshot::Sender<Result<RangeResponse, NodeError>>;
 /// Where the answer to a proposal goes.
 type ProposeReply = oneshot::Sender<Result<Response, NodeError>>;
 
-enum Input {
+pub(crate) enum Input {
     Peer(balsa_raft::Message),
     Propose(Command, ProposeReply),
     Read(RangeRequest, ReadReply),
@@ -122,6 +123,8 @@ enum Input {
     Leases(oneshot::Sender<Vec<i64>>),
     ChangeMembership(MembershipChange, oneshot::Sender<Result<(), NodeError>>),
     Members(oneshot::Sender<(Option<NodeId>, Vec<MemberInfo>)>),
+    /// A request to the watch hub (`watch_hub.rs`).
+    Watch(HubCommand),
 }
 
 /// What this server knows of a lease (etcd's `LeaseTimeToLive`).
@@ -137,7 +140,7 @@ pub struct LeaseInfo {
 
 /// A running node. Dropping it stops the node.
 pub struct NodeHandle {
-    input: std_mpsc::Sender<Input>,
+    pub(crate) input: std_mpsc::Sender<Input>,
     /// The shortest lease TTL granted, seconds: a lease must outlive a change of leader, or it
     /// could expire while the cluster elects one (etcd's rule: 1.5 election timeouts).
     min_lease_ttl_secs: i64,
@@ -204,6 +207,7 @@ impl NodeHandle {
             conf_waiters: Vec::new(),
             learner_lag_entries,
             last_publish: None,
+            watch_hub: WatchHub::default(),
         };
         let thread = std::thread::Builder::new()
             .name("balsa-node".into())
@@ -324,6 +328,8 @@ struct Driver {
     learner_lag_entries: u64,
     /// When this member last proposed its own attributes, so it does not flood the log.
     last_publish: Option<Instant>,
+    /// Watchers, fed from the events each applied command wrote.
+    watch_hub: WatchHub,
 }
 
 impl Driver {
@@ -350,6 +356,7 @@ impl Driver {
                 tracing::error!(error = %e, "storage failed; the node stops");
                 return;
             }
+            self.watch_hub.catch_up(&self.sm);
         }
     }
 
@@ -414,6 +421,7 @@ impl Driver {
                 let _ = reply.send((self.raft.leader_id(), self.member_view()));
             }
             Input::Stop => {}
+            Input::Watch(command) => self.watch_hub.handle(command, &self.sm),
         }
     }
 
@@ -438,9 +446,11 @@ impl Driver {
             self.store.write(&batch)?;
             self.store.sync()?;
             if let Some(s) = &batch.snapshot {
+                let before = self.sm.mvcc.revision();
                 self.sm = StateMachine::decode(s.data.clone())
                     .unwrap_or_else(|e| panic!("a snapshot from the leader does not decode: {e}"));
                 self.lease_clock.restart_all(&self.sm.leases, Instant::now());
+                self.watch_hub.state_replaced(before);
             }
             let receipt = batch.durable();
             for m in ready.gated_messages.release(&receipt) {
@@ -489,14 +499,16 @@ impl Driver {
             return;
         }
         let id = u64::from_le_bytes(entry.data[..8].try_into().expect("8 bytes"));
+        let mut events = Vec::new();
         let result = match Command::decode(entry.data.slice(8..)) {
             Ok(command) => {
-                let result = self.sm.apply(&command);
+                let result = self.sm.apply_recording(&command, &mut events);
                 self.observe_applied(&command, &result);
                 result.map_err(NodeError::from)
             }
             Err(e) => Err(NodeError::from(e)),
         };
+        self.watch_hub.publish(&events);
         if let Some((_, reply)) = self.proposals.remove(&id) {
             let _ = reply.send(result);
         }

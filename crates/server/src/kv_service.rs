@@ -262,15 +262,28 @@ pub async fn serve(
     service: KvService,
     listener: tokio::net::TcpListener,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with_routes(service, listener, axum::Router::new()).await
+}
+
+/// [`serve`], plus plain HTTP routes (`/metrics`, `/health`) on the same port, as etcd does:
+/// HTTP/1.1 is accepted beside gRPC's HTTP/2, and paths that are no gRPC method go to `extra`.
+pub async fn serve_with_routes(
+    service: KvService,
+    listener: tokio::net::TcpListener,
+    extra: axum::Router,
+) -> Result<(), tonic::transport::Error> {
     let maintenance = crate::maintenance::MaintenanceService::new(
         service.node.clone(),
         service.cluster_id,
         service.member_id,
     );
     let server = pb::kv_server::KvServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES + 4096);
-    tonic::transport::Server::builder()
-        .add_service(server)
+    let grpc = tonic::service::Routes::new(server)
         .add_service(pb::maintenance_server::MaintenanceServer::new(maintenance))
+        .into_axum_router();
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(grpc.merge(extra).into())
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use balsa_kv::{Command, KvError, RangeRequest, RangeResponse, Response, StateMachine};
@@ -18,6 +19,7 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::Metrics;
 use crate::transport::{Transport, TransportConfig};
 
 /// Why a request failed.
@@ -81,6 +83,7 @@ pub struct NodeHandle {
     input: std_mpsc::Sender<Input>,
     thread: Option<std::thread::JoinHandle<()>>,
     _transport: Transport,
+    metrics: Arc<Metrics>,
 }
 
 impl NodeHandle {
@@ -117,7 +120,9 @@ impl NodeHandle {
                 sender.send(m);
             }
         });
+        let metrics = Arc::new(Metrics::new());
         let driver = Driver {
+            metrics: metrics.clone(),
             raft,
             store,
             sm,
@@ -133,7 +138,7 @@ impl NodeHandle {
             .name("balsa-node".into())
             .spawn(move || driver.run(input_rx))
             .map_err(|e| e.to_string())?;
-        Ok(Self { input: input_tx, thread: Some(thread), _transport: transport })
+        Ok(Self { input: input_tx, thread: Some(thread), _transport: transport, metrics })
     }
 
     /// Proposes a write and waits until it is applied (or fails).
@@ -165,6 +170,11 @@ impl NodeHandle {
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
+    /// This node's metrics (for `/metrics`).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// The core's status.
     pub async fn status(&self) -> Result<Status, NodeError> {
         let (tx, rx) = oneshot::channel();
@@ -184,6 +194,7 @@ impl Drop for NodeHandle {
 
 /// State of the driver thread.
 struct Driver {
+    metrics: Arc<Metrics>,
     raft: Raft,
     store: DiskStore,
     sm: StateMachine,
@@ -206,7 +217,9 @@ impl Driver {
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match input.recv_timeout(wait) {
-                Ok(Input::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                Ok(Input::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                    return self.metrics.node_stopped()
+                }
                 Ok(i) => self.handle(i),
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             }
@@ -218,8 +231,9 @@ impl Driver {
                 // A storage failure (a failed fsync above all) stops the node: its disk can no
                 // longer be trusted, and continuing could acknowledge what is not durable.
                 tracing::error!(error = %e, "storage failed; the node stops");
-                return;
+                return self.metrics.node_stopped();
             }
+            self.metrics.observe(&self.raft.status(), self.proposals.len());
         }
     }
 
@@ -237,9 +251,11 @@ impl Driver {
                         self.proposals.insert(id, (Instant::now(), reply));
                     }
                     Err(ProposeError::NotLeader { leader_hint }) => {
+                        self.metrics.proposal_failed();
                         let _ = reply.send(Err(NodeError::NotLeader { leader_hint }));
                     }
                     Err(ProposeError::TransferInProgress { .. }) => {
+                        self.metrics.proposal_failed();
                         let _ = reply.send(Err(NodeError::NotLeader { leader_hint: None }));
                     }
                 }
@@ -288,7 +304,7 @@ impl Driver {
             }
             let batch = std::mem::take(&mut ready.persist);
             self.store.write(&batch)?;
-            self.store.sync()?;
+            self.metrics.time_fsync(|| self.store.sync())?;
             if let Some(s) = &batch.snapshot {
                 self.sm = StateMachine::decode(s.data.clone())
                     .unwrap_or_else(|e| panic!("a snapshot from the leader does not decode: {e}"));
@@ -324,6 +340,7 @@ impl Driver {
             .collect();
         for id in expired {
             if let Some((_, reply)) = self.proposals.remove(&id) {
+                self.metrics.proposal_failed();
                 let _ = reply.send(Err(NodeError::Dropped));
             }
         }
@@ -342,7 +359,8 @@ impl Driver {
         let result = Command::decode(entry.data.slice(8..))
             .map_err(NodeError::from)
             .and_then(|c| self.sm.apply(&c).map_err(NodeError::from));
-        if let Some((_, reply)) = self.proposals.remove(&id) {
+        if let Some((proposed_at, reply)) = self.proposals.remove(&id) {
+            self.metrics.proposal_applied(proposed_at);
             let _ = reply.send(result);
         }
     }
@@ -369,6 +387,7 @@ impl Driver {
         };
         let snapshot = Snapshot { meta, data: self.sm.encode() };
         self.store.save_snapshot(&snapshot)?;
+        self.metrics.snapshot_saved();
         self.raft.snapshot_taken(snapshot).expect("a snapshot of applied state");
         Ok(())
     }

@@ -1,0 +1,105 @@
+//! `balsa`: the command, a thin layer over the `balsa-server` library.
+//!
+//! - `balsa server` runs a member (etcd's flag names; no flags: a single member on
+//!   127.0.0.1:2379 with its data in ./default.balsa, as etcd does).
+//! - `balsa dev` runs a local cluster of several members in this one process.
+
+mod dev;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use balsa_server::config::{LogFormat, ServerFlags};
+use balsa_server::member::Member;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "balsa", version, about = "A Raft-replicated key-value store speaking etcd's v3 API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a member.
+    Server(ServerFlags),
+    /// Run a local cluster for development (all members in this process, on 127.0.0.1).
+    Dev(dev::DevFlags),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Server(flags) => runtime.block_on(server(flags)),
+        Command::Dev(flags) => {
+            let result = runtime.block_on(dev::run(flags));
+            // The members' nodes stop when the runtime drops the tasks holding them; only then
+            // may their temporary data go.
+            drop(runtime);
+            result.map(dev::Cleanup::remove)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Also logged, so that a JSON log carries it; stderr keeps it visible either way.
+            tracing::error!(error = %e, "balsa stopped");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr (etcd's default), as text or JSON, filtered by `--log-level`.
+pub(crate) fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::new(level);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    // A second initialisation (cannot happen in the binary) is ignored rather than fatal.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+async fn server(flags: ServerFlags) -> Result<(), String> {
+    let config = flags.resolve().map_err(|e| e.to_string())?;
+    init_logging(&config.log_level, config.log_format);
+    let mut member = Member::start(config).await.map_err(|e| e.to_string())?;
+    eprintln!(
+        "balsa member {} ({}) serving clients on {}, peers on {}, data in {}",
+        member.config.name,
+        member.id,
+        member.client_addr,
+        member.peer_addr,
+        member.config.data_dir.display()
+    );
+    tokio::select! {
+        e = member.failed() => return Err(e),
+        _ = shutdown_signal() => tracing::info!("shutting down on a signal"),
+    }
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C. Stopping needs no flush: nothing acknowledged was ever waiting for one.
+pub(crate) async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -76,6 +76,7 @@ fn check(flags: &DevFlags) -> Result<(), String> {
 /// Runs the cluster until SIGTERM or Ctrl-C; the caller removes the temporary data afterwards.
 pub async fn run(flags: DevFlags) -> Result<Cleanup, String> {
     check(&flags)?;
+    let shutdown = crate::shutdown_signal();
     let (root, cleanup) = match &flags.data_dir {
         Some(d) => (d.clone(), Cleanup(None)),
         None => {
@@ -115,7 +116,7 @@ pub async fn run(flags: DevFlags) -> Result<Cleanup, String> {
     let failed = first_failure(&mut members);
     tokio::select! {
         e = failed => return Err(e),
-        _ = crate::shutdown_signal() => tracing::info!("shutting down on a signal"),
+        _ = shutdown => tracing::info!("shutting down on a signal"),
     }
     drop(members);
     Ok(cleanup)

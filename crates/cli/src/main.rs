@@ -50,16 +50,24 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Also logged, so that a JSON log carries it; stderr keeps it visible either way.
-            tracing::error!(error = %e, "balsa stopped");
-            eprintln!("error: {e}");
+            // A JSON log must stay one object per line, so there the error is an event;
+            // otherwise (text logs, or none yet) a plain line reads best.
+            if JSON_LOGS.get() == Some(&true) {
+                tracing::error!(error = %e, "balsa stopped");
+            } else {
+                eprintln!("error: {e}");
+            }
             ExitCode::FAILURE
         }
     }
 }
 
+/// Set once logging is set up: whether it writes JSON.
+static JSON_LOGS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
 /// Logs go to stderr (etcd's default), as text or JSON, filtered by `--log-level`.
 pub(crate) fn init_logging(level: &str, format: LogFormat) {
+    let _ = JSON_LOGS.set(format == LogFormat::Json);
     let filter = tracing_subscriber::EnvFilter::new(level);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -76,30 +84,31 @@ pub(crate) fn init_logging(level: &str, format: LogFormat) {
 async fn server(flags: ServerFlags) -> Result<(), String> {
     let config = flags.resolve().map_err(|e| e.to_string())?;
     init_logging(&config.log_level, config.log_format);
+    let shutdown = shutdown_signal();
     let mut member = Member::start(config).await.map_err(|e| e.to_string())?;
-    eprintln!(
-        "balsa member {} ({}) serving clients on {}, peers on {}, data in {}",
-        member.config.name,
-        member.id,
-        member.client_addr,
-        member.peer_addr,
-        member.config.data_dir.display()
-    );
     tokio::select! {
         e = member.failed() => return Err(e),
-        _ = shutdown_signal() => tracing::info!("shutting down on a signal"),
+        _ = shutdown => tracing::info!("shutting down on a signal"),
     }
     Ok(())
 }
 
-/// SIGTERM or Ctrl-C. Stopping needs no flush: nothing acknowledged was ever waiting for one.
-pub(crate) async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM or Ctrl-C. The SIGTERM handler is installed at the call, not at the first poll, so a
+/// signal that arrives while the member is still starting is not fatal. Stopping needs no flush:
+/// nothing acknowledged was ever waiting for one.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        match term {
+            Some(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }
 }

@@ -313,20 +313,19 @@ impl ServerConfig {
             let addr = parse_url("--initial-cluster", url)?;
             peers.insert(id, addr);
             if name == self.name {
-                me = Some(id);
-                // Only the port can be compared: the listener may bind 0.0.0.0 while peers
-                // dial a concrete address.
-                let listen = self.peer_addr()?;
-                if listen.port() != addr.port() {
-                    return Err(ConfigError::PeerUrlMismatch {
-                        name: name.to_string(),
-                        cluster_url: url.to_string(),
-                        listen_url: self.listen_peer_urls.clone(),
-                    });
-                }
+                me = Some((id, url));
             }
         }
-        let me = me.ok_or_else(|| ConfigError::UnknownMember(self.name.clone()))?;
+        let (me, my_url) = me.ok_or_else(|| ConfigError::UnknownMember(self.name.clone()))?;
+        // Only the port can be compared: the listener may bind 0.0.0.0 while peers dial a
+        // concrete address.
+        if self.peer_addr()?.port() != peers[&me].port() {
+            return Err(ConfigError::PeerUrlMismatch {
+                name: self.name.clone(),
+                cluster_url: my_url.to_string(),
+                listen_url: self.listen_peer_urls.clone(),
+            });
+        }
         Ok((peers, me))
     }
 

@@ -39,12 +39,13 @@ fn member_out(m: MemberInfo) -> pb::Member {
 }
 
 /// Checks peer URLs (`http://ip:port`); returns them with the first one's address.
-fn peer_urls_in(urls: &[String]) -> Result<std::net::SocketAddr, Status> {
-    let first = urls.first().ok_or_else(|| Status::invalid_argument("etcdserver: no peer URLs given"))?;
+/// The error says what is wrong (for [`NodeError::InvalidMembership`]).
+fn peer_urls_in(urls: &[String]) -> Result<std::net::SocketAddr, String> {
+    let first = urls.first().ok_or_else(|| "no peer URLs given".to_string())?;
     for u in urls {
-        parse_url("peerURLs", u).map_err(|e| Status::invalid_argument(format!("etcdserver: {e}")))?;
+        parse_url("peerURLs", u).map_err(|e| e.to_string())?;
     }
-    parse_url("peerURLs", first).map_err(|e| Status::invalid_argument(format!("etcdserver: {e}")))
+    parse_url("peerURLs", first).map_err(|e| e.to_string())
 }
 
 impl ClusterService {
@@ -90,8 +91,7 @@ impl ClusterService {
     }
 
     async fn add_locally(&self, r: &pb::MemberAddRequest) -> Result<pb::MemberAddResponse, NodeError> {
-        let addr =
-            peer_urls_in(&r.peer_ur_ls).map_err(|s| NodeError::InvalidMembership(s.message().into()))?;
+        let addr = peer_urls_in(&r.peer_ur_ls).map_err(NodeError::InvalidMembership)?;
         let id = member_id(addr);
         let (_, members) = self.node.members().await?;
         if members.iter().any(|m| m.attrs.id == id) {
@@ -142,7 +142,7 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
         let r = request.into_inner();
-        peer_urls_in(&r.peer_ur_ls)?;
+        peer_urls_in(&r.peer_ur_ls).map_err(|e| status_of(NodeError::InvalidMembership(e)))?;
         let local = self.add_locally(&r).await;
         on_leader!(self, r, local, member_add)
     }
@@ -171,7 +171,7 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
         let r = request.into_inner();
-        peer_urls_in(&r.peer_ur_ls)?;
+        peer_urls_in(&r.peer_ur_ls).map_err(|e| status_of(NodeError::InvalidMembership(e)))?;
         let (_, members) = self.node.members().await.map_err(status_of)?;
         let Some(current) = members.into_iter().find(|m| m.attrs.id == r.id) else {
             return Err(status_of(NodeError::MemberNotFound));

@@ -265,12 +265,13 @@ impl Kv for KvService {
     }
 }
 
-/// Serves the etcd API (KV, Watch and Maintenance) on `listener` until the task is dropped.
+/// Serves the etcd API (KV, Watch, Lease, Cluster, Maintenance) on `listener` until the task is
+/// dropped.
 pub async fn serve(
     service: KvService,
     listener: tokio::net::TcpListener,
 ) -> Result<(), tonic::transport::Error> {
-    serve_with(service, listener, crate::watch_service::WatchOptions::default()).await
+    serve_all(service, listener, crate::watch_service::WatchOptions::default(), axum::Router::new()).await
 }
 
 /// [`serve`] with Watch settings other than etcd's defaults.
@@ -279,36 +280,42 @@ pub async fn serve_with(
     listener: tokio::net::TcpListener,
     watch: crate::watch_service::WatchOptions,
 ) -> Result<(), tonic::transport::Error> {
-    let maintenance = crate::maintenance::MaintenanceService::new(
-        service.node.clone(),
-        service.cluster_id,
-        service.member_id,
-    );
-    let lease = Arc::new(crate::lease_service::LeaseService::new(
-        service.node.clone(),
-        service.cluster_id,
-        service.member_id,
-    ));
-    let cluster = crate::cluster_service::ClusterService::new(
-        service.node.clone(),
-        service.cluster_id,
-        service.member_id,
-    );
-    let watch = crate::watch_service::WatchService::new(
-        service.node.clone(),
-        service.cluster_id,
-        service.member_id,
-        watch,
-    );
+    serve_all(service, listener, watch, axum::Router::new()).await
+}
+
+/// [`serve`], plus plain HTTP routes (`/metrics`, `/health`) on the same port, as etcd does:
+/// HTTP/1.1 is accepted beside gRPC's HTTP/2, and paths that are no gRPC method go to `extra`.
+pub async fn serve_with_routes(
+    service: KvService,
+    listener: tokio::net::TcpListener,
+    extra: axum::Router,
+) -> Result<(), tonic::transport::Error> {
+    serve_all(service, listener, crate::watch_service::WatchOptions::default(), extra).await
+}
+
+async fn serve_all(
+    service: KvService,
+    listener: tokio::net::TcpListener,
+    watch: crate::watch_service::WatchOptions,
+    extra: axum::Router,
+) -> Result<(), tonic::transport::Error> {
+    let (node, cluster_id, member_id) = (service.node.clone(), service.cluster_id, service.member_id);
+    let maintenance = crate::maintenance::MaintenanceService::new(node.clone(), cluster_id, member_id);
+    let lease = Arc::new(crate::lease_service::LeaseService::new(node.clone(), cluster_id, member_id));
+    let cluster = crate::cluster_service::ClusterService::new(node.clone(), cluster_id, member_id);
+    let watch = crate::watch_service::WatchService::new(node, cluster_id, member_id, watch);
     let server = pb::kv_server::KvServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES + 4096);
-    tonic::transport::Server::builder()
-        .add_service(server)
+    let grpc = tonic::service::Routes::new(server)
         .add_service(pb::maintenance_server::MaintenanceServer::new(maintenance))
         .add_service(pb::lease_server::LeaseServer::new(lease))
         .add_service(pb::cluster_server::ClusterServer::new(cluster))
         .add_service(
             pb::watch_server::WatchServer::new(watch).max_decoding_message_size(MAX_REQUEST_BYTES + 4096),
         )
+        .into_axum_router();
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(grpc.merge(extra).into())
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await
 }

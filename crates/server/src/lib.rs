@@ -1,8 +1,9 @@
 //! # balsa-server
 //!
-//! The server side of balsa. Today: the peer [`transport`] that carries Raft messages between
-//! servers. Next (issue 5): the node driver (core + storage + state machine), the etcd v3 gRPC
-//! API, and operations endpoints.
+//! The server side of balsa, as a library (the `balsa` command in `balsa-cli` is a thin layer
+//! over it): the peer [`transport`], the [`node`] driver (core + storage + state machine), the
+//! etcd v3 gRPC API ([`kv_service`], [`maintenance`]), [`config`] (flags, environment, TOML file),
+//! a running [`member`], and the operations endpoints ([`ops`], [`metrics`]).
 
 #![warn(missing_docs)]
 
@@ -12,7 +13,10 @@ pub mod kv_service;
 pub mod lease_clock;
 pub mod lease_service;
 pub mod maintenance;
+pub mod member;
+pub mod metrics;
 pub mod node;
+pub mod ops;
 pub mod transport;
 pub mod watch_hub;
 pub mod watch_service;

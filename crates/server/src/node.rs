@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use balsa_kv::{Command, KvError, MemberAttrs, RangeRequest, RangeResponse, Response, StateMachine};
@@ -20,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::lease_clock::LeaseClock;
+use crate::metrics::Metrics;
 use crate::transport::{Transport, TransportConfig};
 use crate::watch_hub::{HubCommand, WatchHub};
 
@@ -108,6 +110,8 @@ const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the answer to a read goes.
 type ReadReply = oneshot::Sender<Result<RangeResponse, NodeError>>;
+/// Where the answer to a membership change goes.
+type ConfReply = oneshot::Sender<Result<(), NodeError>>;
 /// Where the answer to a proposal goes.
 type ProposeReply = oneshot::Sender<Result<Response, NodeError>>;
 
@@ -146,6 +150,7 @@ pub struct NodeHandle {
     min_lease_ttl_secs: i64,
     thread: Option<std::thread::JoinHandle<()>>,
     _transport: Transport,
+    metrics: Arc<Metrics>,
 }
 
 impl NodeHandle {
@@ -189,7 +194,9 @@ impl NodeHandle {
             }
         });
         let config_peers = config.peers.clone();
+        let metrics = Arc::new(Metrics::new());
         let driver = Driver {
+            metrics: metrics.clone(),
             raft,
             store,
             sm,
@@ -213,7 +220,7 @@ impl NodeHandle {
             .name("balsa-node".into())
             .spawn(move || driver.run(input_rx))
             .map_err(|e| e.to_string())?;
-        Ok(Self { input: input_tx, min_lease_ttl_secs, thread: Some(thread), _transport: transport })
+        Ok(Self { input: input_tx, min_lease_ttl_secs, thread: Some(thread), _transport: transport, metrics })
     }
 
     /// Proposes a write and waits until it is applied (or fails).
@@ -280,6 +287,11 @@ impl NodeHandle {
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
+    /// This node's metrics (for `/metrics`).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// The core's status.
     pub async fn status(&self) -> Result<Status, NodeError> {
         let (tx, rx) = oneshot::channel();
@@ -299,6 +311,7 @@ impl Drop for NodeHandle {
 
 /// State of the driver thread.
 struct Driver {
+    metrics: Arc<Metrics>,
     raft: Raft,
     store: DiskStore,
     sm: StateMachine,
@@ -323,7 +336,7 @@ struct Driver {
     peer_book: crate::transport::TransportSender,
     /// Membership changes waiting to finish: their entry's index and term, when asked, and
     /// where to answer.
-    conf_waiters: Vec<(Index, Term, Instant, oneshot::Sender<Result<(), NodeError>>)>,
+    conf_waiters: Vec<(Index, Term, Instant, ConfReply)>,
     /// How far behind the leader a learner may be and still be promoted.
     learner_lag_entries: u64,
     /// When this member last proposed its own attributes, so it does not flood the log.
@@ -338,7 +351,9 @@ impl Driver {
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match input.recv_timeout(wait) {
-                Ok(Input::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                Ok(Input::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                    return self.metrics.node_stopped()
+                }
                 Ok(i) => self.handle(i),
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             }
@@ -354,9 +369,10 @@ impl Driver {
                 // A storage failure (a failed fsync above all) stops the node: its disk can no
                 // longer be trusted, and continuing could acknowledge what is not durable.
                 tracing::error!(error = %e, "storage failed; the node stops");
-                return;
+                return self.metrics.node_stopped();
             }
             self.watch_hub.catch_up(&self.sm);
+            self.metrics.observe(&self.raft.status(), self.proposals.len());
         }
     }
 
@@ -374,9 +390,11 @@ impl Driver {
                         self.proposals.insert(id, (Instant::now(), reply));
                     }
                     Err(ProposeError::NotLeader { leader_hint }) => {
+                        self.metrics.proposal_failed();
                         let _ = reply.send(Err(NodeError::NotLeader { leader_hint }));
                     }
                     Err(ProposeError::TransferInProgress { .. }) => {
+                        self.metrics.proposal_failed();
                         let _ = reply.send(Err(NodeError::NotLeader { leader_hint: None }));
                     }
                 }
@@ -444,7 +462,7 @@ impl Driver {
             }
             let batch = std::mem::take(&mut ready.persist);
             self.store.write(&batch)?;
-            self.store.sync()?;
+            self.metrics.time_fsync(|| self.store.sync())?;
             if let Some(s) = &batch.snapshot {
                 let before = self.sm.mvcc.revision();
                 self.sm = StateMachine::decode(s.data.clone())
@@ -484,6 +502,7 @@ impl Driver {
             .collect();
         for id in expired {
             if let Some((_, reply)) = self.proposals.remove(&id) {
+                self.metrics.proposal_failed();
                 let _ = reply.send(Err(NodeError::Dropped));
             }
         }
@@ -509,7 +528,8 @@ impl Driver {
             Err(e) => Err(NodeError::from(e)),
         };
         self.watch_hub.publish(&events);
-        if let Some((_, reply)) = self.proposals.remove(&id) {
+        if let Some((proposed_at, reply)) = self.proposals.remove(&id) {
+            self.metrics.proposal_applied(proposed_at);
             let _ = reply.send(result);
         }
     }
@@ -716,6 +736,7 @@ impl Driver {
         };
         let snapshot = Snapshot { meta, data: self.sm.encode() };
         self.store.save_snapshot(&snapshot)?;
+        self.metrics.snapshot_saved();
         self.raft.snapshot_taken(snapshot).expect("a snapshot of applied state");
         Ok(())
     }

@@ -227,6 +227,11 @@ async fn peer_writer(
             continue;
         }
         backoff = Duration::from_millis(50);
+        // Raft's lane stands for the peer in the log; the snapshot lane's comings and goings
+        // are detail.
+        if lane == Lane::Raft {
+            tracing::info!(peer, %addr, "peer connected");
+        }
         loop {
             let Some(first) = rx.recv().await else {
                 return; // the transport was dropped
@@ -245,7 +250,9 @@ async fn peer_writer(
             }
             if let Err(e) = stream.write_all(&batch).await {
                 // The batch is lost with the connection; Raft resends what matters.
-                tracing::debug!(peer, error = %e, "connection lost; reconnecting");
+                if lane == Lane::Raft {
+                    tracing::info!(peer, error = %e, "peer disconnected; reconnecting");
+                }
                 break;
             }
         }

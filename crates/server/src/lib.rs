@@ -17,6 +17,7 @@ pub mod member;
 pub mod metrics;
 pub mod node;
 pub mod ops;
+pub mod snapshot_file;
 pub mod transport;
 pub mod watch_hub;
 pub mod watch_service;

@@ -121,6 +121,14 @@ pub fn read(path: &Path) -> Result<SnapshotImage, String> {
     decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Decodes the state machine of a snapshot's payload: (live keys, leases).
+pub fn decode_state(data: &[u8]) -> Result<(usize, usize), String> {
+    let sm = StateMachine::decode(Bytes::copy_from_slice(data))
+        .map_err(|e| format!("state does not decode: {e}"))?;
+    let keys = sm.mvcc.range(&balsa_kv::KeyRange::prefix(""), 0).map_err(|e| e.to_string())?.len();
+    Ok((keys, sm.leases.len()))
+}
+
 /// What a restore wrote.
 #[derive(Debug)]
 pub struct Restored {

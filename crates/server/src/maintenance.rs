@@ -93,19 +93,15 @@ impl Maintenance for MaintenanceService {
         let file = crate::snapshot_file::encode(&image);
         let total = file.len();
         let mut sent = 0;
-        let chunks: Vec<Result<pb::SnapshotResponse, Status>> = file
+        let chunks: Vec<pb::SnapshotResponse> = file
             .chunks(SNAPSHOT_CHUNK_BYTES)
             .map(|blob| {
                 sent += blob.len();
-                Ok(pb::SnapshotResponse {
-                    header: header.clone(),
-                    remaining_bytes: (total - sent) as u64,
-                    blob: blob.to_vec(),
-                })
+                pb::SnapshotResponse { header, remaining_bytes: (total - sent) as u64, blob: blob.to_vec() }
             })
             .collect();
         tracing::info!(bytes = total, index = image.index, revision = image.revision, "sending a snapshot");
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
     }
 
     async fn move_leader(

@@ -220,6 +220,38 @@ impl Mvcc {
         out.sort_by_key(|(rev, _)| *rev);
         Ok(out)
     }
+
+    /// A CRC-32C of the keyspace's history up to `revision` (0: the current revision), for etcd's
+    /// `HashKV`: every version still held at or before it, in key order, with its revision,
+    /// create and mod revisions, version, lease and value (a deletion as a tombstone), then the
+    /// compaction point. Replicas that applied the same log give the same hash. Returns the hash
+    /// and the compaction point; a compacted or future revision is an error, as in etcd.
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64), KvError> {
+        let at = self.check_revision(revision)?;
+        let mut crc = 0u32;
+        let mut feed = |bytes: &[u8]| crc = crc32c::crc32c_append(crc, bytes);
+        for (key, versions) in &self.keys {
+            for (rev, kv) in versions.iter().take_while(|(r, _)| r.main <= at) {
+                feed(&(key.len() as u64).to_le_bytes());
+                feed(key);
+                feed(&rev.main.to_le_bytes());
+                feed(&rev.sub.to_le_bytes());
+                match kv {
+                    Some(kv) => {
+                        feed(&[1]);
+                        for n in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
+                            feed(&n.to_le_bytes());
+                        }
+                        feed(&(kv.value.len() as u64).to_le_bytes());
+                        feed(&kv.value);
+                    }
+                    None => feed(&[0]),
+                }
+            }
+        }
+        feed(&self.compacted.to_le_bytes());
+        Ok((crc, self.compacted))
+    }
 }
 
 #[cfg(test)]
@@ -283,5 +315,36 @@ mod tests {
         assert!(m.events_since(&KeyRange::prefix(""), 4).is_err());
         m.compact(6).unwrap();
         assert!(!m.keys.contains_key(&b("b")[..]), "a key deleted before the compaction point is gone");
+    }
+
+    #[test]
+    fn hash_kv_covers_history_up_to_a_revision() {
+        let mut a = Mvcc::default();
+        put(&mut a, "a", "1"); // 2
+        put(&mut a, "b", "1"); // 3
+        let mut b_ = a.clone();
+        let (h3, c) = a.hash_kv(0).unwrap();
+        assert_eq!(
+            (h3, c),
+            b_.hash_kv(3).unwrap(),
+            "revision 0 is the current one; equal states, equal hashes"
+        );
+        put(&mut a, "a", "2"); // 4
+        assert_eq!(a.hash_kv(3).unwrap().0, h3, "later writes do not change the hash at 3");
+        assert_ne!(a.hash_kv(4).unwrap().0, h3);
+        // The same revision reached with another value differs.
+        put(&mut b_, "a", "X"); // 4
+        assert_ne!(a.hash_kv(4).unwrap().0, b_.hash_kv(4).unwrap().0);
+        assert_eq!(a.hash_kv(5), Err(KvError::FutureRevision));
+        let mut ctx = a.begin();
+        a.delete(&mut ctx, &b("b"));
+        a.finish(ctx); // 5
+        let before = a.hash_kv(5).unwrap().0;
+        assert_ne!(before, a.hash_kv(4).unwrap().0, "a deletion is part of the history");
+        a.compact(4).unwrap();
+        assert_eq!(a.hash_kv(3), Err(KvError::Compacted { compact_revision: 4 }));
+        let (after, c) = a.hash_kv(5).unwrap();
+        assert_eq!(c, 4);
+        assert_ne!(after, before, "the compaction point is part of the hash");
     }
 }

@@ -54,6 +54,9 @@ pub fn status_of(e: NodeError) -> Status {
         | NodeError::LearnerNotReady => Status::failed_precondition(e.to_string()),
         NodeError::MembershipChangeInProgress => Status::unavailable(e.to_string()),
         NodeError::InvalidMembership(_) => Status::invalid_argument(e.to_string()),
+        NodeError::BadLeaderTransferee => Status::failed_precondition(e.to_string()),
+        // etcd 3.4 has no gRPC code of its own for this one and answers Unknown.
+        NodeError::LeaderTransferTimeout => Status::unknown(e.to_string()),
         NodeError::Kv(e) => match e {
             kv::KvError::Compacted { .. } | kv::KvError::FutureRevision => {
                 Status::out_of_range(format!("etcdserver: {e}"))

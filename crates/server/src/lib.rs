@@ -3,7 +3,8 @@
 //! The server side of balsa, as a library (the `balsa` command in `balsa-cli` is a thin layer
 //! over it): the peer [`transport`], the [`node`] driver (core + storage + state machine), the
 //! etcd v3 gRPC API ([`kv_service`], [`maintenance`]), [`config`] (flags, environment, TOML file),
-//! a running [`member`], and the operations endpoints ([`ops`], [`metrics`]).
+//! a running [`member`], the operations endpoints ([`ops`], [`metrics`]), and the
+//! snapshot file of Maintenance.Snapshot with its restore ([`snapshot_file`]).
 
 #![warn(missing_docs)]
 
@@ -17,6 +18,7 @@ pub mod member;
 pub mod metrics;
 pub mod node;
 pub mod ops;
+pub mod snapshot_file;
 pub mod transport;
 pub mod watch_hub;
 pub mod watch_service;

@@ -165,7 +165,7 @@ struct ClusterFile {
 /// recorded for another cluster or member name, and returns the member id recorded. The cluster
 /// id alone would not catch a member started on a fellow member's directory, which is as harmful
 /// (it would break that member's vote and log promises).
-fn claim_data_dir(config: &ServerConfig, member: u64) -> Result<u64, StartError> {
+pub(crate) fn claim_data_dir(config: &ServerConfig, member: u64) -> Result<u64, StartError> {
     let dir = &config.data_dir;
     let io = |e: std::io::Error| StartError::DataDir { dir: dir.clone(), message: e.to_string() };
     let path = dir.join(CLUSTER_FILE);

@@ -65,6 +65,12 @@ pub enum NodeError {
     /// The membership change makes no sense (removing the last voter, say).
     #[error("etcdserver: {0}")]
     InvalidMembership(String),
+    /// Leadership can only move to a voting member.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// The leadership transfer did not finish in time.
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
 }
 
 /// Settings of one node.
@@ -129,6 +135,27 @@ pub(crate) enum Input {
     Members(oneshot::Sender<(Option<NodeId>, Vec<MemberInfo>)>),
     /// A request to the watch hub (`watch_hub.rs`).
     Watch(HubCommand),
+    /// The state machine encoded now, for Maintenance.Snapshot and Hash.
+    Snapshot(oneshot::Sender<SnapshotImage>),
+    /// Maintenance.HashKV at a revision.
+    HashKv(i64, oneshot::Sender<Result<(u32, i64, i64), NodeError>>),
+    /// Start a leadership transfer (Maintenance.MoveLeader).
+    TransferLeader(NodeId, oneshot::Sender<Result<(), NodeError>>),
+    /// Snapshot now and compact the log (Maintenance.Defragment).
+    SnapshotNow(oneshot::Sender<Result<Option<Index>, NodeError>>),
+}
+
+/// This member's state machine at one applied index (Maintenance.Snapshot).
+#[derive(Clone, Debug)]
+pub struct SnapshotImage {
+    /// `StateMachine::encode()`.
+    pub data: Bytes,
+    /// The last applied log index the state includes.
+    pub index: Index,
+    /// Its term.
+    pub term: Term,
+    /// The keyspace revision.
+    pub revision: i64,
 }
 
 /// What this server knows of a lease (etcd's `LeaseTimeToLive`).
@@ -298,6 +325,46 @@ impl NodeHandle {
         self.input.send(Input::Status(tx)).map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
     }
+
+    /// The state machine as applied so far, encoded at one consistent point.
+    pub async fn snapshot_image(&self) -> Result<SnapshotImage, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.input.send(Input::Snapshot(tx)).map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// etcd's HashKV on this member's applied state: (hash, compaction point, current revision).
+    pub async fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.input.send(Input::HashKv(revision, tx)).map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Moves leadership to `target` (this member must lead; `target` must vote) and waits until
+    /// this member sees `target` lead, or `timeout` passes.
+    pub async fn move_leader(&self, target: NodeId, timeout: Duration) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.input.send(Input::TransferLeader(target, tx)).map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)??;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.status().await?.leader_id == Some(target) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::LeaderTransferTimeout);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Takes a snapshot of the applied state now and compacts the log behind it; returns its
+    /// index (`None`: the latest snapshot already covers everything applied).
+    pub async fn snapshot_now(&self) -> Result<Option<Index>, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.input.send(Input::SnapshotNow(tx)).map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
 }
 
 impl Drop for NodeHandle {
@@ -440,6 +507,19 @@ impl Driver {
             }
             Input::Stop => {}
             Input::Watch(command) => self.watch_hub.handle(command, &self.sm),
+            Input::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot_image());
+            }
+            Input::HashKv(revision, reply) => {
+                let hash = self.sm.mvcc.hash_kv(revision).map(|(h, c)| (h, c, self.sm.mvcc.revision()));
+                let _ = reply.send(hash.map_err(NodeError::from));
+            }
+            Input::TransferLeader(target, reply) => {
+                let _ = reply.send(self.transfer_leader(target));
+            }
+            Input::SnapshotNow(reply) => {
+                let _ = reply.send(self.snapshot_now());
+            }
         }
     }
 
@@ -739,5 +819,55 @@ impl Driver {
         self.metrics.snapshot_saved();
         self.raft.snapshot_taken(snapshot).expect("a snapshot of applied state");
         Ok(())
+    }
+
+    /// The applied state, encoded, with the index and term it stands at.
+    fn snapshot_image(&self) -> SnapshotImage {
+        let index = self.raft.status().last_applied;
+        let term =
+            self.raft.term_at(index).or_else(|| self.store.snapshot().map(|s| s.meta.last_included_term));
+        SnapshotImage {
+            data: self.sm.encode(),
+            index,
+            term: term.unwrap_or(0),
+            revision: self.sm.mvcc.revision(),
+        }
+    }
+
+    /// etcd's checks for MoveLeader, then the core's transfer.
+    fn transfer_leader(&mut self, target: NodeId) -> Result<(), NodeError> {
+        if self.raft.role() != Role::Leader {
+            return Err(NodeError::NotLeader { leader_hint: self.raft.leader_id() });
+        }
+        self.raft.transfer_leader(target).map_err(|e| match e {
+            balsa_raft::TransferError::NotLeader { leader_hint } => NodeError::NotLeader { leader_hint },
+            _ => NodeError::BadLeaderTransferee,
+        })
+    }
+
+    /// A snapshot at the last applied index, saved and handed to the core (which compacts the
+    /// log behind it, keeping its catch-up tail), whatever `snapshot_entries` says.
+    fn snapshot_now(&mut self) -> Result<Option<Index>, NodeError> {
+        let status = self.raft.status();
+        let index = status.last_applied;
+        if index <= status.snapshot_index {
+            return Ok(None);
+        }
+        let Some(term) = self.raft.term_at(index) else { return Ok(None) };
+        let meta = balsa_raft::SnapshotMeta {
+            last_included_index: index,
+            last_included_term: term,
+            membership: self.raft.membership_at(index),
+        };
+        let snapshot = Snapshot { meta, data: self.sm.encode() };
+        if let Err(e) = self.store.save_snapshot(&snapshot) {
+            tracing::error!(error = %e, "snapshot not saved");
+            return Err(NodeError::Stopped);
+        }
+        self.metrics.snapshot_saved();
+        if let Err(e) = self.raft.snapshot_taken(snapshot) {
+            tracing::warn!(error = %e, "snapshot not taken by the core");
+        }
+        Ok(Some(index))
     }
 }

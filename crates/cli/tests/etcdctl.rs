@@ -308,6 +308,12 @@ fn etcdctl_works_against_balsa() {
         1,
         "one leader: {status}"
     );
+    // Membership changes below go through a follower, which forwards them to the leader.
+    let follower = status
+        .lines()
+        .find(|l| l.split(", ").nth(4) == Some("false"))
+        .map(|l| format!("http://{}", l.split(", ").next().unwrap()))
+        .unwrap();
     let health = ctl(&all, &["endpoint", "health"]);
     assert!(health.ok, "{}", health.stderr);
     for i in 0..3 {
@@ -339,10 +345,11 @@ fn etcdctl_works_against_balsa() {
     // --- member add, the new member joins, member remove ---
     let new = Ports { client: free_port(), peer: free_port() };
     let peer_url = format!("http://127.0.0.1:{}", new.peer);
-    let added = ok(ep, &["member", "add", "m3", &format!("--peer-urls={peer_url}")]);
+    let added = ok(&follower, &["member", "add", "m3", &format!("--peer-urls={peer_url}")]);
     let added_lines = lines(&added);
     let first = added_lines[0];
     assert!(first.starts_with("Member ") && first.contains(" added to cluster "), "{added}");
+    assert_eq!(first.len(), "Member ".len() + 16 + " added to cluster ".len() + 16, "%16x ids: {added}");
     let new_id = first.split_whitespace().nth(1).unwrap().to_string();
     assert_eq!(added_lines[1], "");
     assert_eq!(added_lines[2], "ETCD_NAME=\"m3\"");
@@ -389,8 +396,9 @@ fn etcdctl_works_against_balsa() {
     assert_eq!(ok(ep, &["get", "from-m3"]), "from-m3\nhi\n");
     assert_eq!(members(&new_ep).len(), 4);
 
-    let removed = ok(ep, &["member", "remove", &new_id]);
-    assert!(removed.starts_with(&format!("Member {new_id} removed from cluster ")), "{removed}");
+    let removed = ok(&follower, &["member", "remove", &new_id]);
+    // etcdctl prints ids with %16x: padded with spaces, not zeros.
+    assert!(removed.starts_with(&format!("Member {new_id:>16} removed from cluster ")), "{removed}");
     let rows = members(ep);
     assert_eq!(rows.len(), 3, "{rows:?}");
     assert!(rows.iter().all(|r| r[0] != new_id && r[1] == "started"), "{rows:?}");

@@ -28,32 +28,34 @@ pub const MAX_DECODING_BYTES: usize = MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES;
 pub const MAX_TXN_OPS: usize = 128;
 
 /// etcd's ErrGRPCRequestTooLarge.
-pub fn too_large() -> Status {
-    Status::invalid_argument("etcdserver: request is too large")
-}
+const TOO_LARGE: &str = "etcdserver: request is too large";
+/// etcd's ErrGRPCEmptyKey.
+const EMPTY_KEY: &str = "etcdserver: key is not provided";
+/// etcd's ErrGRPCDuplicateKey.
+const DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request";
+
+/// A request refused before it is proposed: the message of an InvalidArgument status (every
+/// check etcd makes there answers InvalidArgument).
+type Check = Result<(), &'static str>;
 
 /// etcd refuses a write whose encoded request exceeds the limit, before it reaches the log.
-fn check_size(message: &impl prost::Message) -> Result<(), Status> {
+fn check_size(message: &impl prost::Message) -> Check {
     if message.encoded_len() > MAX_REQUEST_BYTES {
-        return Err(too_large());
+        return Err(TOO_LARGE);
     }
     Ok(())
 }
 
-fn empty_key() -> Status {
-    Status::invalid_argument(kv::KvError::EmptyKey.to_string())
-}
-
 /// etcd's checks of a Put before it is proposed.
-fn check_put(p: &pb::PutRequest) -> Result<(), Status> {
+fn check_put(p: &pb::PutRequest) -> Check {
     if p.key.is_empty() {
-        return Err(empty_key());
+        return Err(EMPTY_KEY);
     }
     if p.ignore_value && !p.value.is_empty() {
-        return Err(Status::invalid_argument("etcdserver: value is provided"));
+        return Err("etcdserver: value is provided");
     }
     if p.ignore_lease && p.lease != 0 {
-        return Err(Status::invalid_argument("etcdserver: lease is provided"));
+        return Err("etcdserver: lease is provided");
     }
     Ok(())
 }
@@ -61,25 +63,25 @@ fn check_put(p: &pb::PutRequest) -> Result<(), Status> {
 /// etcd's checks of a transaction before it is proposed: at most `max_ops` compares and
 /// operations per branch (nested transactions share the budget), keys given, no empty
 /// operation, and no key written twice by a branch (checked on both branches, whichever runs).
-fn check_txn(t: &pb::TxnRequest, max_ops: usize) -> Result<(), Status> {
+fn check_txn(t: &pb::TxnRequest, max_ops: usize) -> Check {
     let ops = t.compare.len().max(t.success.len()).max(t.failure.len());
     if ops > max_ops {
-        return Err(Status::invalid_argument("etcdserver: too many operations in txn request"));
+        return Err("etcdserver: too many operations in txn request");
     }
     if t.compare.iter().any(|c| c.key.is_empty()) {
-        return Err(empty_key());
+        return Err(EMPTY_KEY);
     }
     for op in t.success.iter().chain(&t.failure) {
         match &op.request {
-            Some(pb::request_op::Request::RequestRange(r)) if r.key.is_empty() => return Err(empty_key()),
+            Some(pb::request_op::Request::RequestRange(r)) if r.key.is_empty() => return Err(EMPTY_KEY),
             Some(pb::request_op::Request::RequestDeleteRange(d)) if d.key.is_empty() => {
-                return Err(empty_key())
+                return Err(EMPTY_KEY)
             }
             Some(pb::request_op::Request::RequestPut(p)) => check_put(p)?,
             Some(pb::request_op::Request::RequestTxn(t)) => check_txn(t, max_ops - ops)?,
             Some(_) => {}
-            // etcd's answer to an empty operation.
-            None => return Err(Status::invalid_argument(kv::KvError::KeyNotFound.to_string())),
+            // etcd's answer to an empty operation (ErrGRPCKeyNotFound).
+            None => return Err("etcdserver: key not found"),
         }
     }
     writes(&t.success)?;
@@ -90,8 +92,7 @@ fn check_txn(t: &pb::TxnRequest, max_ops: usize) -> Result<(), Status> {
 /// The keys a branch puts and the ranges it deletes, nested transactions included; a key put
 /// twice, or put and deleted, is etcd's duplicate-key error. The two branches of a nested
 /// transaction may write the same key (only one of them runs).
-fn writes(ops: &[pb::RequestOp]) -> Result<(Vec<Vec<u8>>, Vec<kv::KeyRange>), Status> {
-    let duplicate = || Status::invalid_argument(kv::KvError::DuplicateKey.to_string());
+fn writes(ops: &[pb::RequestOp]) -> Result<(Vec<Vec<u8>>, Vec<kv::KeyRange>), &'static str> {
     let mut puts: Vec<Vec<u8>> = Vec::new();
     let mut dels: Vec<kv::KeyRange> = Vec::new();
     for op in ops {
@@ -107,7 +108,7 @@ fn writes(ops: &[pb::RequestOp]) -> Result<(Vec<Vec<u8>>, Vec<kv::KeyRange>), St
             nested.extend(else_puts.into_iter().filter(|k| !then_puts.contains(k)));
             for k in nested {
                 if puts.contains(&k) || dels.iter().any(|d| d.contains(&k)) {
-                    return Err(duplicate());
+                    return Err(DUPLICATE_KEY);
                 }
                 puts.push(k);
             }
@@ -118,7 +119,7 @@ fn writes(ops: &[pb::RequestOp]) -> Result<(Vec<Vec<u8>>, Vec<kv::KeyRange>), St
     for op in ops {
         if let Some(pb::request_op::Request::RequestPut(p)) = &op.request {
             if puts.contains(&p.key) || dels.iter().any(|d| d.contains(&p.key)) {
-                return Err(duplicate());
+                return Err(DUPLICATE_KEY);
             }
             puts.push(p.key.clone());
         }
@@ -327,7 +328,7 @@ impl Kv for KvService {
     async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
         let r = request.into_inner();
         if r.key.is_empty() {
-            return Err(empty_key());
+            return Err(Status::invalid_argument(EMPTY_KEY));
         }
         let serializable = r.serializable;
         let q = range_in(r);
@@ -337,8 +338,7 @@ impl Kv for KvService {
 
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let p = request.into_inner();
-        check_put(&p)?;
-        check_size(&p)?;
+        check_put(&p).and_then(|()| check_size(&p)).map_err(Status::invalid_argument)?;
         match self.propose(kv::Command::Put(put_in(p))).await? {
             kv::Response::Put(p) => Ok(Response::new(self.put_out(p))),
             other => Err(Status::internal(format!("unexpected response {other:?}"))),
@@ -351,9 +351,9 @@ impl Kv for KvService {
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let d = request.into_inner();
         if d.key.is_empty() {
-            return Err(empty_key());
+            return Err(Status::invalid_argument(EMPTY_KEY));
         }
-        check_size(&d)?;
+        check_size(&d).map_err(Status::invalid_argument)?;
         match self.propose(kv::Command::DeleteRange(delete_in(d))).await? {
             kv::Response::DeleteRange(d) => Ok(Response::new(self.delete_out(d))),
             other => Err(Status::internal(format!("unexpected response {other:?}"))),
@@ -362,8 +362,7 @@ impl Kv for KvService {
 
     async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let t = request.into_inner();
-        check_txn(&t, MAX_TXN_OPS)?;
-        check_size(&t)?;
+        check_txn(&t, MAX_TXN_OPS).and_then(|()| check_size(&t)).map_err(Status::invalid_argument)?;
         let txn = txn_in(t).map_err(Status::invalid_argument)?;
         match self.propose(kv::Command::Txn(txn)).await? {
             kv::Response::Txn(t) => Ok(Response::new(self.txn_out(t))),

@@ -56,6 +56,11 @@ fn bounds(range: &KeyRange) -> (Bound<Bytes>, Bound<Bytes>) {
     if &range.range_end[..] == b"\0" {
         return (start, Bound::Unbounded);
     }
+    if range.range_end < range.key {
+        // An end before the key selects nothing (etcd answers such a range with no keys);
+        // `BTreeMap::range` would panic on the inverted bounds.
+        return (start, Bound::Excluded(range.key.clone()));
+    }
     (start, Bound::Excluded(range.range_end.clone()))
 }
 
@@ -143,9 +148,10 @@ impl Mvcc {
             .collect()
     }
 
-    /// Checks a read revision: 0 means current; compacted or future revisions are errors.
+    /// Checks a read revision: 0 (or, as in etcd, any negative revision) means current;
+    /// compacted or future revisions are errors.
     pub fn check_revision(&self, revision: i64) -> Result<i64, KvError> {
-        if revision == 0 {
+        if revision <= 0 {
             return Ok(self.current);
         }
         if revision > self.current {
@@ -160,7 +166,7 @@ impl Mvcc {
     /// The values in `range` as of `revision` (0: now, including an unfinished transaction's
     /// writes), in key order.
     pub fn range(&self, range: &KeyRange, revision: i64) -> Result<Vec<KeyValue>, KvError> {
-        let at = if revision == 0 { None } else { Some(self.check_revision(revision)?) };
+        let at = if revision <= 0 { None } else { Some(self.check_revision(revision)?) };
         let mut out = Vec::new();
         for (_, versions) in self.keys.range(bounds(range)) {
             let version = match at {
@@ -266,6 +272,23 @@ mod tests {
         let mut ctx = m.begin();
         m.put(&mut ctx, b(k), b(v), 0);
         m.finish(ctx)
+    }
+
+    /// Bad input found by the API tests: an end before the key used to panic in
+    /// `BTreeMap::range` (on the driver thread, stopping the node); a negative revision was
+    /// taken for a compacted one. etcd answers both as a plain read of nothing / of now.
+    #[test]
+    fn inverted_ranges_are_empty_and_negative_revisions_mean_now() {
+        let mut m = Mvcc::default();
+        put(&mut m, "a", "1");
+        put(&mut m, "c", "1");
+        let inverted = KeyRange { key: b("c"), range_end: b("a") };
+        assert!(m.range(&inverted, 0).unwrap().is_empty());
+        assert!(m.current_keys(&inverted).is_empty());
+        assert!(m.events_since(&inverted, 1).unwrap().is_empty());
+        let everything = KeyRange { key: b("a"), range_end: b("\0") };
+        assert_eq!(m.range(&everything, -7).unwrap().len(), 2);
+        assert_eq!(m.check_revision(-1), Ok(m.revision()));
     }
 
     #[test]

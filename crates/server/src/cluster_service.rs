@@ -48,6 +48,13 @@ fn peer_urls_in(urls: &[String]) -> Result<std::net::SocketAddr, String> {
     parse_url("peerURLs", first).map_err(|e| e.to_string())
 }
 
+/// etcd's ErrGRPCMemberBadURLs: what etcd answers for any peer URL list it cannot parse
+/// (including an empty one). The reason is logged, since the client does not hear it.
+fn bad_urls(why: String) -> Status {
+    tracing::debug!(reason = %why, "member change with invalid peer URLs refused");
+    Status::invalid_argument("etcdserver: given member URLs are invalid")
+}
+
 impl ClusterService {
     /// Serves `node` as member `member_id` of cluster `cluster_id`.
     pub fn new(node: Arc<NodeHandle>, cluster_id: u64, member_id: u64) -> Self {
@@ -142,7 +149,7 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
         let r = request.into_inner();
-        peer_urls_in(&r.peer_ur_ls).map_err(|e| status_of(NodeError::InvalidMembership(e)))?;
+        peer_urls_in(&r.peer_ur_ls).map_err(bad_urls)?;
         let local = self.add_locally(&r).await;
         on_leader!(self, r, local, member_add)
     }
@@ -171,7 +178,7 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
         let r = request.into_inner();
-        peer_urls_in(&r.peer_ur_ls).map_err(|e| status_of(NodeError::InvalidMembership(e)))?;
+        peer_urls_in(&r.peer_ur_ls).map_err(bad_urls)?;
         let (_, members) = self.node.members().await.map_err(status_of)?;
         let Some(current) = members.into_iter().find(|m| m.attrs.id == r.id) else {
             return Err(status_of(NodeError::MemberNotFound));

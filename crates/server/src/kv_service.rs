@@ -16,6 +16,117 @@ use crate::pb::mvccpb;
 /// etcd's default limit on a request's size.
 pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
 
+/// What gRPC itself accepts beyond [`MAX_REQUEST_BYTES`] (etcd's `grpcOverheadBytes`): larger
+/// messages are refused by the transport before any service sees them; a write between the two
+/// limits is refused with "etcdserver: request is too large", as etcd does.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// The largest gRPC message any service decodes.
+pub const MAX_DECODING_BYTES: usize = MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES;
+
+/// etcd's default `--max-txn-ops`.
+pub const MAX_TXN_OPS: usize = 128;
+
+/// etcd's ErrGRPCRequestTooLarge.
+const TOO_LARGE: &str = "etcdserver: request is too large";
+/// etcd's ErrGRPCEmptyKey.
+const EMPTY_KEY: &str = "etcdserver: key is not provided";
+/// etcd's ErrGRPCDuplicateKey.
+const DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request";
+
+/// A request refused before it is proposed: the message of an InvalidArgument status (every
+/// check etcd makes there answers InvalidArgument).
+type Check = Result<(), &'static str>;
+
+/// etcd refuses a write whose encoded request exceeds the limit, before it reaches the log.
+fn check_size(message: &impl prost::Message) -> Check {
+    if message.encoded_len() > MAX_REQUEST_BYTES {
+        return Err(TOO_LARGE);
+    }
+    Ok(())
+}
+
+/// etcd's checks of a Put before it is proposed.
+fn check_put(p: &pb::PutRequest) -> Check {
+    if p.key.is_empty() {
+        return Err(EMPTY_KEY);
+    }
+    if p.ignore_value && !p.value.is_empty() {
+        return Err("etcdserver: value is provided");
+    }
+    if p.ignore_lease && p.lease != 0 {
+        return Err("etcdserver: lease is provided");
+    }
+    Ok(())
+}
+
+/// etcd's checks of a transaction before it is proposed: at most `max_ops` compares and
+/// operations per branch (nested transactions share the budget), keys given, no empty
+/// operation, and no key written twice by a branch (checked on both branches, whichever runs).
+fn check_txn(t: &pb::TxnRequest, max_ops: usize) -> Check {
+    let ops = t.compare.len().max(t.success.len()).max(t.failure.len());
+    if ops > max_ops {
+        return Err("etcdserver: too many operations in txn request");
+    }
+    if t.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(EMPTY_KEY);
+    }
+    for op in t.success.iter().chain(&t.failure) {
+        match &op.request {
+            Some(pb::request_op::Request::RequestRange(r)) if r.key.is_empty() => return Err(EMPTY_KEY),
+            Some(pb::request_op::Request::RequestDeleteRange(d)) if d.key.is_empty() => {
+                return Err(EMPTY_KEY)
+            }
+            Some(pb::request_op::Request::RequestPut(p)) => check_put(p)?,
+            Some(pb::request_op::Request::RequestTxn(t)) => check_txn(t, max_ops - ops)?,
+            Some(_) => {}
+            // etcd's answer to an empty operation (ErrGRPCKeyNotFound).
+            None => return Err("etcdserver: key not found"),
+        }
+    }
+    writes(&t.success)?;
+    writes(&t.failure)?;
+    Ok(())
+}
+
+/// The keys a branch puts and the ranges it deletes, nested transactions included; a key put
+/// twice, or put and deleted, is etcd's duplicate-key error. The two branches of a nested
+/// transaction may write the same key (only one of them runs).
+fn writes(ops: &[pb::RequestOp]) -> Result<(Vec<Vec<u8>>, Vec<kv::KeyRange>), &'static str> {
+    let mut puts: Vec<Vec<u8>> = Vec::new();
+    let mut dels: Vec<kv::KeyRange> = Vec::new();
+    for op in ops {
+        if let Some(pb::request_op::Request::RequestDeleteRange(d)) = &op.request {
+            dels.push(range_of(d.key.clone(), d.range_end.clone()));
+        }
+    }
+    for op in ops {
+        if let Some(pb::request_op::Request::RequestTxn(t)) = &op.request {
+            let (then_puts, then_dels) = writes(&t.success)?;
+            let (else_puts, else_dels) = writes(&t.failure)?;
+            let mut nested: Vec<Vec<u8>> = then_puts.clone();
+            nested.extend(else_puts.into_iter().filter(|k| !then_puts.contains(k)));
+            for k in nested {
+                if puts.contains(&k) || dels.iter().any(|d| d.contains(&k)) {
+                    return Err(DUPLICATE_KEY);
+                }
+                puts.push(k);
+            }
+            dels.extend(then_dels);
+            dels.extend(else_dels);
+        }
+    }
+    for op in ops {
+        if let Some(pb::request_op::Request::RequestPut(p)) = &op.request {
+            if puts.contains(&p.key) || dels.iter().any(|d| d.contains(&p.key)) {
+                return Err(DUPLICATE_KEY);
+            }
+            puts.push(p.key.clone());
+        }
+    }
+    Ok((puts, dels))
+}
+
 /// The KV service of one member.
 pub struct KvService {
     node: Arc<NodeHandle>,
@@ -159,7 +270,7 @@ fn txn_in(t: pb::TxnRequest) -> Result<kv::TxnRequest, &'static str> {
                     Ok(kv::RequestOp::DeleteRange(delete_in(d)))
                 }
                 Some(pb::request_op::Request::RequestTxn(t)) => Ok(kv::RequestOp::Txn(txn_in(t)?)),
-                None => Err("etcdserver: empty request in txn"),
+                None => Err("etcdserver: key not found"),
             })
             .collect()
     };
@@ -219,6 +330,9 @@ impl KvService {
 impl Kv for KvService {
     async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
         let r = request.into_inner();
+        if r.key.is_empty() {
+            return Err(Status::invalid_argument(EMPTY_KEY));
+        }
         let serializable = r.serializable;
         let q = range_in(r);
         let result = if serializable { self.node.read_local(q).await } else { self.node.read(q).await };
@@ -227,9 +341,7 @@ impl Kv for KvService {
 
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let p = request.into_inner();
-        if p.key.len() + p.value.len() > MAX_REQUEST_BYTES {
-            return Err(Status::invalid_argument("etcdserver: request is too large"));
-        }
+        check_put(&p).and_then(|()| check_size(&p)).map_err(Status::invalid_argument)?;
         match self.propose(kv::Command::Put(put_in(p))).await? {
             kv::Response::Put(p) => Ok(Response::new(self.put_out(p))),
             other => Err(Status::internal(format!("unexpected response {other:?}"))),
@@ -240,14 +352,21 @@ impl Kv for KvService {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
-        match self.propose(kv::Command::DeleteRange(delete_in(request.into_inner()))).await? {
+        let d = request.into_inner();
+        if d.key.is_empty() {
+            return Err(Status::invalid_argument(EMPTY_KEY));
+        }
+        check_size(&d).map_err(Status::invalid_argument)?;
+        match self.propose(kv::Command::DeleteRange(delete_in(d))).await? {
             kv::Response::DeleteRange(d) => Ok(Response::new(self.delete_out(d))),
             other => Err(Status::internal(format!("unexpected response {other:?}"))),
         }
     }
 
     async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        let txn = txn_in(request.into_inner()).map_err(Status::invalid_argument)?;
+        let t = request.into_inner();
+        check_txn(&t, MAX_TXN_OPS).and_then(|()| check_size(&t)).map_err(Status::invalid_argument)?;
+        let txn = txn_in(t).map_err(Status::invalid_argument)?;
         match self.propose(kv::Command::Txn(txn)).await? {
             kv::Response::Txn(t) => Ok(Response::new(self.txn_out(t))),
             other => Err(Status::internal(format!("unexpected response {other:?}"))),
@@ -307,14 +426,18 @@ async fn serve_all(
     let lease = Arc::new(crate::lease_service::LeaseService::new(node.clone(), cluster_id, member_id));
     let cluster = crate::cluster_service::ClusterService::new(node.clone(), cluster_id, member_id);
     let watch = crate::watch_service::WatchService::new(node, cluster_id, member_id, watch);
-    let server = pb::kv_server::KvServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES + 4096);
+    // Every service decodes at most what etcd's gRPC server accepts.
+    let server = pb::kv_server::KvServer::new(service).max_decoding_message_size(MAX_DECODING_BYTES);
     let grpc = tonic::service::Routes::new(server)
-        .add_service(pb::maintenance_server::MaintenanceServer::new(maintenance))
-        .add_service(pb::lease_server::LeaseServer::new(lease))
-        .add_service(pb::cluster_server::ClusterServer::new(cluster))
         .add_service(
-            pb::watch_server::WatchServer::new(watch).max_decoding_message_size(MAX_REQUEST_BYTES + 4096),
+            pb::maintenance_server::MaintenanceServer::new(maintenance)
+                .max_decoding_message_size(MAX_DECODING_BYTES),
         )
+        .add_service(pb::lease_server::LeaseServer::new(lease).max_decoding_message_size(MAX_DECODING_BYTES))
+        .add_service(
+            pb::cluster_server::ClusterServer::new(cluster).max_decoding_message_size(MAX_DECODING_BYTES),
+        )
+        .add_service(pb::watch_server::WatchServer::new(watch).max_decoding_message_size(MAX_DECODING_BYTES))
         .into_axum_router();
     tonic::transport::Server::builder()
         .accept_http1(true)

@@ -128,10 +128,22 @@ impl Cluster {
             .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", p.peer)])
             .args(["--initial-cluster", &self.initial_cluster])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(self.log(i))
             .spawn()
             .unwrap();
         self.procs[i] = Some(Proc(child));
+    }
+
+    /// Member `i`'s stderr, appended to `m{i}.log` beside its data dir (read it when a test fails).
+    pub fn log(&self, i: usize) -> Stdio {
+        let path = self.dirs[i].with_extension("log");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap().into()
+    }
+
+    /// `--initial-cluster` as given to the founding members.
+    pub fn initial_cluster(&self) -> &str {
+        &self.initial_cluster
     }
 
     /// Starts every member.
@@ -145,6 +157,14 @@ impl Cluster {
     pub fn url(&self, i: usize) -> String {
         format!("http://127.0.0.1:{}", self.ports[i].client)
     }
+}
+
+/// etcd's etcdctl (3.4, Debian's etcd-client), if installed (CI installs it).
+pub fn etcdctl_path() -> Option<String> {
+    ["/usr/bin/etcdctl", "/usr/local/bin/etcdctl"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .map(str::to_string)
 }
 
 /// Whether Debian's etcdctl is installed (tests that need it say so and pass when it is not).

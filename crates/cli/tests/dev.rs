@@ -29,18 +29,33 @@ fn balsa_dev_serves_a_three_member_cluster_and_stops_on_sigterm() {
     if !has_etcdctl() {
         return;
     }
-    let base = free_range(6);
-    let child = balsa()
-        .args(["dev", "--base-port", &base.to_string(), "--tick-ms", "20"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut proc = Proc(child);
-    // The banner names the endpoints and the temporary data folder; read it line by line (the
-    // process keeps stdout open, so reading stops at the "endpoints:" line, not at EOF).
-    let mut lines = BufReader::new(proc.0.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
+    // The ports were free a moment ago; another process may take one before `balsa dev` binds
+    // it. Such a start fails with "Address already in use": try another range then.
+    let (base, mut proc, mut lines, first) = (0..5)
+        .find_map(|_| {
+            let base = free_range(6);
+            let errors =
+                std::env::temp_dir().join(format!("balsa-dev-test-{}-{base}.err", std::process::id()));
+            let child = balsa()
+                .args(["dev", "--base-port", &base.to_string(), "--tick-ms", "20"])
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&errors).unwrap())
+                .spawn()
+                .unwrap();
+            let mut proc = Proc(child);
+            // The banner names the endpoints and the temporary data folder; read it line by line
+            // (the process keeps stdout open, so reading stops at the "endpoints:" line).
+            let mut lines = BufReader::new(proc.0.stdout.take().unwrap()).lines();
+            let first = lines.next().and_then(Result::ok);
+            let stderr = std::fs::read_to_string(&errors).unwrap_or_default();
+            let _ = std::fs::remove_file(&errors);
+            match first {
+                Some(first) => Some((base, proc, lines, first)),
+                None if stderr.contains("Address already in use") => None,
+                None => panic!("balsa dev did not start: {stderr}"),
+            }
+        })
+        .expect("five port ranges taken under our feet");
     let data = first.split(" data in ").nth(1).unwrap().trim_end_matches(" (removed on exit)").to_string();
     let endpoints = loop {
         let line = lines.next().expect("the banner ends with endpoints").unwrap();

@@ -141,13 +141,13 @@ impl KvService {
     }
 
     fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
-        Some(pb::ResponseHeader {
-            cluster_id: self.cluster_id,
-            member_id: self.member_id,
-            revision,
-            raft_term: 0,
-        })
+        crate::kv_service::header(self.cluster_id, self.member_id, revision)
     }
+}
+
+/// The header of every response: which cluster and member answered, at which revision.
+pub(crate) fn header(cluster_id: u64, member_id: u64, revision: i64) -> Option<pb::ResponseHeader> {
+    Some(pb::ResponseHeader { cluster_id, member_id, revision, raft_term: 0 })
 }
 
 /// etcd's status for each failure.

@@ -37,12 +37,7 @@ impl LeaseService {
     }
 
     fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
-        Some(pb::ResponseHeader {
-            cluster_id: self.cluster_id,
-            member_id: self.member_id,
-            revision,
-            raft_term: 0,
-        })
+        crate::kv_service::header(self.cluster_id, self.member_id, revision)
     }
 
     /// A fresh positive lease id: this member's id, the time and a counter, mixed (etcd picks

@@ -155,12 +155,7 @@ impl WatchStream {
     }
 
     fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
-        Some(pb::ResponseHeader {
-            cluster_id: self.cluster_id,
-            member_id: self.member_id,
-            revision,
-            raft_term: 0,
-        })
+        crate::kv_service::header(self.cluster_id, self.member_id, revision)
     }
 
     async fn send(&self, response: pb::WatchResponse) -> bool {

@@ -1,52 +1,13 @@
 //! The etcd v3 KV API served by a balsa node, through a generated gRPC client and, where Debian's
 //! etcd-client is installed, through the real `etcdctl`.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
 
-use balsa_raft::Role;
-use balsa_server::kv_service::{self, KvService};
+use balsa_server::kv_service;
 use balsa_server::pb::etcdserverpb as pb;
 use balsa_server::pb::etcdserverpb::kv_client::KvClient;
-use balsa_server::{NodeConfig, NodeHandle};
-use tokio::net::TcpListener;
+use common::{single_node, Dir};
 use tonic::Code;
-
-struct Dir(std::path::PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A one-member cluster serving the KV API; returns the client address.
-async fn single_node(dir: &Dir) -> (Arc<NodeHandle>, std::net::SocketAddr) {
-    let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let peers = BTreeMap::from([(1, peer.local_addr().unwrap())]);
-    let config = NodeConfig {
-        id: 1,
-        cluster_id: 99,
-        data_dir: dir.0.clone(),
-        peers,
-        tick: Duration::from_millis(10),
-        snapshot_entries: 1000,
-        join: false,
-        name: String::new(),
-        client_urls: Vec::new(),
-    };
-    let node = Arc::new(NodeHandle::start(config, peer).await.unwrap());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node.status().await.unwrap().role != Role::Leader {
-        assert!(Instant::now() < deadline, "a single node elects itself");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let client = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = client.local_addr().unwrap();
-    tokio::spawn(kv_service::serve(KvService::new(node.clone(), 99, 1), client));
-    (node, addr)
-}
 
 fn put(k: &str, v: &str) -> pb::PutRequest {
     pb::PutRequest { key: k.into(), value: v.into(), ..Default::default() }
@@ -58,7 +19,7 @@ fn get(k: &str) -> pb::RangeRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kv_api_speaks_etcd() {
-    let dir = Dir(std::env::temp_dir().join(format!("balsa-kvapi-{}", std::process::id())));
+    let dir = Dir::new("kvapi");
     let (_node, addr) = single_node(&dir).await;
     let mut c = KvClient::connect(format!("http://{addr}")).await.unwrap();
     let r = c.put(put("fruit/apple", "red")).await.unwrap().into_inner();
@@ -124,7 +85,7 @@ async fn etcdctl_puts_gets_and_deletes() {
         eprintln!("NOTE: etcdctl is not installed; apt-get install etcd-client to run this test");
         return;
     };
-    let dir = Dir(std::env::temp_dir().join(format!("balsa-etcdctl-{}", std::process::id())));
+    let dir = Dir::new("etcdctl-kv");
     let (_node, addr) = single_node(&dir).await;
     let endpoint = format!("--endpoints={addr}");
     let run = |args: Vec<String>| {

@@ -11,7 +11,11 @@ use crate::error::KvError;
 use crate::machine::{Lease, StateMachine};
 use crate::members::MemberAttrs;
 use crate::mvcc::Mvcc;
+use crate::sessions::{Session, Sessions};
 use crate::types::{KeyRange, KeyValue, Revision};
+
+/// The tag of [`Command::Sessioned`].
+const SESSIONED: u8 = 23;
 
 /// Nesting limit for transactions inside transactions, so hostile input cannot exhaust the stack.
 const MAX_TXN_DEPTH: u32 = 32;
@@ -24,6 +28,9 @@ impl W {
     }
     fn i64(&mut self, v: i64) {
         self.0.put_i64_le(v);
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.put_u64_le(v);
     }
     fn bool(&mut self, v: bool) {
         self.0.put_u8(u8::from(v));
@@ -57,6 +64,10 @@ impl R {
     fn i64(&mut self) -> Result<i64, KvError> {
         self.need(8, "truncated")?;
         Ok(self.0.get_i64_le())
+    }
+    fn u64(&mut self) -> Result<u64, KvError> {
+        self.need(8, "truncated")?;
+        Ok(self.0.get_u64_le())
     }
     fn bool(&mut self) -> Result<bool, KvError> {
         match self.u8()? {
@@ -237,6 +248,13 @@ impl Command {
             Command::LeaseKeepAlive { id } => (w.u8(7), w.i64(*id)).1,
             Command::MemberPut(m) => (w.u8(8), put_member(&mut w, m)).1,
             Command::MemberForget { id } => (w.u8(9), w.i64(*id as i64)).1,
+            // Session commands take tags from 20, leaving room below for other kinds.
+            Command::SessionRegister { timeout_ms } => (w.u8(20), w.u64(*timeout_ms)).1,
+            Command::SessionClose { client_id } => (w.u8(21), w.u64(*client_id)).1,
+            Command::Clock { now_ms } => (w.u8(22), w.u64(*now_ms)).1,
+            Command::Sessioned { client_id, seq, command } => {
+                (w.u8(SESSIONED), w.u64(*client_id), w.u64(*seq), w.bytes(&command.encode())).1
+            }
         }
         w.0.freeze()
     }
@@ -254,6 +272,18 @@ impl Command {
             7 => Command::LeaseKeepAlive { id: r.i64()? },
             8 => Command::MemberPut(get_member(&mut r)?),
             9 => Command::MemberForget { id: r.i64()? as u64 },
+            20 => Command::SessionRegister { timeout_ms: r.u64()? },
+            21 => Command::SessionClose { client_id: r.u64()? },
+            22 => Command::Clock { now_ms: r.u64()? },
+            SESSIONED => {
+                let (client_id, seq, inner) = (r.u64()?, r.u64()?, r.bytes()?);
+                // One level only: nesting sessions is meaningless, and refusing it here keeps
+                // hostile input from recursing deep.
+                if inner.first() == Some(&SESSIONED) {
+                    return Err(bad("a sessioned command inside another"));
+                }
+                Command::Sessioned { client_id, seq, command: Box::new(Command::decode(inner)?) }
+            }
             _ => return Err(bad("unknown command")),
         };
         if r.0.has_remaining() {
@@ -337,6 +367,7 @@ impl StateMachine {
         for m in self.members.values() {
             put_member(&mut w, m);
         }
+        put_sessions(&mut w, &self.sessions);
         w.0.freeze()
     }
 
@@ -373,9 +404,211 @@ impl StateMachine {
             let m = get_member(&mut r)?;
             members.insert(m.id, m);
         }
+        let sessions = get_sessions(&mut r)?;
         if r.0.has_remaining() {
             return Err(bad("trailing bytes"));
         }
-        Ok(Self { mvcc: Mvcc { keys, current, compacted }, leases, members })
+        Ok(Self { mvcc: Mvcc { keys, current, compacted }, leases, members, sessions })
     }
+}
+
+fn put_sessions(w: &mut W, s: &Sessions) {
+    w.u64(s.next_id);
+    w.u64(s.clock_ms);
+    w.len(s.table.len());
+    for (id, session) in &s.table {
+        w.u64(*id);
+        w.u64(session.timeout_ms);
+        w.u64(session.last_active_ms);
+        w.u64(session.last_seq);
+        match &session.last_result {
+            None => w.u8(0),
+            Some(result) => (w.u8(1), put_result(w, result)).1,
+        }
+    }
+}
+
+fn get_sessions(r: &mut R) -> Result<Sessions, KvError> {
+    let (next_id, clock_ms) = (r.u64()?, r.u64()?);
+    let mut table = BTreeMap::new();
+    for _ in 0..r.len()? {
+        let id = r.u64()?;
+        let (timeout_ms, last_active_ms, last_seq) = (r.u64()?, r.u64()?, r.u64()?);
+        let last_result = match r.u8()? {
+            0 => None,
+            1 => Some(get_result(r)?),
+            _ => return Err(bad("session result tag")),
+        };
+        table.insert(id, Session { timeout_ms, last_active_ms, last_seq, last_result });
+    }
+    Ok(Sessions { table, next_id, clock_ms })
+}
+
+/// A remembered result: a response of a sessionable command, or the error it met.
+fn put_result(w: &mut W, result: &Result<Response, KvError>) {
+    match result {
+        Ok(resp) => (w.u8(1), put_response(w, resp)).1,
+        Err(e) => (w.u8(0), put_error(w, e)).1,
+    }
+}
+
+fn get_result(r: &mut R) -> Result<Result<Response, KvError>, KvError> {
+    match r.u8()? {
+        1 => Ok(Ok(get_response(r, 0)?)),
+        0 => Ok(Err(get_error(r)?)),
+        _ => Err(bad("result tag")),
+    }
+}
+
+fn put_error(w: &mut W, e: &KvError) {
+    match e {
+        KvError::Compacted { compact_revision } => (w.u8(1), w.i64(*compact_revision)).1,
+        KvError::FutureRevision => w.u8(2),
+        KvError::EmptyKey => w.u8(3),
+        KvError::KeyNotFound => w.u8(4),
+        KvError::LeaseNotFound => w.u8(5),
+        KvError::LeaseExists => w.u8(6),
+        KvError::InvalidLeaseId => w.u8(7),
+        KvError::DuplicateKey => w.u8(8),
+        KvError::SessionExpired { client_id } => (w.u8(9), w.u64(*client_id)).1,
+        KvError::StaleSequence { seq, last_seq } => (w.u8(10), w.u64(*seq), w.u64(*last_seq)).1,
+        KvError::InvalidSessionTimeout => w.u8(11),
+        KvError::Malformed(_) => w.u8(12),
+    }
+}
+
+fn get_error(r: &mut R) -> Result<KvError, KvError> {
+    Ok(match r.u8()? {
+        1 => KvError::Compacted { compact_revision: r.i64()? },
+        2 => KvError::FutureRevision,
+        3 => KvError::EmptyKey,
+        4 => KvError::KeyNotFound,
+        5 => KvError::LeaseNotFound,
+        6 => KvError::LeaseExists,
+        7 => KvError::InvalidLeaseId,
+        8 => KvError::DuplicateKey,
+        9 => KvError::SessionExpired { client_id: r.u64()? },
+        10 => KvError::StaleSequence { seq: r.u64()?, last_seq: r.u64()? },
+        11 => KvError::InvalidSessionTimeout,
+        // The text of a malformed-command error is not kept; the kind is.
+        12 => KvError::Malformed("a malformed command (remembered by a session)"),
+        _ => return Err(bad("error tag")),
+    })
+}
+
+fn put_kvs(w: &mut W, kvs: &[KeyValue]) {
+    w.len(kvs.len());
+    for kv in kvs {
+        w.bytes(&kv.key);
+        put_kv(w, kv);
+    }
+}
+
+fn get_kvs(r: &mut R) -> Result<Vec<KeyValue>, KvError> {
+    let mut kvs = Vec::new();
+    for _ in 0..r.len()? {
+        let key = r.bytes()?;
+        kvs.push(get_kv(r, &key)?);
+    }
+    Ok(kvs)
+}
+
+fn put_response(w: &mut W, resp: &Response) {
+    match resp {
+        Response::Put(p) => {
+            w.u8(1);
+            w.i64(p.revision);
+            put_kvs(w, p.prev_kv.as_slice());
+        }
+        Response::DeleteRange(d) => (w.u8(2), put_delete_response(w, d)).1,
+        Response::Txn(t) => (w.u8(3), put_txn_response(w, t)).1,
+        Response::Compact { revision } => (w.u8(4), w.i64(*revision)).1,
+        Response::LeaseGrant { id, ttl_secs } => (w.u8(5), w.i64(*id), w.i64(*ttl_secs)).1,
+        Response::LeaseRevoke { revision } => (w.u8(6), w.i64(*revision)).1,
+        // Not results of sessionable commands; never remembered.
+        Response::LeaseKeepAlive { .. }
+        | Response::Members(_)
+        | Response::SessionRegistered { .. }
+        | Response::Done => {
+            unreachable!("only results of sessionable commands are remembered")
+        }
+    }
+}
+
+fn put_delete_response(w: &mut W, d: &DeleteRangeResponse) {
+    w.i64(d.revision);
+    w.i64(d.deleted);
+    put_kvs(w, &d.prev_kvs);
+}
+
+fn put_txn_response(w: &mut W, t: &TxnResponse) {
+    w.i64(t.revision);
+    w.bool(t.succeeded);
+    w.len(t.responses.len());
+    for op in &t.responses {
+        match op {
+            ResponseOp::Range(rr) => {
+                w.u8(1);
+                w.i64(rr.revision);
+                put_kvs(w, &rr.kvs);
+                w.bool(rr.more);
+                w.i64(rr.count);
+            }
+            ResponseOp::Put(p) => {
+                w.u8(2);
+                w.i64(p.revision);
+                put_kvs(w, p.prev_kv.as_slice());
+            }
+            ResponseOp::DeleteRange(d) => (w.u8(3), put_delete_response(w, d)).1,
+            ResponseOp::Txn(t) => (w.u8(4), put_txn_response(w, t)).1,
+        }
+    }
+}
+
+fn get_put_response(r: &mut R) -> Result<PutResponse, KvError> {
+    let revision = r.i64()?;
+    let mut prev = get_kvs(r)?;
+    if prev.len() > 1 {
+        return Err(bad("a put with two previous values"));
+    }
+    Ok(PutResponse { revision, prev_kv: prev.pop() })
+}
+
+fn get_delete_response(r: &mut R) -> Result<DeleteRangeResponse, KvError> {
+    Ok(DeleteRangeResponse { revision: r.i64()?, deleted: r.i64()?, prev_kvs: get_kvs(r)? })
+}
+
+fn get_txn_response(r: &mut R, depth: u32) -> Result<TxnResponse, KvError> {
+    if depth > MAX_TXN_DEPTH {
+        return Err(bad("transactions nested too deep"));
+    }
+    let (revision, succeeded) = (r.i64()?, r.bool()?);
+    let mut responses = Vec::new();
+    for _ in 0..r.len()? {
+        responses.push(match r.u8()? {
+            1 => ResponseOp::Range(RangeResponse {
+                revision: r.i64()?,
+                kvs: get_kvs(r)?,
+                more: r.bool()?,
+                count: r.i64()?,
+            }),
+            2 => ResponseOp::Put(get_put_response(r)?),
+            3 => ResponseOp::DeleteRange(get_delete_response(r)?),
+            4 => ResponseOp::Txn(get_txn_response(r, depth + 1)?),
+            _ => return Err(bad("txn response tag")),
+        });
+    }
+    Ok(TxnResponse { revision, succeeded, responses })
+}
+
+fn get_response(r: &mut R, depth: u32) -> Result<Response, KvError> {
+    Ok(match r.u8()? {
+        1 => Response::Put(get_put_response(r)?),
+        2 => Response::DeleteRange(get_delete_response(r)?),
+        3 => Response::Txn(get_txn_response(r, depth)?),
+        4 => Response::Compact { revision: r.i64()? },
+        5 => Response::LeaseGrant { id: r.i64()?, ttl_secs: r.i64()? },
+        6 => Response::LeaseRevoke { revision: r.i64()? },
+        _ => return Err(bad("response tag")),
+    })
 }

@@ -210,6 +210,46 @@ pub enum Command {
         /// The member's id.
         id: u64,
     },
+    /// Open a client session (exactly-once writes, see `sessions`).
+    SessionRegister {
+        /// How long the session lives unused, by committed leader time.
+        timeout_ms: u64,
+    },
+    /// Close a client session.
+    SessionClose {
+        /// The session.
+        client_id: u64,
+    },
+    /// The leader's clock, committed so every replica expires sessions at the same point.
+    Clock {
+        /// Milliseconds since the Unix epoch.
+        now_ms: u64,
+    },
+    /// A write made within a session: applied once, however often it is retried.
+    Sessioned {
+        /// The session.
+        client_id: u64,
+        /// The client's number for this write (each new write a higher one).
+        seq: u64,
+        /// The write: a put, delete, transaction, compaction, lease grant or revoke.
+        command: Box<Command>,
+    },
+}
+
+impl Command {
+    /// Whether the command may run in a session: the writes clients make through the KV and
+    /// Lease services (their results can be remembered and replayed).
+    pub fn is_sessionable(&self) -> bool {
+        matches!(
+            self,
+            Command::Put(_)
+                | Command::DeleteRange(_)
+                | Command::Txn(_)
+                | Command::Compact { .. }
+                | Command::LeaseGrant { .. }
+                | Command::LeaseRevoke { .. }
+        )
+    }
 }
 
 /// etcd's `RangeResponse`.
@@ -304,4 +344,11 @@ pub enum Response {
     },
     /// From [`Command::MemberPut`] and [`Command::MemberForget`]: the member table after.
     Members(MemberTable),
+    /// From [`Command::SessionRegister`].
+    SessionRegistered {
+        /// The new session's client id.
+        client_id: u64,
+    },
+    /// From [`Command::SessionClose`] and [`Command::Clock`].
+    Done,
 }

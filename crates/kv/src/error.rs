@@ -32,6 +32,23 @@ pub enum KvError {
     /// A transaction writes the same key twice.
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
+    /// The session does not exist: it expired (unused for its timeout) or was never opened.
+    #[error("balsa: session {client_id} expired or unknown; register a new session")]
+    SessionExpired {
+        /// The client id given.
+        client_id: u64,
+    },
+    /// A sequence number below the session's last one: that request was superseded.
+    #[error("balsa: sequence number {seq} is stale (the session's last is {last_seq})")]
+    StaleSequence {
+        /// The number given.
+        seq: u64,
+        /// The session's last applied number.
+        last_seq: u64,
+    },
+    /// A session timeout outside 1 s ..= 24 h.
+    #[error("balsa: session timeout must be between 1 s and 24 h")]
+    InvalidSessionTimeout,
     /// A command that cannot be decoded.
     #[error("malformed command: {0}")]
     Malformed(&'static str),

@@ -33,6 +33,7 @@ pub mod error;
 pub mod machine;
 pub mod members;
 pub mod mvcc;
+pub mod sessions;
 pub mod types;
 
 pub use command::{
@@ -44,4 +45,5 @@ pub use error::KvError;
 pub use machine::{Lease, StateMachine};
 pub use members::{MemberAttrs, MemberTable};
 pub use mvcc::Mvcc;
+pub use sessions::{Admission, Session, Sessions};
 pub use types::{prefix_end, Event, EventKind, KeyRange, KeyValue, Revision};

@@ -13,6 +13,7 @@ use crate::command::{
 use crate::error::KvError;
 use crate::members::MemberTable;
 use crate::mvcc::{Mvcc, WriteCtx};
+use crate::sessions::{Admission, Sessions};
 use crate::types::{Event, KeyValue, Revision};
 
 /// A lease: keys attached to it go when it is revoked.
@@ -33,6 +34,8 @@ pub struct StateMachine {
     pub leases: BTreeMap<i64, Lease>,
     /// The cluster's members' attributes (names and URLs).
     pub members: MemberTable,
+    /// Client sessions for exactly-once writes.
+    pub sessions: Sessions,
 }
 
 impl StateMachine {
@@ -131,6 +134,29 @@ impl StateMachine {
                 }
                 self.members.insert(attrs.id, attrs.clone());
                 Ok(Response::Members(self.members.clone()))
+            }
+            Command::SessionRegister { timeout_ms } => {
+                Ok(Response::SessionRegistered { client_id: self.sessions.register(*timeout_ms)? })
+            }
+            Command::SessionClose { client_id } => self.sessions.close(*client_id).map(|()| Response::Done),
+            Command::Clock { now_ms } => {
+                self.sessions.tick(*now_ms);
+                Ok(Response::Done)
+            }
+            Command::Sessioned { client_id, seq, command } => {
+                if !command.is_sessionable() {
+                    return Err(KvError::Malformed(
+                        "only writes of the KV and Lease services take a session",
+                    ));
+                }
+                match self.sessions.admit(*client_id, *seq)? {
+                    Admission::Replay(result) => result,
+                    Admission::Apply => {
+                        let result = self.apply_inner(command, feed.as_deref_mut());
+                        self.sessions.record(*client_id, *seq, &result);
+                        result
+                    }
+                }
             }
             Command::MemberForget { id } => {
                 self.members.remove(id);

@@ -76,6 +76,14 @@ fn sample_commands() -> Vec<Command> {
             client_urls: vec!["http://10.0.0.1:2379".into()],
         }),
         Command::MemberForget { id: u64::MAX - 3 },
+        Command::SessionRegister { timeout_ms: 60_000 },
+        Command::SessionClose { client_id: 3 },
+        Command::Clock { now_ms: 1_790_000_000_000 },
+        Command::Sessioned {
+            client_id: 3,
+            seq: 9,
+            command: Box::new(Command::Put(PutRequest { key: b("s"), value: b("1"), ..Default::default() })),
+        },
     ]
 }
 
@@ -90,6 +98,53 @@ fn every_command_round_trips_and_every_truncation_is_an_error() {
         let mut longer = bytes.to_vec();
         longer.push(0);
         assert!(Command::decode(Bytes::from(longer)).is_err(), "trailing bytes are refused");
+    }
+}
+
+#[test]
+fn sessions_do_not_nest() {
+    let put = Command::Put(PutRequest { key: b("k"), ..Default::default() });
+    let once = Command::Sessioned { client_id: 1, seq: 1, command: Box::new(put) };
+    let twice = Command::Sessioned { client_id: 1, seq: 1, command: Box::new(once) };
+    assert_eq!(
+        Command::decode(twice.encode()),
+        Err(KvError::Malformed("a sessioned command inside another"))
+    );
+}
+
+#[test]
+fn a_state_with_sessions_and_their_remembered_results_round_trips() {
+    let mut sm = StateMachine::default();
+    sm.apply(&Command::Clock { now_ms: 5_000 }).unwrap();
+    let Response::SessionRegistered { client_id } =
+        sm.apply(&Command::SessionRegister { timeout_ms: 9_000 }).unwrap()
+    else {
+        panic!()
+    };
+    sm.apply(&Command::SessionRegister { timeout_ms: 9_000 }).unwrap();
+    let put =
+        |k: &str| Command::Put(PutRequest { key: b(k), value: b("v"), prev_kv: true, ..Default::default() });
+    let txn = TxnRequest {
+        compare: vec![],
+        success: vec![
+            RequestOp::Put(PutRequest { key: b("t"), value: b("1"), prev_kv: true, ..Default::default() }),
+            RequestOp::Range(RangeRequest::of(KeyRange::prefix(b("")))),
+            RequestOp::Txn(TxnRequest::default()),
+            RequestOp::DeleteRange(DeleteRangeRequest { range: KeyRange::single(b("a")), prev_kv: true }),
+        ],
+        failure: vec![],
+    };
+    sm.apply(&put("a")).unwrap();
+    let session = |seq, command| Command::Sessioned { client_id, seq, command: Box::new(command) };
+    sm.apply(&session(1, Command::Txn(txn))).unwrap();
+    sm.apply(&session(2, Command::LeaseRevoke { id: 404 })).unwrap_err();
+    let restored = StateMachine::decode(sm.encode()).unwrap();
+    assert_eq!(restored, sm, "sessions, the clock and the remembered error survive a snapshot");
+    sm.apply(&session(3, Command::Txn(TxnRequest::default()))).unwrap();
+    assert_eq!(StateMachine::decode(sm.encode()).unwrap(), sm, "a remembered transaction result too");
+    let bytes = sm.encode();
+    for cut in 0..bytes.len() {
+        assert!(StateMachine::decode(bytes.slice(..cut)).is_err(), "cut at {cut}");
     }
 }
 

@@ -234,6 +234,35 @@ fn leases_take_their_keys_with_them() {
     assert_eq!(sm.apply(&Command::LeaseKeepAlive { id: 5 }), Err(KvError::LeaseNotFound), "revoked");
 }
 
+/// Raft thesis 6.3: a retried write in a session is answered from memory, not applied twice.
+#[test]
+fn a_sessioned_write_applies_once_however_often_it_is_retried() {
+    let mut sm = StateMachine::default();
+    sm.apply(&Command::Clock { now_ms: 1_000 }).unwrap();
+    let Ok(Response::SessionRegistered { client_id }) =
+        sm.apply(&Command::SessionRegister { timeout_ms: 10_000 })
+    else {
+        panic!()
+    };
+    let put = |seq| Command::Sessioned { client_id, seq, command: Box::new(Command::Put(put_req("n", "x"))) };
+    let first = sm.apply(&put(1)).unwrap();
+    let retry = sm.apply(&put(1)).unwrap();
+    assert_eq!(first, retry, "the retry gets the first answer");
+    let kv = get(&sm, KeyRange::single("n")).kvs[0].clone();
+    assert_eq!((kv.version, sm.mvcc.revision()), (1, 2), "applied once");
+    sm.apply(&put(2)).unwrap();
+    assert_eq!(get(&sm, KeyRange::single("n")).kvs[0].version, 2, "a new number is a new write");
+    assert_eq!(sm.apply(&put(1)), Err(KvError::StaleSequence { seq: 1, last_seq: 2 }));
+    // Only committed leader time expires a session.
+    sm.apply(&Command::Clock { now_ms: 10_999 }).unwrap();
+    assert!(sm.apply(&put(3)).is_ok(), "used at 10.999 s: alive until 20.999 s");
+    sm.apply(&Command::Clock { now_ms: 21_000 }).unwrap();
+    assert_eq!(sm.apply(&put(4)), Err(KvError::SessionExpired { client_id }));
+    assert_eq!(get(&sm, KeyRange::single("n")).kvs[0].version, 3, "nothing applied on an expired session");
+    let nested = Command::Sessioned { client_id, seq: 1, command: Box::new(Command::Clock { now_ms: 1 }) };
+    assert!(sm.apply(&nested).is_err(), "only client writes take a session");
+}
+
 #[test]
 fn keep_alive_answers_the_granted_ttl_and_changes_no_state() {
     let mut sm = StateMachine::default();

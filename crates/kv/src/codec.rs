@@ -249,7 +249,9 @@ impl Command {
             Command::MemberPut(m) => (w.u8(8), put_member(&mut w, m)).1,
             Command::MemberForget { id } => (w.u8(9), w.i64(*id as i64)).1,
             // Session commands take tags from 20, leaving room below for other kinds.
-            Command::SessionRegister { timeout_ms } => (w.u8(20), w.u64(*timeout_ms)).1,
+            Command::SessionRegister { timeout_ms, now_ms } => {
+                (w.u8(20), w.u64(*timeout_ms), w.u64(*now_ms)).1
+            }
             Command::SessionClose { client_id } => (w.u8(21), w.u64(*client_id)).1,
             Command::Clock { now_ms } => (w.u8(22), w.u64(*now_ms)).1,
             Command::Sessioned { client_id, seq, command } => {
@@ -272,7 +274,7 @@ impl Command {
             7 => Command::LeaseKeepAlive { id: r.i64()? },
             8 => Command::MemberPut(get_member(&mut r)?),
             9 => Command::MemberForget { id: r.i64()? as u64 },
-            20 => Command::SessionRegister { timeout_ms: r.u64()? },
+            20 => Command::SessionRegister { timeout_ms: r.u64()?, now_ms: r.u64()? },
             21 => Command::SessionClose { client_id: r.u64()? },
             22 => Command::Clock { now_ms: r.u64()? },
             SESSIONED => {

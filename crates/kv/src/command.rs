@@ -214,6 +214,9 @@ pub enum Command {
     SessionRegister {
         /// How long the session lives unused, by committed leader time.
         timeout_ms: u64,
+        /// The proposer's clock: starts the committed clock if no leader clock is committed yet
+        /// (it never moves a running clock, which only the leader's `Clock` does).
+        now_ms: u64,
     },
     /// Close a client session.
     SessionClose {

@@ -135,8 +135,8 @@ impl StateMachine {
                 self.members.insert(attrs.id, attrs.clone());
                 Ok(Response::Members(self.members.clone()))
             }
-            Command::SessionRegister { timeout_ms } => {
-                Ok(Response::SessionRegistered { client_id: self.sessions.register(*timeout_ms)? })
+            Command::SessionRegister { timeout_ms, now_ms } => {
+                Ok(Response::SessionRegistered { client_id: self.sessions.register(*timeout_ms, *now_ms)? })
             }
             Command::SessionClose { client_id } => self.sessions.close(*client_id).map(|()| Response::Done),
             Command::Clock { now_ms } => {
@@ -152,7 +152,7 @@ impl StateMachine {
                 match self.sessions.admit(*client_id, *seq)? {
                     Admission::Replay(result) => result,
                     Admission::Apply => {
-                        let result = self.apply_inner(command, feed.as_deref_mut());
+                        let result = self.apply_inner(command, feed);
                         self.sessions.record(*client_id, *seq, &result);
                         result
                     }

@@ -53,10 +53,14 @@ pub enum Admission {
 }
 
 impl Sessions {
-    /// Opens a session; returns its client id.
-    pub fn register(&mut self, timeout_ms: u64) -> Result<u64, KvError> {
+    /// Opens a session; returns its client id. `now_ms` (the proposer's clock) only starts a
+    /// clock that no leader has set yet, so a session is never born already expired.
+    pub fn register(&mut self, timeout_ms: u64, now_ms: u64) -> Result<u64, KvError> {
         if !SESSION_TIMEOUT_MS.contains(&timeout_ms) {
             return Err(KvError::InvalidSessionTimeout);
+        }
+        if self.clock_ms == 0 {
+            self.clock_ms = now_ms;
         }
         self.next_id = self.next_id.max(1);
         let id = self.next_id;
@@ -111,7 +115,8 @@ mod tests {
     fn a_retry_replays_the_result_and_older_numbers_are_refused() {
         let mut s = Sessions::default();
         s.tick(10_000);
-        let id = s.register(5_000).unwrap();
+        let id = s.register(5_000, 99_999).unwrap();
+        assert_eq!(s.clock_ms, 10_000, "a proposer's clock does not move a running clock");
         assert_eq!(id, 1);
         assert_eq!(s.admit(id, 1), Ok(Admission::Apply));
         let result = Ok(Response::Compact { revision: 7 });
@@ -127,9 +132,9 @@ mod tests {
     #[test]
     fn sessions_expire_by_the_committed_clock_only() {
         let mut s = Sessions::default();
-        s.tick(1_000);
-        let a = s.register(2_000).unwrap();
-        let b = s.register(2_000).unwrap();
+        let a = s.register(2_000, 1_000).unwrap();
+        assert_eq!(s.clock_ms, 1_000, "the first registration starts the clock");
+        let b = s.register(2_000, 0).unwrap();
         s.tick(2_500);
         assert_eq!(s.admit(b, 1), Ok(Admission::Apply), "use keeps b alive");
         s.tick(1_200);
@@ -139,7 +144,7 @@ mod tests {
         assert!(s.table.contains_key(&b));
         s.tick(4_500);
         assert!(s.table.is_empty());
-        assert_eq!(s.register(2_000), Ok(3), "ids are never reused");
-        assert_eq!(s.register(10), Err(KvError::InvalidSessionTimeout));
+        assert_eq!(s.register(2_000, 0), Ok(3), "ids are never reused");
+        assert_eq!(s.register(10, 0), Err(KvError::InvalidSessionTimeout));
     }
 }

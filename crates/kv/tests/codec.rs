@@ -76,7 +76,7 @@ fn sample_commands() -> Vec<Command> {
             client_urls: vec!["http://10.0.0.1:2379".into()],
         }),
         Command::MemberForget { id: u64::MAX - 3 },
-        Command::SessionRegister { timeout_ms: 60_000 },
+        Command::SessionRegister { timeout_ms: 60_000, now_ms: 1_790_000_000_000 },
         Command::SessionClose { client_id: 3 },
         Command::Clock { now_ms: 1_790_000_000_000 },
         Command::Sessioned {
@@ -117,11 +117,11 @@ fn a_state_with_sessions_and_their_remembered_results_round_trips() {
     let mut sm = StateMachine::default();
     sm.apply(&Command::Clock { now_ms: 5_000 }).unwrap();
     let Response::SessionRegistered { client_id } =
-        sm.apply(&Command::SessionRegister { timeout_ms: 9_000 }).unwrap()
+        sm.apply(&Command::SessionRegister { timeout_ms: 9_000, now_ms: 0 }).unwrap()
     else {
         panic!()
     };
-    sm.apply(&Command::SessionRegister { timeout_ms: 9_000 }).unwrap();
+    sm.apply(&Command::SessionRegister { timeout_ms: 9_000, now_ms: 0 }).unwrap();
     let put =
         |k: &str| Command::Put(PutRequest { key: b(k), value: b("v"), prev_kv: true, ..Default::default() });
     let txn = TxnRequest {

@@ -240,7 +240,7 @@ fn a_sessioned_write_applies_once_however_often_it_is_retried() {
     let mut sm = StateMachine::default();
     sm.apply(&Command::Clock { now_ms: 1_000 }).unwrap();
     let Ok(Response::SessionRegistered { client_id }) =
-        sm.apply(&Command::SessionRegister { timeout_ms: 10_000 })
+        sm.apply(&Command::SessionRegister { timeout_ms: 10_000, now_ms: 0 })
     else {
         panic!()
     };

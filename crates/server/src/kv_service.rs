@@ -12,6 +12,7 @@ use crate::node::{NodeError, NodeHandle};
 use crate::pb::etcdserverpb as pb;
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::mvccpb;
+use crate::session::{session_of, within};
 
 /// etcd's default limit on a request's size.
 pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
@@ -173,7 +174,9 @@ pub fn status_of(e: NodeError) -> Status {
                 Status::out_of_range(format!("etcdserver: {e}"))
             }
             kv::KvError::LeaseNotFound => Status::not_found(e.to_string()),
-            kv::KvError::LeaseExists => Status::failed_precondition(e.to_string()),
+            kv::KvError::LeaseExists
+            | kv::KvError::SessionExpired { .. }
+            | kv::KvError::StaleSequence { .. } => Status::failed_precondition(e.to_string()),
             _ => Status::invalid_argument(e.to_string()),
         },
     }
@@ -340,9 +343,10 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let session = session_of(request.metadata()).map_err(Status::invalid_argument)?;
         let p = request.into_inner();
         check_put(&p).and_then(|()| check_size(&p)).map_err(Status::invalid_argument)?;
-        match self.propose(kv::Command::Put(put_in(p))).await? {
+        match self.propose(within(session, kv::Command::Put(put_in(p)))).await? {
             kv::Response::Put(p) => Ok(Response::new(self.put_out(p))),
             other => Err(Status::internal(format!("unexpected response {other:?}"))),
         }
@@ -352,22 +356,24 @@ impl Kv for KvService {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let session = session_of(request.metadata()).map_err(Status::invalid_argument)?;
         let d = request.into_inner();
         if d.key.is_empty() {
             return Err(Status::invalid_argument(EMPTY_KEY));
         }
         check_size(&d).map_err(Status::invalid_argument)?;
-        match self.propose(kv::Command::DeleteRange(delete_in(d))).await? {
+        match self.propose(within(session, kv::Command::DeleteRange(delete_in(d)))).await? {
             kv::Response::DeleteRange(d) => Ok(Response::new(self.delete_out(d))),
             other => Err(Status::internal(format!("unexpected response {other:?}"))),
         }
     }
 
     async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let session = session_of(request.metadata()).map_err(Status::invalid_argument)?;
         let t = request.into_inner();
         check_txn(&t, MAX_TXN_OPS).and_then(|()| check_size(&t)).map_err(Status::invalid_argument)?;
         let txn = txn_in(t).map_err(Status::invalid_argument)?;
-        match self.propose(kv::Command::Txn(txn)).await? {
+        match self.propose(within(session, kv::Command::Txn(txn))).await? {
             kv::Response::Txn(t) => Ok(Response::new(self.txn_out(t))),
             other => Err(Status::internal(format!("unexpected response {other:?}"))),
         }
@@ -377,8 +383,9 @@ impl Kv for KvService {
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let session = session_of(request.metadata()).map_err(Status::invalid_argument)?;
         let revision = request.into_inner().revision;
-        match self.propose(kv::Command::Compact { revision }).await? {
+        match self.propose(within(session, kv::Command::Compact { revision })).await? {
             kv::Response::Compact { revision } => {
                 Ok(Response::new(pb::CompactionResponse { header: self.header(revision) }))
             }
@@ -425,6 +432,7 @@ async fn serve_all(
     let maintenance = crate::maintenance::MaintenanceService::new(node.clone(), cluster_id, member_id);
     let lease = Arc::new(crate::lease_service::LeaseService::new(node.clone(), cluster_id, member_id));
     let cluster = crate::cluster_service::ClusterService::new(node.clone(), cluster_id, member_id);
+    let session = crate::session::SessionService::new(node.clone());
     let watch = crate::watch_service::WatchService::new(node, cluster_id, member_id, watch);
     // Every service decodes at most what etcd's gRPC server accepts.
     let server = pb::kv_server::KvServer::new(service).max_decoding_message_size(MAX_DECODING_BYTES);
@@ -438,6 +446,10 @@ async fn serve_all(
             pb::cluster_server::ClusterServer::new(cluster).max_decoding_message_size(MAX_DECODING_BYTES),
         )
         .add_service(pb::watch_server::WatchServer::new(watch).max_decoding_message_size(MAX_DECODING_BYTES))
+        .add_service(
+            crate::pb::balsapb::session_server::SessionServer::new(session)
+                .max_decoding_message_size(MAX_DECODING_BYTES),
+        )
         .into_axum_router();
     tonic::transport::Server::builder()
         .accept_http1(true)

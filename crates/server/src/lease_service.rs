@@ -17,6 +17,7 @@ use crate::kv_service::status_of;
 use crate::node::{NodeError, NodeHandle};
 use crate::pb::etcdserverpb as pb;
 use crate::pb::etcdserverpb::lease_server::Lease;
+use crate::session::{session_of, within};
 
 /// etcd's largest TTL, seconds.
 pub const MAX_LEASE_TTL_SECS: i64 = 9_000_000_000;
@@ -74,6 +75,7 @@ impl Lease for Arc<LeaseService> {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let session = session_of(request.metadata()).map_err(Status::invalid_argument)?;
         let r = request.into_inner();
         if r.ttl > MAX_LEASE_TTL_SECS {
             return Err(Status::out_of_range("etcdserver: too large lease TTL"));
@@ -83,7 +85,8 @@ impl Lease for Arc<LeaseService> {
         }
         let id = if r.id == 0 { self.fresh_id() } else { r.id };
         let ttl_secs = r.ttl.max(self.node.min_lease_ttl_secs());
-        match self.node.propose(kv::Command::LeaseGrant { id, ttl_secs }).await.map_err(status_of)? {
+        let grant = within(session, kv::Command::LeaseGrant { id, ttl_secs });
+        match self.node.propose(grant).await.map_err(status_of)? {
             kv::Response::LeaseGrant { id, ttl_secs } => Ok(Response::new(pb::LeaseGrantResponse {
                 header: self.header(0),
                 id,
@@ -98,8 +101,9 @@ impl Lease for Arc<LeaseService> {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let session = session_of(request.metadata()).map_err(Status::invalid_argument)?;
         let id = request.into_inner().id;
-        match self.node.propose(kv::Command::LeaseRevoke { id }).await.map_err(status_of)? {
+        match self.node.propose(within(session, kv::Command::LeaseRevoke { id })).await.map_err(status_of)? {
             kv::Response::LeaseRevoke { revision } => {
                 Ok(Response::new(pb::LeaseRevokeResponse { header: self.header(revision) }))
             }

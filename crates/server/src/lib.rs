@@ -18,6 +18,7 @@ pub mod member;
 pub mod metrics;
 pub mod node;
 pub mod ops;
+pub mod session;
 pub mod snapshot_file;
 pub mod transport;
 pub mod watch_hub;
@@ -37,5 +38,9 @@ pub mod pb {
     /// etcd's `etcdserverpb` package.
     pub mod etcdserverpb {
         tonic::include_proto!("etcdserverpb");
+    }
+    /// balsa's own services: `balsapb`.
+    pub mod balsapb {
+        tonic::include_proto!("balsapb");
     }
 }

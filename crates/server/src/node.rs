@@ -236,6 +236,7 @@ impl NodeHandle {
             read_contexts: BTreeMap::new(),
             lease_clock: LeaseClock::default(),
             was_leader: false,
+            last_clock: None,
             peer_addrs: config_peers,
             peer_book,
             conf_waiters: Vec::new(),
@@ -397,6 +398,8 @@ struct Driver {
     lease_clock: LeaseClock,
     /// Whether this server led at the last look, to notice taking over.
     was_leader: bool,
+    /// When this leader last proposed its clock (sessions expire by committed leader time).
+    last_clock: Option<Instant>,
     /// The peers the transport connects to and accepts, as last set.
     peer_addrs: BTreeMap<NodeId, SocketAddr>,
     /// Changes the transport's peers when members come and go.
@@ -429,6 +432,7 @@ impl Driver {
                 next_tick += self.config.tick;
                 // Once a tick, not per message: these look at every lease and member.
                 self.expire_leases();
+                self.commit_clock();
                 self.refresh_peers();
                 self.publish_attrs();
             }
@@ -791,6 +795,22 @@ impl Driver {
         let (_, data) = self.tag(&Command::MemberPut(mine));
         if let Err(e) = self.raft.propose_anywhere(data) {
             tracing::debug!(error = %e, "member attributes not published yet");
+        }
+    }
+
+    /// The leader commits its clock once a second while sessions exist, so every replica
+    /// expires sessions at the same point of the log (see `balsa_kv::sessions`).
+    fn commit_clock(&mut self) {
+        if self.raft.role() != Role::Leader || self.sm.sessions.table.is_empty() {
+            return;
+        }
+        if self.last_clock.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        self.last_clock = Some(Instant::now());
+        let (_, data) = self.tag(&Command::Clock { now_ms: crate::session::now_ms() });
+        if let Err(e) = self.raft.propose(data) {
+            tracing::debug!(error = %e, "clock not committed yet");
         }
     }
 

@@ -64,6 +64,8 @@ impl Maintenance for MaintenanceService {
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let s = self.node.status().await.map_err(status_of)?;
         let (size, revision) = self.node.state_size().await.map_err(status_of)?;
+        let (_, members) = self.node.members().await.map_err(status_of)?;
+        let is_learner = members.iter().any(|m| m.attrs.id == self.member_id && m.is_learner);
         let header = pb::ResponseHeader {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
@@ -80,7 +82,7 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: s.last_applied,
             errors: Vec::new(),
             db_size_in_use: size as i64,
-            is_learner: false,
+            is_learner,
         }))
     }
 

@@ -16,56 +16,67 @@ use crate::types::{KeyRange, KeyValue, Revision};
 /// Nesting limit for transactions inside transactions, so hostile input cannot exhaust the stack.
 const MAX_TXN_DEPTH: u32 = 32;
 
-struct W(BytesMut);
+/// Writes the encoding (shared with `streams.rs`).
+pub(crate) struct W(BytesMut);
+pub(crate) use W as Writer;
 
 impl W {
-    fn u8(&mut self, v: u8) {
+    pub(crate) fn u8(&mut self, v: u8) {
         self.0.put_u8(v);
     }
-    fn i64(&mut self, v: i64) {
+    pub(crate) fn i64(&mut self, v: i64) {
         self.0.put_i64_le(v);
     }
-    fn bool(&mut self, v: bool) {
+    pub(crate) fn bool(&mut self, v: bool) {
         self.0.put_u8(u8::from(v));
     }
-    fn bytes(&mut self, v: &[u8]) {
+    pub(crate) fn bytes(&mut self, v: &[u8]) {
         self.0.put_u32_le(v.len() as u32);
         self.0.put_slice(v);
     }
-    fn len(&mut self, n: usize) {
+    pub(crate) fn len(&mut self, n: usize) {
         self.0.put_u32_le(n as u32);
+    }
+    pub(crate) fn u64(&mut self, v: u64) {
+        self.0.put_u64_le(v);
     }
 }
 
-struct R(Bytes);
+/// Reads the encoding (shared with `streams.rs`).
+pub(crate) struct R(Bytes);
+pub(crate) use R as Reader;
 
 fn bad(what: &'static str) -> KvError {
     KvError::Malformed(what)
 }
 
 impl R {
-    fn need(&self, n: usize, what: &'static str) -> Result<(), KvError> {
+    pub(crate) fn need(&self, n: usize, what: &'static str) -> Result<(), KvError> {
         if self.0.remaining() < n {
             return Err(bad(what));
         }
         Ok(())
     }
-    fn u8(&mut self) -> Result<u8, KvError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, KvError> {
         self.need(1, "truncated")?;
         Ok(self.0.get_u8())
     }
-    fn i64(&mut self) -> Result<i64, KvError> {
+    pub(crate) fn i64(&mut self) -> Result<i64, KvError> {
         self.need(8, "truncated")?;
         Ok(self.0.get_i64_le())
     }
-    fn bool(&mut self) -> Result<bool, KvError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, KvError> {
+        self.need(8, "truncated")?;
+        Ok(self.0.get_u64_le())
+    }
+    pub(crate) fn bool(&mut self) -> Result<bool, KvError> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
             _ => Err(bad("bad boolean")),
         }
     }
-    fn len(&mut self) -> Result<usize, KvError> {
+    pub(crate) fn len(&mut self) -> Result<usize, KvError> {
         self.need(4, "truncated")?;
         let n = self.0.get_u32_le() as usize;
         // Every element takes at least one byte: a count larger than what is left is a lie.
@@ -74,11 +85,11 @@ impl R {
         }
         Ok(n)
     }
-    fn bytes(&mut self) -> Result<Bytes, KvError> {
+    pub(crate) fn bytes(&mut self) -> Result<Bytes, KvError> {
         let n = self.len()?;
         Ok(self.0.split_to(n))
     }
-    fn string(&mut self) -> Result<String, KvError> {
+    pub(crate) fn string(&mut self) -> Result<String, KvError> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| bad("text that is not UTF-8"))
     }
 }
@@ -237,6 +248,8 @@ impl Command {
             Command::LeaseKeepAlive { id } => (w.u8(7), w.i64(*id)).1,
             Command::MemberPut(m) => (w.u8(8), put_member(&mut w, m)).1,
             Command::MemberForget { id } => (w.u8(9), w.i64(*id as i64)).1,
+            // Tags 10-19 are left for other commands; log streams take 20 (`streams.rs`).
+            Command::Stream(c) => (w.u8(20), crate::streams::put_command(&mut w, c)).1,
         }
         w.0.freeze()
     }
@@ -254,6 +267,7 @@ impl Command {
             7 => Command::LeaseKeepAlive { id: r.i64()? },
             8 => Command::MemberPut(get_member(&mut r)?),
             9 => Command::MemberForget { id: r.i64()? as u64 },
+            20 => Command::Stream(crate::streams::get_command(&mut r)?),
             _ => return Err(bad("unknown command")),
         };
         if r.0.has_remaining() {
@@ -337,6 +351,7 @@ impl StateMachine {
         for m in self.members.values() {
             put_member(&mut w, m);
         }
+        crate::streams::put_streams(&mut w, &self.streams);
         w.0.freeze()
     }
 
@@ -373,9 +388,10 @@ impl StateMachine {
             let m = get_member(&mut r)?;
             members.insert(m.id, m);
         }
+        let streams = crate::streams::get_streams(&mut r)?;
         if r.0.has_remaining() {
             return Err(bad("trailing bytes"));
         }
-        Ok(Self { mvcc: Mvcc { keys, current, compacted }, leases, members })
+        Ok(Self { mvcc: Mvcc { keys, current, compacted }, leases, members, streams })
     }
 }

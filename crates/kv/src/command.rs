@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use crate::members::{MemberAttrs, MemberTable};
+use crate::streams::{StreamCommand, StreamResponse};
 use crate::types::{KeyRange, KeyValue};
 
 /// etcd's `PutRequest`.
@@ -210,6 +211,8 @@ pub enum Command {
         /// The member's id.
         id: u64,
     },
+    /// A change to the log streams (`streams.rs`).
+    Stream(StreamCommand),
 }
 
 /// etcd's `RangeResponse`.
@@ -304,4 +307,6 @@ pub enum Response {
     },
     /// From [`Command::MemberPut`] and [`Command::MemberForget`]: the member table after.
     Members(MemberTable),
+    /// From [`Command::Stream`].
+    Stream(StreamResponse),
 }

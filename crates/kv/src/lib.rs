@@ -33,6 +33,7 @@ pub mod error;
 pub mod machine;
 pub mod members;
 pub mod mvcc;
+pub mod streams;
 pub mod types;
 
 pub use command::{
@@ -44,4 +45,5 @@ pub use error::KvError;
 pub use machine::{Lease, StateMachine};
 pub use members::{MemberAttrs, MemberTable};
 pub use mvcc::Mvcc;
+pub use streams::{Retention, StreamCommand, StreamError, StreamInfo, StreamRead, StreamResponse, Streams};
 pub use types::{prefix_end, Event, EventKind, KeyRange, KeyValue, Revision};

@@ -13,6 +13,7 @@ use crate::command::{
 use crate::error::KvError;
 use crate::members::MemberTable;
 use crate::mvcc::{Mvcc, WriteCtx};
+use crate::streams::Streams;
 use crate::types::{Event, KeyValue, Revision};
 
 /// A lease: keys attached to it go when it is revoked.
@@ -33,6 +34,8 @@ pub struct StateMachine {
     pub leases: BTreeMap<i64, Lease>,
     /// The cluster's members' attributes (names and URLs).
     pub members: MemberTable,
+    /// Log streams.
+    pub streams: Streams,
 }
 
 impl StateMachine {
@@ -136,6 +139,7 @@ impl StateMachine {
                 self.members.remove(id);
                 Ok(Response::Members(self.members.clone()))
             }
+            Command::Stream(c) => Ok(Response::Stream(self.streams.apply(c)?)),
         }
     }
 

@@ -13,12 +13,14 @@ pub mod config;
 pub mod kv_service;
 pub mod lease_clock;
 pub mod lease_service;
+pub mod log_service;
 pub mod maintenance;
 pub mod member;
 pub mod metrics;
 pub mod node;
 pub mod ops;
 pub mod snapshot_file;
+pub mod stream_hub;
 pub mod transport;
 pub mod watch_hub;
 pub mod watch_service;
@@ -37,5 +39,9 @@ pub mod pb {
     /// etcd's `etcdserverpb` package.
     pub mod etcdserverpb {
         tonic::include_proto!("etcdserverpb");
+    }
+    /// balsa's own services (log streams): `proto/log.proto`.
+    pub mod balsapb {
+        tonic::include_proto!("balsapb");
     }
 }

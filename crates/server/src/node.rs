@@ -629,6 +629,7 @@ impl Driver {
             Ok(command) => {
                 let result = self.sm.apply_recording(&command, &mut events);
                 self.observe_applied(&command, &result);
+                self.stream_hub.applied(&command, &result);
                 result.map_err(NodeError::from)
             }
             Err(e) => Err(NodeError::from(e)),

@@ -1,22 +1,27 @@
-//! The stream hub: log stream subscribers, served on the driver thread from the streams' own
-//! records.
+//! The stream hub: log stream subscribers, served on the driver thread.
 //!
 //! A subscriber is a stream name, the stream's incarnation id, the next offset it needs and a
-//! bounded channel. It keeps nothing else: whenever its channel has room and its stream has
-//! records at or after its offset, the hub reads a batch from the stored stream and sends it.
-//! There is no separate "live" path — a record applied a moment ago is simply the newest stored
-//! one — so history and live records meet with no gap and no duplicate, and a slow subscriber
-//! costs one offset until it has room again; the driver never waits for it (the simplest form of
-//! the watch hub's lagging watchers: stream records are kept by offset, so catching up is a
-//! lookup, not a scan). Memory per subscriber is bounded by the channel:
-//! [`SUBSCRIPTION_CAPACITY`] batches of at most [`BATCH_RECORDS`] records and about
-//! [`BATCH_BYTES`] bytes.
+//! bounded channel — nothing else. Two paths feed it, both on the driver thread, both keyed on
+//! that one offset, so history and live records meet with no gap and no duplicate:
 //!
-//! A subscription ends with an error if the records it needs were removed by retention (it
-//! fell further behind than the stream keeps) or its stream was deleted. A snapshot from the
-//! leader needs nothing special: the hub looks at the state as it is after the snapshot.
+//! - *live*: when an append is applied, its records go straight from the command to the
+//!   subscribers waiting for exactly its first offset, if their channel has room (so a subscriber
+//!   that keeps up gets every record even if retention removes it again before the next loop);
+//! - *catch-up*: once per driver loop, every subscriber behind its stream's end whose channel has
+//!   room is sent batches read from the stored records. Records are kept by offset, so this is a
+//!   lookup, not a scan (the watch hub's "lagging watchers", simplified).
+//!
+//! A full channel never blocks the driver: the subscriber simply falls behind and is caught up
+//! from the stored log when it reads again. Memory per subscriber is bounded by the channel:
+//! [`SUBSCRIPTION_CAPACITY`] batches of at most [`BATCH_RECORDS`] records and about
+//! [`BATCH_BYTES`] bytes (one larger record travels alone).
+//!
+//! A subscription ends with an error if the records it needs were removed by retention (it fell
+//! further behind than the stream keeps) or its stream was deleted. A snapshot from the leader
+//! needs nothing special: catch-up looks at the state as it is after the snapshot.
 
 use balsa_kv::streams::{Record, StreamError, Streams};
+use balsa_kv::{Command, KvError, Response, StreamCommand, StreamResponse};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
@@ -82,6 +87,34 @@ impl StreamHub {
                         let _ = reply.send(Err(e));
                     }
                 }
+            }
+        }
+    }
+
+    /// Hands the records of an append just applied to the subscribers waiting for exactly
+    /// them, if their channel has room — before a later command's retention could remove them.
+    /// The others are served by [`catch_up`](Self::catch_up).
+    pub(crate) fn applied(&mut self, command: &Command, result: &Result<Response, KvError>) {
+        let (Command::Stream(StreamCommand::Append { stream, records, .. }), Ok(Response::Stream(r))) =
+            (command, result)
+        else {
+            return;
+        };
+        let StreamResponse::Appended { first_offset, last_offset, info } = r else { return };
+        for sub in self.subscribers.iter_mut().filter(|s| s.next == *first_offset && s.id == info.id) {
+            if sub.stream != *stream {
+                continue;
+            }
+            if let Ok(permit) = sub.tx.try_reserve() {
+                let batch = records
+                    .iter()
+                    .enumerate()
+                    .map(|(i, data)| {
+                        (first_offset + i as u64, Record { timestamp_ms: info.clock_ms, data: data.clone() })
+                    })
+                    .collect();
+                permit.send(Ok(batch));
+                sub.next = last_offset + 1;
             }
         }
     }

@@ -315,3 +315,49 @@ async fn a_consumer_resumes_on_another_member_after_the_leader_dies() {
     other.append(append("events", &["e12"])).await.unwrap();
     assert_eq!(next_records(&mut sub, 1).await, vec![(12, "e12".to_string())]);
 }
+
+/// Streams are in the state machine's snapshots: a member restarted from a snapshot (its log
+/// compacted behind it) has every retained record at the same offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_survive_a_restart_from_a_snapshot() {
+    use balsa_kv::{Command, Retention, StreamCommand};
+    let dir = common::Dir::new("streams-restart");
+    let start = || async {
+        let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peers = BTreeMap::from([(1, peer.local_addr().unwrap())]);
+        let config = NodeConfig {
+            id: 1,
+            cluster_id: 99,
+            data_dir: dir.0.clone(),
+            peers,
+            tick: Duration::from_millis(10),
+            snapshot_entries: 10,
+            join: false,
+            name: String::new(),
+            client_urls: Vec::new(),
+        };
+        let node = NodeHandle::start(config, peer).await.unwrap();
+        let deadline = Instant::now() + WAIT;
+        while node.status().await.unwrap().role != Role::Leader {
+            assert!(Instant::now() < deadline, "a single node elects itself");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        node
+    };
+    let node = start().await;
+    let retention = Retention { max_bytes: 100, max_age_ms: 0 };
+    node.propose(Command::Stream(StreamCommand::Create { stream: "s".into(), retention })).await.unwrap();
+    for i in 0..30u64 {
+        let records = vec![bytes::Bytes::from(format!("r{i:03}").into_bytes())]; // 4 bytes each
+        let append = StreamCommand::Append { stream: "s".into(), timestamp_ms: 1000 + i, records };
+        node.propose(Command::Stream(append)).await.unwrap();
+    }
+    assert!(node.status().await.unwrap().snapshot_index > 10, "the log was compacted behind a snapshot");
+    let before = node.read_with(true, |sm| sm.streams.read("s", 5, 100, 1 << 20)).await.unwrap().unwrap();
+    assert_eq!((before.first_offset, before.end_offset), (5, 30), "100 bytes keep 25 records");
+    drop(node);
+    let node = start().await;
+    let after = node.read_with(true, |sm| sm.streams.read("s", 5, 100, 1 << 20)).await.unwrap().unwrap();
+    assert_eq!(after, before);
+    assert_eq!(&after.records[0].1.data[..], b"r005");
+}

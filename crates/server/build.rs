@@ -3,7 +3,13 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(
-        ["proto/rpc.proto", "proto/lease.proto", "proto/cluster.proto", "proto/session.proto"],
+        [
+            "proto/rpc.proto",
+            "proto/lease.proto",
+            "proto/cluster.proto",
+            "proto/session.proto",
+            "proto/log.proto",
+        ],
         ["proto"],
     )?;
     tonic_build::configure().build_server(true).build_client(true).compile_fds(descriptors)?;

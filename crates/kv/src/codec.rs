@@ -15,68 +15,72 @@ use crate::sessions::{Session, Sessions};
 use crate::types::{KeyRange, KeyValue, Revision};
 
 /// The tag of [`Command::Sessioned`].
-const SESSIONED: u8 = 23;
+const SESSIONED: u8 = 33;
 
 /// Nesting limit for transactions inside transactions, so hostile input cannot exhaust the stack.
 const MAX_TXN_DEPTH: u32 = 32;
 
-struct W(BytesMut);
+/// Writes the encoding (shared with `streams.rs`).
+pub(crate) struct W(BytesMut);
+pub(crate) use W as Writer;
 
 impl W {
-    fn u8(&mut self, v: u8) {
+    pub(crate) fn u8(&mut self, v: u8) {
         self.0.put_u8(v);
     }
-    fn i64(&mut self, v: i64) {
+    pub(crate) fn i64(&mut self, v: i64) {
         self.0.put_i64_le(v);
     }
-    fn u64(&mut self, v: u64) {
+    pub(crate) fn u64(&mut self, v: u64) {
         self.0.put_u64_le(v);
     }
-    fn bool(&mut self, v: bool) {
+    pub(crate) fn bool(&mut self, v: bool) {
         self.0.put_u8(u8::from(v));
     }
-    fn bytes(&mut self, v: &[u8]) {
+    pub(crate) fn bytes(&mut self, v: &[u8]) {
         self.0.put_u32_le(v.len() as u32);
         self.0.put_slice(v);
     }
-    fn len(&mut self, n: usize) {
+    pub(crate) fn len(&mut self, n: usize) {
         self.0.put_u32_le(n as u32);
     }
 }
 
-struct R(Bytes);
+/// Reads the encoding (shared with `streams.rs`).
+pub(crate) struct R(Bytes);
+pub(crate) use R as Reader;
 
 fn bad(what: &'static str) -> KvError {
     KvError::Malformed(what)
 }
 
 impl R {
-    fn need(&self, n: usize, what: &'static str) -> Result<(), KvError> {
+    pub(crate) fn need(&self, n: usize, what: &'static str) -> Result<(), KvError> {
         if self.0.remaining() < n {
             return Err(bad(what));
         }
         Ok(())
     }
-    fn u8(&mut self) -> Result<u8, KvError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, KvError> {
         self.need(1, "truncated")?;
         Ok(self.0.get_u8())
     }
-    fn i64(&mut self) -> Result<i64, KvError> {
+    pub(crate) fn i64(&mut self) -> Result<i64, KvError> {
         self.need(8, "truncated")?;
         Ok(self.0.get_i64_le())
     }
-    fn u64(&mut self) -> Result<u64, KvError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, KvError> {
         self.need(8, "truncated")?;
         Ok(self.0.get_u64_le())
     }
-    fn bool(&mut self) -> Result<bool, KvError> {
+    pub(crate) fn bool(&mut self) -> Result<bool, KvError> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
             _ => Err(bad("bad boolean")),
         }
     }
-    fn len(&mut self) -> Result<usize, KvError> {
+    pub(crate) fn len(&mut self) -> Result<usize, KvError> {
         self.need(4, "truncated")?;
         let n = self.0.get_u32_le() as usize;
         // Every element takes at least one byte: a count larger than what is left is a lie.
@@ -85,11 +89,11 @@ impl R {
         }
         Ok(n)
     }
-    fn bytes(&mut self) -> Result<Bytes, KvError> {
+    pub(crate) fn bytes(&mut self) -> Result<Bytes, KvError> {
         let n = self.len()?;
         Ok(self.0.split_to(n))
     }
-    fn string(&mut self) -> Result<String, KvError> {
+    pub(crate) fn string(&mut self) -> Result<String, KvError> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| bad("text that is not UTF-8"))
     }
 }
@@ -248,12 +252,14 @@ impl Command {
             Command::LeaseKeepAlive { id } => (w.u8(7), w.i64(*id)).1,
             Command::MemberPut(m) => (w.u8(8), put_member(&mut w, m)).1,
             Command::MemberForget { id } => (w.u8(9), w.i64(*id as i64)).1,
-            // Session commands take tags from 20, leaving room below for other kinds.
+            // Tags 10-19 are left for other commands; log streams take 20 (`streams.rs`).
+            Command::Stream(c) => (w.u8(20), crate::streams::put_command(&mut w, c)).1,
+            // Session commands take tags 30-33.
             Command::SessionRegister { timeout_ms, now_ms } => {
-                (w.u8(20), w.u64(*timeout_ms), w.u64(*now_ms)).1
+                (w.u8(30), w.u64(*timeout_ms), w.u64(*now_ms)).1
             }
-            Command::SessionClose { client_id } => (w.u8(21), w.u64(*client_id)).1,
-            Command::Clock { now_ms } => (w.u8(22), w.u64(*now_ms)).1,
+            Command::SessionClose { client_id } => (w.u8(31), w.u64(*client_id)).1,
+            Command::Clock { now_ms } => (w.u8(32), w.u64(*now_ms)).1,
             Command::Sessioned { client_id, seq, command } => {
                 (w.u8(SESSIONED), w.u64(*client_id), w.u64(*seq), w.bytes(&command.encode())).1
             }
@@ -274,9 +280,10 @@ impl Command {
             7 => Command::LeaseKeepAlive { id: r.i64()? },
             8 => Command::MemberPut(get_member(&mut r)?),
             9 => Command::MemberForget { id: r.i64()? as u64 },
-            20 => Command::SessionRegister { timeout_ms: r.u64()?, now_ms: r.u64()? },
-            21 => Command::SessionClose { client_id: r.u64()? },
-            22 => Command::Clock { now_ms: r.u64()? },
+            20 => Command::Stream(crate::streams::get_command(&mut r)?),
+            30 => Command::SessionRegister { timeout_ms: r.u64()?, now_ms: r.u64()? },
+            31 => Command::SessionClose { client_id: r.u64()? },
+            32 => Command::Clock { now_ms: r.u64()? },
             SESSIONED => {
                 let (client_id, seq, inner) = (r.u64()?, r.u64()?, r.bytes()?);
                 // One level only: nesting sessions is meaningless, and refusing it here keeps
@@ -370,6 +377,7 @@ impl StateMachine {
             put_member(&mut w, m);
         }
         put_sessions(&mut w, &self.sessions);
+        crate::streams::put_streams(&mut w, &self.streams);
         w.0.freeze()
     }
 
@@ -407,10 +415,11 @@ impl StateMachine {
             members.insert(m.id, m);
         }
         let sessions = get_sessions(&mut r)?;
+        let streams = crate::streams::get_streams(&mut r)?;
         if r.0.has_remaining() {
             return Err(bad("trailing bytes"));
         }
-        Ok(Self { mvcc: Mvcc { keys, current, compacted }, leases, members, sessions })
+        Ok(Self { mvcc: Mvcc { keys, current, compacted }, leases, members, sessions, streams })
     }
 }
 
@@ -476,6 +485,9 @@ fn put_error(w: &mut W, e: &KvError) {
         KvError::StaleSequence { seq, last_seq } => (w.u8(10), w.u64(*seq), w.u64(*last_seq)).1,
         KvError::InvalidSessionTimeout => w.u8(11),
         KvError::Malformed(_) => w.u8(12),
+        KvError::Stream(_) => {
+            unreachable!("stream commands take no session, so their errors are never remembered")
+        }
     }
 }
 
@@ -531,7 +543,8 @@ fn put_response(w: &mut W, resp: &Response) {
         Response::LeaseKeepAlive { .. }
         | Response::Members(_)
         | Response::SessionRegistered { .. }
-        | Response::Done => {
+        | Response::Done
+        | Response::Stream(_) => {
             unreachable!("only results of sessionable commands are remembered")
         }
     }

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use crate::members::{MemberAttrs, MemberTable};
+use crate::streams::{StreamCommand, StreamResponse};
 use crate::types::{KeyRange, KeyValue};
 
 /// etcd's `PutRequest`.
@@ -237,6 +238,8 @@ pub enum Command {
         /// The write: a put, delete, transaction, compaction, lease grant or revoke.
         command: Box<Command>,
     },
+    /// A change to the log streams (`streams.rs`).
+    Stream(StreamCommand),
 }
 
 impl Command {
@@ -354,4 +357,6 @@ pub enum Response {
     },
     /// From [`Command::SessionClose`] and [`Command::Clock`].
     Done,
+    /// From [`Command::Stream`].
+    Stream(StreamResponse),
 }

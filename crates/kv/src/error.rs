@@ -52,4 +52,7 @@ pub enum KvError {
     /// A command that cannot be decoded.
     #[error("malformed command: {0}")]
     Malformed(&'static str),
+    /// A log stream request was refused.
+    #[error("{0}")]
+    Stream(#[from] crate::streams::StreamError),
 }

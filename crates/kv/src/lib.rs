@@ -34,6 +34,7 @@ pub mod machine;
 pub mod members;
 pub mod mvcc;
 pub mod sessions;
+pub mod streams;
 pub mod types;
 
 pub use command::{
@@ -46,4 +47,5 @@ pub use machine::{Lease, StateMachine};
 pub use members::{MemberAttrs, MemberTable};
 pub use mvcc::Mvcc;
 pub use sessions::{Admission, Session, Sessions};
+pub use streams::{Retention, StreamCommand, StreamError, StreamInfo, StreamRead, StreamResponse, Streams};
 pub use types::{prefix_end, Event, EventKind, KeyRange, KeyValue, Revision};

@@ -14,6 +14,7 @@ use crate::error::KvError;
 use crate::members::MemberTable;
 use crate::mvcc::{Mvcc, WriteCtx};
 use crate::sessions::{Admission, Sessions};
+use crate::streams::Streams;
 use crate::types::{Event, KeyValue, Revision};
 
 /// A lease: keys attached to it go when it is revoked.
@@ -36,6 +37,8 @@ pub struct StateMachine {
     pub members: MemberTable,
     /// Client sessions for exactly-once writes.
     pub sessions: Sessions,
+    /// Log streams.
+    pub streams: Streams,
 }
 
 impl StateMachine {
@@ -162,6 +165,7 @@ impl StateMachine {
                 self.members.remove(id);
                 Ok(Response::Members(self.members.clone()))
             }
+            Command::Stream(c) => Ok(Response::Stream(self.streams.apply(c)?)),
         }
     }
 

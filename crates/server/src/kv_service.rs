@@ -433,6 +433,7 @@ async fn serve_all(
     let lease = Arc::new(crate::lease_service::LeaseService::new(node.clone(), cluster_id, member_id));
     let cluster = crate::cluster_service::ClusterService::new(node.clone(), cluster_id, member_id);
     let session = crate::session::SessionService::new(node.clone());
+    let log = crate::log_service::LogService::new(node.clone());
     let watch = crate::watch_service::WatchService::new(node, cluster_id, member_id, watch);
     // Every service decodes at most what etcd's gRPC server accepts.
     let server = pb::kv_server::KvServer::new(service).max_decoding_message_size(MAX_DECODING_BYTES);
@@ -449,6 +450,9 @@ async fn serve_all(
         .add_service(
             crate::pb::balsapb::session_server::SessionServer::new(session)
                 .max_decoding_message_size(MAX_DECODING_BYTES),
+        )
+        .add_service(
+            crate::pb::balsapb::log_server::LogServer::new(log).max_decoding_message_size(MAX_DECODING_BYTES),
         )
         .into_axum_router();
     tonic::transport::Server::builder()

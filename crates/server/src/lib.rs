@@ -13,6 +13,7 @@ pub mod config;
 pub mod kv_service;
 pub mod lease_clock;
 pub mod lease_service;
+pub mod log_service;
 pub mod maintenance;
 pub mod member;
 pub mod metrics;
@@ -20,6 +21,7 @@ pub mod node;
 pub mod ops;
 pub mod session;
 pub mod snapshot_file;
+pub mod stream_hub;
 pub mod transport;
 pub mod watch_hub;
 pub mod watch_service;
@@ -39,7 +41,7 @@ pub mod pb {
     pub mod etcdserverpb {
         tonic::include_proto!("etcdserverpb");
     }
-    /// balsa's own services: `balsapb`.
+    /// balsa's own services (client sessions, log streams): `balsapb`.
     pub mod balsapb {
         tonic::include_proto!("balsapb");
     }

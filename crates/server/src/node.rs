@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::lease_clock::LeaseClock;
 use crate::metrics::Metrics;
+use crate::stream_hub::{StreamHub, StreamHubCommand};
 use crate::transport::{Transport, TransportConfig};
 use crate::watch_hub::{HubCommand, WatchHub};
 
@@ -120,6 +121,9 @@ type ReadReply = oneshot::Sender<Result<RangeResponse, NodeError>>;
 type ConfReply = oneshot::Sender<Result<(), NodeError>>;
 /// Where the answer to a proposal goes.
 type ProposeReply = oneshot::Sender<Result<Response, NodeError>>;
+/// A read of the state machine, run on the driver thread once it may be served (for a
+/// linearizable read: once the read index is applied), or told why it cannot be.
+pub(crate) type ReadJob = Box<dyn FnOnce(Result<&StateMachine, NodeError>) + Send>;
 
 pub(crate) enum Input {
     Peer(balsa_raft::Message),
@@ -143,6 +147,14 @@ pub(crate) enum Input {
     TransferLeader(NodeId, oneshot::Sender<Result<(), NodeError>>),
     /// Snapshot now and compact the log (Maintenance.Defragment).
     SnapshotNow(oneshot::Sender<Result<Option<Index>, NodeError>>),
+    /// Any read of the state machine (log streams use it): linearizable through ReadIndex, or
+    /// of the state applied so far.
+    ReadWith {
+        linearizable: bool,
+        job: ReadJob,
+    },
+    /// A request to the stream hub (`stream_hub.rs`).
+    Streams(StreamHubCommand),
 }
 
 /// This member's state machine at one applied index (Maintenance.Snapshot).
@@ -243,6 +255,7 @@ impl NodeHandle {
             learner_lag_entries,
             last_publish: None,
             watch_hub: WatchHub::default(),
+            stream_hub: StreamHub::default(),
         };
         let thread = std::thread::Builder::new()
             .name("balsa-node".into())
@@ -366,6 +379,22 @@ impl NodeHandle {
         self.input.send(Input::SnapshotNow(tx)).map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)?
     }
+
+    /// Runs `f` on the state machine on the driver thread: once a read index is confirmed and
+    /// applied (`linearizable`, as [`read`](Self::read)), or at once on the state applied so far.
+    /// `f` must be quick: the driver waits for it.
+    pub async fn read_with<T: Send + 'static>(
+        &self,
+        linearizable: bool,
+        f: impl FnOnce(&StateMachine) -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        let job: ReadJob = Box::new(move |sm| {
+            let _ = tx.send(sm.map(f));
+        });
+        self.input.send(Input::ReadWith { linearizable, job }).map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
 }
 
 impl Drop for NodeHandle {
@@ -390,10 +419,10 @@ struct Driver {
     /// The next request id's counter (ids are `node id << 40 | counter`).
     next_request: u64,
     /// Reads with a read index, waiting for the state machine to reach it.
-    reads: Vec<(Index, RangeRequest, ReadReply)>,
+    reads: Vec<(Index, ReadJob)>,
     next_read: u64,
     /// Reads waiting for their read index, by context.
-    read_contexts: BTreeMap<u64, (RangeRequest, ReadReply)>,
+    read_contexts: BTreeMap<u64, ReadJob>,
     /// When each lease runs out by this server's clock.
     lease_clock: LeaseClock,
     /// Whether this server led at the last look, to notice taking over.
@@ -413,6 +442,8 @@ struct Driver {
     last_publish: Option<Instant>,
     /// Watchers, fed from the events each applied command wrote.
     watch_hub: WatchHub,
+    /// Log stream subscribers, caught up from the streams' records.
+    stream_hub: StreamHub,
 }
 
 impl Driver {
@@ -443,6 +474,7 @@ impl Driver {
                 return self.metrics.node_stopped();
             }
             self.watch_hub.catch_up(&self.sm);
+            self.stream_hub.catch_up(&self.sm.streams);
             self.metrics.observe(&self.raft.status(), self.proposals.len());
         }
     }
@@ -470,18 +502,9 @@ impl Driver {
                     }
                 }
             }
-            Input::Read(request, reply) => {
-                let context = self.next_read;
-                self.next_read += 1;
-                match self.raft.read_index(Bytes::copy_from_slice(&context.to_le_bytes())) {
-                    Ok(()) => {
-                        self.read_contexts.insert(context, (request, reply));
-                    }
-                    Err(ReadIndexError::NotLeader { leader_hint }) => {
-                        let _ = reply.send(Err(NodeError::NotLeader { leader_hint }));
-                    }
-                }
-            }
+            Input::Read(request, reply) => self.read_index(Box::new(move |sm| {
+                let _ = reply.send(sm.and_then(|sm| sm.range(&request).map_err(NodeError::from)));
+            })),
             Input::ReadLocal(request, reply) => {
                 let _ = reply.send(self.sm.range(&request).map_err(NodeError::from));
             }
@@ -524,6 +547,9 @@ impl Driver {
             Input::SnapshotNow(reply) => {
                 let _ = reply.send(self.snapshot_now());
             }
+            Input::ReadWith { linearizable: true, job } => self.read_index(job),
+            Input::ReadWith { linearizable: false, job } => job(Ok(&self.sm)),
+            Input::Streams(command) => self.stream_hub.handle(command, &self.sm.streams),
         }
     }
 
@@ -563,11 +589,11 @@ impl Driver {
             }
             for rs in std::mem::take(&mut ready.read_states) {
                 let context = u64::from_le_bytes(rs.context[..8].try_into().expect("our own 8-byte context"));
-                let Some((request, reply)) = self.read_contexts.remove(&context) else { continue };
+                let Some(job) = self.read_contexts.remove(&context) else { continue };
                 match rs.result {
-                    Ok(index) => self.reads.push((index, request, reply)),
+                    Ok(index) => self.reads.push((index, job)),
                     Err(ReadIndexError::NotLeader { leader_hint }) => {
-                        let _ = reply.send(Err(NodeError::NotLeader { leader_hint }));
+                        job(Err(NodeError::NotLeader { leader_hint }))
                     }
                 }
             }
@@ -607,6 +633,7 @@ impl Driver {
             Ok(command) => {
                 let result = self.sm.apply_recording(&command, &mut events);
                 self.observe_applied(&command, &result);
+                self.stream_hub.applied(&command, &result);
                 result.map_err(NodeError::from)
             }
             Err(e) => Err(NodeError::from(e)),
@@ -817,10 +844,10 @@ impl Driver {
     fn serve_reads(&mut self) {
         let applied = self.raft.status().last_applied;
         let (ready, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.reads).into_iter().partition(|(i, _, _)| *i <= applied);
+            std::mem::take(&mut self.reads).into_iter().partition(|(i, _)| *i <= applied);
         self.reads = waiting;
-        for (_, request, reply) in ready {
-            let _ = reply.send(self.sm.range(&request).map_err(NodeError::from));
+        for (_, job) in ready {
+            job(Ok(&self.sm));
         }
     }
 
@@ -889,5 +916,17 @@ impl Driver {
             tracing::warn!(error = %e, "snapshot not taken by the core");
         }
         Ok(Some(index))
+    }
+
+    /// Asks the core for a read index; `job` runs once the state machine has applied up to it.
+    fn read_index(&mut self, job: ReadJob) {
+        let context = self.next_read;
+        self.next_read += 1;
+        match self.raft.read_index(Bytes::copy_from_slice(&context.to_le_bytes())) {
+            Ok(()) => {
+                self.read_contexts.insert(context, job);
+            }
+            Err(ReadIndexError::NotLeader { leader_hint }) => job(Err(NodeError::NotLeader { leader_hint })),
+        }
     }
 }

@@ -57,6 +57,14 @@ pub struct ServerFlags {
     /// One Raft tick in milliseconds; the election timeout is ten of them [default: 100].
     #[arg(long, env = "BALSA_TICK_MS")]
     pub tick_ms: Option<u64>,
+    /// Log streams created without a retention keep at most this many bytes [default: 0, no
+    /// limit].
+    #[arg(long, env = "BALSA_STREAM_RETENTION_BYTES")]
+    pub stream_retention_bytes: Option<u64>,
+    /// Log streams created without a retention keep records this many milliseconds [default: 0,
+    /// no limit].
+    #[arg(long, env = "BALSA_STREAM_RETENTION_MS")]
+    pub stream_retention_ms: Option<u64>,
     /// error, warn, info, debug or trace [default: info].
     #[arg(long, env = "BALSA_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -91,6 +99,10 @@ pub struct FileConfig {
     pub initial_cluster_token: Option<String>,
     /// See [`ServerFlags::tick_ms`].
     pub tick_ms: Option<u64>,
+    /// See [`ServerFlags::stream_retention_bytes`].
+    pub stream_retention_bytes: Option<u64>,
+    /// See [`ServerFlags::stream_retention_ms`].
+    pub stream_retention_ms: Option<u64>,
     /// See [`ServerFlags::log_level`].
     pub log_level: Option<String>,
     /// See [`ServerFlags::log_format`].
@@ -131,6 +143,8 @@ pub struct ServerConfig {
     pub initial_cluster_token: String,
     /// One Raft tick in milliseconds.
     pub tick_ms: u64,
+    /// Default retention of log streams (0: no limit).
+    pub stream_retention: balsa_kv::Retention,
     /// The tracing filter (a level, or any `EnvFilter` directive).
     pub log_level: String,
     /// How log lines are written.
@@ -290,6 +304,10 @@ impl ServerFlags {
                 .or(file.initial_cluster_token)
                 .unwrap_or_else(|| "balsa-cluster".into()),
             tick_ms: f.tick_ms.or(file.tick_ms).unwrap_or(100),
+            stream_retention: balsa_kv::Retention {
+                max_bytes: f.stream_retention_bytes.or(file.stream_retention_bytes).unwrap_or(0),
+                max_age_ms: f.stream_retention_ms.or(file.stream_retention_ms).unwrap_or(0),
+            },
             log_level,
             log_format,
         };
@@ -415,6 +433,16 @@ mod tests {
         assert_eq!(c.tick_ms, 30, "the flag wins over the file");
         assert_eq!(c.listen_client_urls, "http://127.0.0.1:9");
         assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn stream_retention_defaults_come_from_flags_or_file() {
+        let c = ServerFlags::default().resolve_with(FileConfig::default()).unwrap();
+        assert_eq!(c.stream_retention, balsa_kv::Retention::default(), "no limit unless asked");
+        let f = file("stream-retention-bytes = 1000\nstream-retention-ms = 60000\n");
+        let flags = ServerFlags { stream_retention_bytes: Some(5), ..Default::default() };
+        let c = flags.resolve_with(f).unwrap();
+        assert_eq!(c.stream_retention, balsa_kv::Retention { max_bytes: 5, max_age_ms: 60_000 });
     }
 
     #[test]

@@ -400,7 +400,7 @@ pub async fn serve(
     service: KvService,
     listener: tokio::net::TcpListener,
 ) -> Result<(), tonic::transport::Error> {
-    serve_all(service, listener, crate::watch_service::WatchOptions::default(), axum::Router::new()).await
+    serve_all(service, listener, ServeOptions::default(), axum::Router::new()).await
 }
 
 /// [`serve`] with Watch settings other than etcd's defaults.
@@ -409,7 +409,17 @@ pub async fn serve_with(
     listener: tokio::net::TcpListener,
     watch: crate::watch_service::WatchOptions,
 ) -> Result<(), tonic::transport::Error> {
-    serve_all(service, listener, watch, axum::Router::new()).await
+    let options = ServeOptions { watch, ..ServeOptions::default() };
+    serve_all(service, listener, options, axum::Router::new()).await
+}
+
+/// Settings of the services beyond etcd's defaults.
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// Watch progress notifications.
+    pub watch: crate::watch_service::WatchOptions,
+    /// What log streams created without a retention keep.
+    pub stream_retention: balsa_kv::Retention,
 }
 
 /// [`serve`], plus plain HTTP routes (`/metrics`, `/health`) on the same port, as etcd does:
@@ -419,21 +429,23 @@ pub async fn serve_with_routes(
     listener: tokio::net::TcpListener,
     extra: axum::Router,
 ) -> Result<(), tonic::transport::Error> {
-    serve_all(service, listener, crate::watch_service::WatchOptions::default(), extra).await
+    serve_all(service, listener, ServeOptions::default(), extra).await
 }
 
-async fn serve_all(
+/// Every service with `options`, plus the HTTP routes `extra`.
+pub async fn serve_all(
     service: KvService,
     listener: tokio::net::TcpListener,
-    watch: crate::watch_service::WatchOptions,
+    options: ServeOptions,
     extra: axum::Router,
 ) -> Result<(), tonic::transport::Error> {
+    let watch = options.watch;
     let (node, cluster_id, member_id) = (service.node.clone(), service.cluster_id, service.member_id);
     let maintenance = crate::maintenance::MaintenanceService::new(node.clone(), cluster_id, member_id);
     let lease = Arc::new(crate::lease_service::LeaseService::new(node.clone(), cluster_id, member_id));
     let cluster = crate::cluster_service::ClusterService::new(node.clone(), cluster_id, member_id);
     let session = crate::session::SessionService::new(node.clone());
-    let log = crate::log_service::LogService::new(node.clone());
+    let log = crate::log_service::LogService::with_defaults(node.clone(), options.stream_retention);
     let watch = crate::watch_service::WatchService::new(node, cluster_id, member_id, watch);
     // Every service decodes at most what etcd's gRPC server accepts.
     let server = pb::kv_server::KvServer::new(service).max_decoding_message_size(MAX_DECODING_BYTES);

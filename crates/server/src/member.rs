@@ -122,8 +122,12 @@ impl Member {
             "member started"
         );
         let service = KvService::new(node.clone(), cluster, id);
+        let options = kv_service::ServeOptions {
+            stream_retention: config.stream_retention,
+            ..kv_service::ServeOptions::default()
+        };
         let client =
-            tokio::spawn(kv_service::serve_with_routes(service, client_listener, ops::router(node.clone())));
+            tokio::spawn(kv_service::serve_all(service, client_listener, options, ops::router(node.clone())));
         let metrics = metrics_listener.map(|l| tokio::spawn(ops::serve(l, ops::router(node.clone()))));
         Ok(Self { config, id, node, client_addr, peer_addr, metrics_addr, client, metrics })
     }

@@ -12,6 +12,7 @@ use crate::machine::{Lease, StateMachine};
 use crate::members::MemberAttrs;
 use crate::mvcc::Mvcc;
 use crate::sessions::{Session, Sessions};
+use crate::streams::{Retention, StreamError, StreamInfo, StreamResponse};
 use crate::types::{KeyRange, KeyValue, Revision};
 
 /// The tag of [`Command::Sessioned`].
@@ -485,9 +486,7 @@ fn put_error(w: &mut W, e: &KvError) {
         KvError::StaleSequence { seq, last_seq } => (w.u8(10), w.u64(*seq), w.u64(*last_seq)).1,
         KvError::InvalidSessionTimeout => w.u8(11),
         KvError::Malformed(_) => w.u8(12),
-        KvError::Stream(_) => {
-            unreachable!("stream commands take no session, so their errors are never remembered")
-        }
+        KvError::Stream(e) => (w.u8(13), put_stream_error(w, e)).1,
     }
 }
 
@@ -506,6 +505,7 @@ fn get_error(r: &mut R) -> Result<KvError, KvError> {
         11 => KvError::InvalidSessionTimeout,
         // The text of a malformed-command error is not kept; the kind is.
         12 => KvError::Malformed("a malformed command (remembered by a session)"),
+        13 => KvError::Stream(get_stream_error(r)?),
         _ => return Err(bad("error tag")),
     })
 }
@@ -539,12 +539,12 @@ fn put_response(w: &mut W, resp: &Response) {
         Response::Compact { revision } => (w.u8(4), w.i64(*revision)).1,
         Response::LeaseGrant { id, ttl_secs } => (w.u8(5), w.i64(*id), w.i64(*ttl_secs)).1,
         Response::LeaseRevoke { revision } => (w.u8(6), w.i64(*revision)).1,
+        Response::Stream(s) => (w.u8(7), put_stream_response(w, s)).1,
         // Not results of sessionable commands; never remembered.
         Response::LeaseKeepAlive { .. }
         | Response::Members(_)
         | Response::SessionRegistered { .. }
-        | Response::Done
-        | Response::Stream(_) => {
+        | Response::Done => {
             unreachable!("only results of sessionable commands are remembered")
         }
     }
@@ -624,6 +624,86 @@ fn get_response(r: &mut R, depth: u32) -> Result<Response, KvError> {
         4 => Response::Compact { revision: r.i64()? },
         5 => Response::LeaseGrant { id: r.i64()?, ttl_secs: r.i64()? },
         6 => Response::LeaseRevoke { revision: r.i64()? },
+        7 => Response::Stream(get_stream_response(r)?),
         _ => return Err(bad("response tag")),
+    })
+}
+
+fn put_stream_info(w: &mut W, i: &StreamInfo) {
+    w.bytes(i.name.as_bytes());
+    for v in [
+        i.id,
+        i.retention.max_bytes,
+        i.retention.max_age_ms,
+        i.first_offset,
+        i.end_offset,
+        i.bytes,
+        i.records,
+        i.clock_ms,
+    ] {
+        w.u64(v);
+    }
+}
+
+fn get_stream_info(r: &mut R) -> Result<StreamInfo, KvError> {
+    let name = r.string()?;
+    let id = r.u64()?;
+    let retention = Retention { max_bytes: r.u64()?, max_age_ms: r.u64()? };
+    Ok(StreamInfo {
+        name,
+        id,
+        retention,
+        first_offset: r.u64()?,
+        end_offset: r.u64()?,
+        bytes: r.u64()?,
+        records: r.u64()?,
+        clock_ms: r.u64()?,
+    })
+}
+
+fn put_stream_response(w: &mut W, s: &StreamResponse) {
+    match s {
+        StreamResponse::Appended { first_offset, last_offset, info } => {
+            (w.u8(1), w.u64(*first_offset), w.u64(*last_offset), put_stream_info(w, info)).1
+        }
+        StreamResponse::Info(info) => (w.u8(2), put_stream_info(w, info)).1,
+    }
+}
+
+fn get_stream_response(r: &mut R) -> Result<StreamResponse, KvError> {
+    Ok(match r.u8()? {
+        1 => StreamResponse::Appended {
+            first_offset: r.u64()?,
+            last_offset: r.u64()?,
+            info: get_stream_info(r)?,
+        },
+        2 => StreamResponse::Info(get_stream_info(r)?),
+        _ => return Err(bad("stream response tag")),
+    })
+}
+
+fn put_stream_error(w: &mut W, e: &StreamError) {
+    match e {
+        StreamError::NotFound { stream } => (w.u8(1), w.bytes(stream.as_bytes())).1,
+        StreamError::Exists { stream } => (w.u8(2), w.bytes(stream.as_bytes())).1,
+        StreamError::Removed { stream, offset, first } => {
+            (w.u8(3), w.bytes(stream.as_bytes()), w.u64(*offset), w.u64(*first)).1
+        }
+        StreamError::BeyondEnd { stream, offset, end } => {
+            (w.u8(4), w.bytes(stream.as_bytes()), w.u64(*offset), w.u64(*end)).1
+        }
+        // The text is not kept; the kind is.
+        StreamError::Invalid(_) => w.u8(5),
+    }
+}
+
+fn get_stream_error(r: &mut R) -> Result<StreamError, KvError> {
+    Ok(match r.u8()? {
+        1 => StreamError::NotFound { stream: r.string()? },
+        2 => StreamError::Exists { stream: r.string()? },
+        3 => StreamError::Removed { stream: r.string()?, offset: r.u64()?, first: r.u64()? },
+        4 => StreamError::BeyondEnd { stream: r.string()?, offset: r.u64()?, end: r.u64()? },
+        5 => StreamError::Invalid("an invalid stream request (remembered by a session)"),
+        _ => return Err(bad("stream error tag")),
     })
 }

@@ -244,7 +244,7 @@ pub enum Command {
 
 impl Command {
     /// Whether the command may run in a session: the writes clients make through the KV and
-    /// Lease services (their results can be remembered and replayed).
+    /// Lease services, and stream appends (their results can be remembered and replayed).
     pub fn is_sessionable(&self) -> bool {
         matches!(
             self,
@@ -254,6 +254,7 @@ impl Command {
                 | Command::Compact { .. }
                 | Command::LeaseGrant { .. }
                 | Command::LeaseRevoke { .. }
+                | Command::Stream(crate::streams::StreamCommand::Append { .. })
         )
     }
 }

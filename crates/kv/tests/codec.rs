@@ -152,6 +152,19 @@ fn a_state_with_sessions_and_their_remembered_results_round_trips() {
     let restored = StateMachine::decode(sm.encode()).unwrap();
     assert_eq!(restored, sm, "sessions, the clock and the remembered error survive a snapshot");
     sm.apply(&session(3, Command::Txn(TxnRequest::default()))).unwrap();
+    let create = StreamCommand::Create { stream: "s".into(), retention: Retention::default() };
+    sm.apply(&Command::Stream(create)).unwrap();
+    let append = |stream: &str| {
+        Command::Stream(StreamCommand::Append {
+            stream: stream.into(),
+            timestamp_ms: 7,
+            records: vec![b("r")],
+        })
+    };
+    sm.apply(&session(4, append("s"))).unwrap();
+    assert_eq!(StateMachine::decode(sm.encode()).unwrap(), sm, "a remembered append");
+    sm.apply(&session(5, append("missing"))).unwrap_err();
+    assert_eq!(StateMachine::decode(sm.encode()).unwrap(), sm, "a remembered stream error");
     assert_eq!(StateMachine::decode(sm.encode()).unwrap(), sm, "a remembered transaction result too");
     let bytes = sm.encode();
     for cut in 0..bytes.len() {

@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status};
 use crate::kv_service::{status_of, MAX_REQUEST_BYTES};
 use crate::node::{NodeError, NodeHandle};
 use crate::pb::balsapb as pb;
+use crate::session::{session_of, within};
 
 /// Records a read returns when it does not say (and at most).
 pub const DEFAULT_READ_RECORDS: u32 = 1000;
@@ -51,7 +52,15 @@ impl LogService {
     }
 
     async fn propose(&self, command: StreamCommand) -> Result<StreamResponse, Status> {
-        match self.node.propose(Command::Stream(command)).await {
+        self.propose_within(None, command).await
+    }
+
+    async fn propose_within(
+        &self,
+        session: Option<(u64, u64)>,
+        command: StreamCommand,
+    ) -> Result<StreamResponse, Status> {
+        match self.node.propose(within(session, Command::Stream(command))).await {
             Ok(balsa_kv::Response::Stream(r)) => Ok(r),
             Ok(other) => Err(Status::internal(format!("unexpected response {other:?}"))),
             Err(e) => Err(stream_status(e)),
@@ -131,6 +140,9 @@ impl pb::log_server::Log for LogService {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
+        // Appends take a session like etcd writes do (see `session.rs`): a retried append is
+        // then applied once, so consumers never see the same records twice.
+        let session = session_of(request.metadata()).map_err(Status::invalid_argument)?;
         let r = request.into_inner();
         if prost::Message::encoded_len(&r) > MAX_REQUEST_BYTES {
             return Err(Status::invalid_argument(TOO_LARGE));
@@ -141,7 +153,7 @@ impl pb::log_server::Log for LogService {
         }
         let records = r.records.into_iter().map(Bytes::from).collect();
         let command = StreamCommand::Append { stream: r.stream, timestamp_ms: now_ms(), records };
-        match self.propose(command).await? {
+        match self.propose_within(session, command).await? {
             StreamResponse::Appended { first_offset, last_offset, .. } => {
                 Ok(Response::new(pb::AppendResponse { first_offset, last_offset }))
             }

@@ -176,3 +176,43 @@ async fn sessions_expire_by_committed_leader_time_and_plain_requests_are_unaffec
     let bad = sessions.register(RegisterSessionRequest { timeout_ms: 5 }).await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
 }
+
+/// Appends take sessions too: a retried append gets its first offsets back and adds no records,
+/// so a consumer never reads the same record twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_append_in_a_session_adds_its_records_once() {
+    use balsa_server::pb::balsapb::log_client::LogClient;
+    use balsa_server::pb::balsapb::{AppendRequest, CreateStreamRequest, ReadRequest};
+    let dir = Dir::new("sessions-append");
+    let members = cluster(&dir).await;
+    let l = leader(&members).await;
+    let endpoint = format!("http://{}", members[(l + 1) % 3].client);
+    let mut log = LogClient::connect(endpoint.clone()).await.unwrap();
+    let mut sessions = SessionClient::connect(endpoint).await.unwrap();
+    let client = sessions
+        .register(RegisterSessionRequest { timeout_ms: 30_000 })
+        .await
+        .unwrap()
+        .into_inner()
+        .client_id;
+    let create = CreateStreamRequest { stream: "orders".into(), ..Default::default() };
+    log.create_stream(create).await.unwrap();
+    let append = |seq: u64, payload: &str| {
+        let mut r = tonic::Request::new(AppendRequest {
+            stream: "orders".into(),
+            records: vec![payload.as_bytes().to_vec()],
+        });
+        r.metadata_mut().insert("balsa-client-id", client.to_string().parse().unwrap());
+        r.metadata_mut().insert("balsa-seq", seq.to_string().parse().unwrap());
+        r
+    };
+    let first = log.append(append(1, "a")).await.unwrap().into_inner();
+    let again = log.append(append(1, "a")).await.unwrap().into_inner();
+    assert_eq!((again.first_offset, again.last_offset), (first.first_offset, first.last_offset));
+    let next = log.append(append(2, "b")).await.unwrap().into_inner();
+    assert_eq!(next.first_offset, first.last_offset + 1);
+    let read =
+        log.read(ReadRequest { stream: "orders".into(), ..Default::default() }).await.unwrap().into_inner();
+    let data: Vec<&[u8]> = read.records.iter().map(|r| r.data.as_slice()).collect();
+    assert_eq!(data, [&b"a"[..], &b"b"[..]], "each record once");
+}

@@ -38,6 +38,15 @@ enum Span {
 }
 
 impl Span {
+    /// etcd's spelling of "every key": an empty key with a prefix or from-key span becomes
+    /// `"\0"` (the empty key is not a valid key).
+    fn key(&self, key: Vec<u8>) -> Vec<u8> {
+        match self {
+            Span::Prefix | Span::FromKey if key.is_empty() => vec![0],
+            _ => key,
+        }
+    }
+
     fn range_end(&self, key: &[u8]) -> Vec<u8> {
         match self {
             Span::Key => Vec::new(),
@@ -116,7 +125,7 @@ impl GetOptions {
         let (target, order) = self.sort.unwrap_or((SortTarget::Key, SortOrder::None));
         pb::RangeRequest {
             range_end: self.span.range_end(&key),
-            key,
+            key: self.span.key(key),
             limit: self.limit,
             revision: self.revision,
             sort_order: order as i32,
@@ -191,7 +200,7 @@ impl DeleteOptions {
     }
     pub(crate) fn request(&self, key: impl Into<Vec<u8>>) -> pb::DeleteRangeRequest {
         let key = key.into();
-        pb::DeleteRangeRequest { range_end: self.span.range_end(&key), key, prev_kv: self.prev_kv }
+        pb::DeleteRangeRequest { range_end: self.span.range_end(&key), key: self.span.key(key), prev_kv: self.prev_kv }
     }
 }
 
@@ -528,5 +537,7 @@ mod tests {
         assert_eq!((r.sort_target, r.sort_order), (SortTarget::Mod as i32, SortOrder::Descend as i32));
         let d = DeleteOptions::new().from_key().prev_kv().request("a");
         assert_eq!((d.range_end, d.prev_kv), (vec![0], true));
+        let all = GetOptions::new().prefix().request("");
+        assert_eq!((all.key, all.range_end), (vec![0], vec![0]));
     }
 }

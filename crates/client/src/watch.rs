@@ -115,7 +115,9 @@ pub struct Watcher {
 
 impl Client {
     /// Watches `key` (or a range: see [`WatchOptions`]). Returns once the server has created the
-    /// watch, so bad options fail here rather than at the first [`Watcher::next`].
+    /// watch, so a refused watch (an empty range) fails here. A start revision already
+    /// compacted away is reported by the first [`Watcher::next`], as etcd creates the watch and
+    /// then cancels it.
     pub async fn watch(&self, key: impl Into<Vec<u8>>, options: WatchOptions) -> Result<Watcher> {
         let endpoint = self.leader_endpoint().and_then(|l| self.endpoints().iter().position(|u| u == l));
         let mut w = Watcher {
@@ -234,13 +236,15 @@ impl Watcher {
         if self.options.no_delete {
             filters.push(pb::watch_create_request::FilterType::Nodelete as i32);
         }
-        let range_end = match (&self.options.range_end, self.options.prefix) {
-            (Some(end), _) => end.clone(),
-            (None, true) => prefix_end(&self.key),
-            (None, false) => Vec::new(),
+        let (key, range_end) = match (&self.options.range_end, self.options.prefix) {
+            (Some(end), _) => (self.key.clone(), end.clone()),
+            // Every key: etcd's "\0" to "\0".
+            (None, true) if self.key.is_empty() => (vec![0], vec![0]),
+            (None, true) => (self.key.clone(), prefix_end(&self.key)),
+            (None, false) => (self.key.clone(), Vec::new()),
         };
         let create = pb::WatchCreateRequest {
-            key: self.key.clone(),
+            key,
             range_end,
             start_revision: self.next_revision,
             prev_kv: self.options.prev_kv,

@@ -263,7 +263,12 @@ impl Client {
     }
 
     /// [`Client::run`] with an explicit deadline for the whole call.
-    pub(crate) async fn run_until<T, F, Fut>(&self, route: Route, deadline: Instant, mut attempt: F) -> Result<T>
+    pub(crate) async fn run_until<T, F, Fut>(
+        &self,
+        route: Route,
+        deadline: Instant,
+        mut attempt: F,
+    ) -> Result<T>
     where
         F: FnMut(Svc) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
@@ -271,11 +276,14 @@ impl Client {
         let mut backoff = self.backoff();
         loop {
             let endpoint = self.pick(route).await;
-            let limit = self.inner.options.request_timeout.min(deadline.saturating_duration_since(Instant::now()));
+            let limit =
+                self.inner.options.request_timeout.min(deadline.saturating_duration_since(Instant::now()));
             let error = match tokio::time::timeout(limit, attempt(self.svc(endpoint))).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(status)) => Error::from(status),
-                Err(_) => Error::Timeout(format!("no answer from {} within {limit:?}", self.inner.urls[endpoint])),
+                Err(_) => {
+                    Error::Timeout(format!("no answer from {} within {limit:?}", self.inner.urls[endpoint]))
+                }
             };
             if !error.is_retryable() {
                 return Err(error);

@@ -73,7 +73,9 @@ impl Client {
     /// The cluster's members.
     pub async fn member_list(&self) -> Result<Vec<Member>> {
         let r = self
-            .run(Route::Leader, |svc| async move { ClusterClient::new(svc).member_list(pb::MemberListRequest {}).await })
+            .run(Route::Leader, |svc| async move {
+                ClusterClient::new(svc).member_list(pb::MemberListRequest {}).await
+            })
             .await?;
         Ok(r.into_inner().members)
     }
@@ -159,7 +161,8 @@ impl Client {
             .run_until(Route::Any, deadline, |svc| {
                 let part = part.clone();
                 async move {
-                    let mut stream = MaintenanceClient::new(svc).snapshot(pb::SnapshotRequest {}).await?.into_inner();
+                    let mut stream =
+                        MaintenanceClient::new(svc).snapshot(pb::SnapshotRequest {}).await?.into_inner();
                     let mut file = tokio::fs::File::create(&part).await.map_err(io_status)?;
                     let mut bytes = 0u64;
                     while let Some(chunk) = stream.message().await? {
@@ -181,7 +184,12 @@ fn io_status(e: std::io::Error) -> tonic::Status {
     tonic::Status::aborted(format!("writing the snapshot: {e}"))
 }
 
-fn row(endpoint: &str, status: Result<StatusResponse>, members: &[Member], leader_commit: Option<u64>) -> MemberStatus {
+fn row(
+    endpoint: &str,
+    status: Result<StatusResponse>,
+    members: &[Member],
+    leader_commit: Option<u64>,
+) -> MemberStatus {
     match status {
         Ok(s) => {
             let id = s.header.as_ref().map_or(0, |h| h.member_id);

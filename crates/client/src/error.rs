@@ -115,9 +115,16 @@ impl From<tonic::transport::Error> for Error {
 }
 
 fn is_transport_message(m: &str) -> bool {
-    ["transport error", "connection", "broken pipe", "h2 protocol error", "operation was canceled", "error trying to connect"]
-        .iter()
-        .any(|n| m.to_ascii_lowercase().contains(n))
+    [
+        "transport error",
+        "connection",
+        "broken pipe",
+        "h2 protocol error",
+        "operation was canceled",
+        "error trying to connect",
+    ]
+    .iter()
+    .any(|n| m.to_ascii_lowercase().contains(n))
 }
 
 #[cfg(test)]
@@ -135,10 +142,15 @@ mod tests {
             Error::from(Status::out_of_range("etcdserver: mvcc: required revision is a future revision")),
             Error::FutureRevision
         );
-        assert_eq!(Error::from(Status::not_found("etcdserver: requested lease not found")), Error::LeaseNotFound);
+        assert_eq!(
+            Error::from(Status::not_found("etcdserver: requested lease not found")),
+            Error::LeaseNotFound
+        );
         assert_eq!(Error::from(Status::not_found("etcdserver: member not found")), Error::MemberNotFound);
         assert!(matches!(
-            Error::from(Status::unavailable("etcdserver: request timed out, possibly due to previous leader failure")),
+            Error::from(Status::unavailable(
+                "etcdserver: request timed out, possibly due to previous leader failure"
+            )),
             Error::Timeout(_)
         ));
         assert!(matches!(

@@ -200,7 +200,11 @@ impl DeleteOptions {
     }
     pub(crate) fn request(&self, key: impl Into<Vec<u8>>) -> pb::DeleteRangeRequest {
         let key = key.into();
-        pb::DeleteRangeRequest { range_end: self.span.range_end(&key), key: self.span.key(key), prev_kv: self.prev_kv }
+        pb::DeleteRangeRequest {
+            range_end: self.span.range_end(&key),
+            key: self.span.key(key),
+            prev_kv: self.prev_kv,
+        }
     }
 }
 
@@ -338,7 +342,9 @@ impl TxnOp {
     }
     /// A put with options.
     pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, options: PutOptions) -> Self {
-        Self(pb::RequestOp { request: Some(pb::request_op::Request::RequestPut(options.request(key, value))) })
+        Self(pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestPut(options.request(key, value))),
+        })
     }
     /// A delete with options.
     pub fn delete(key: impl Into<Vec<u8>>, options: DeleteOptions) -> Self {
@@ -501,7 +507,9 @@ impl Client {
     /// [`Error::Compacted`]). Returns the store's revision.
     pub async fn compact(&self, revision: i64, physical: bool) -> Result<i64> {
         if revision <= 0 {
-            return Err(Error::InvalidArgument(format!("compact: revision must be positive, got {revision}")));
+            return Err(Error::InvalidArgument(format!(
+                "compact: revision must be positive, got {revision}"
+            )));
         }
         let request = pb::CompactionRequest { revision, physical };
         let r = self

@@ -129,7 +129,9 @@ impl Client {
     /// The ids of every live lease.
     pub async fn lease_list(&self) -> Result<Vec<i64>> {
         let r = self
-            .run(Route::Leader, |svc| async move { LeaseClient::new(svc).lease_leases(pb::LeaseLeasesRequest {}).await })
+            .run(Route::Leader, |svc| async move {
+                LeaseClient::new(svc).lease_leases(pb::LeaseLeasesRequest {}).await
+            })
             .await?;
         Ok(r.into_inner().leases.into_iter().map(|l| l.id).collect())
     }
@@ -146,7 +148,8 @@ impl Client {
                 // renewal every TTL/3 makes the extra stream set-up negligible.
                 let (tx, rx) = mpsc::channel(1);
                 let _ = tx.send(pb::LeaseKeepAliveRequest { id }).await;
-                let mut responses = LeaseClient::new(svc).lease_keep_alive(ReceiverStream::new(rx)).await?.into_inner();
+                let mut responses =
+                    LeaseClient::new(svc).lease_keep_alive(ReceiverStream::new(rx)).await?.into_inner();
                 match responses.message().await? {
                     Some(r) => Ok(r.ttl),
                     None => Err(tonic::Status::unavailable("keep-alive stream ended without an answer")),

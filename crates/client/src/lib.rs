@@ -138,8 +138,8 @@ pub use client::{Client, ClientOptions};
 pub use cluster::{Member, MemberStatus, Role, SnapshotSaved, StatusResponse};
 pub use error::{Error, Result};
 pub use kv::{
-    prefix_end, Compare, CompareOp, DeleteOptions, DeleteResponse, GetOptions, GetResponse, KeyValue, PutOptions,
-    PutResponse, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    prefix_end, Compare, CompareOp, DeleteOptions, DeleteResponse, GetOptions, GetResponse, KeyValue,
+    PutOptions, PutResponse, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 pub use lease::{KeepAlive, LeaseGrant, LeaseState, LeaseTtl};
 pub use session::{Session, SessionInterceptor, CLIENT_ID_HEADER, SEQ_HEADER};

@@ -78,7 +78,8 @@ impl SessionInterceptor {
 
 impl Interceptor for SessionInterceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let (Some(session), Some(Seq(seq))) = (&self.session, request.extensions().get::<Seq>().copied()) else {
+        let (Some(session), Some(Seq(seq))) = (&self.session, request.extensions().get::<Seq>().copied())
+        else {
             return Ok(request);
         };
         let id = MetadataValue::from(session.client_id);

@@ -251,7 +251,8 @@ impl Watcher {
             filters,
             ..Default::default()
         };
-        let request = pb::WatchRequest { request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create)) };
+        let request =
+            pb::WatchRequest { request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create)) };
         tx.send(request).await.map_err(|_| Error::Unavailable("watch request stream closed".into()))?;
         let mut client = WatchClient::new(self.client.svc(endpoint));
         let opened = async {

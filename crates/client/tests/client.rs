@@ -12,7 +12,11 @@ use balsa_client::*;
 use common::{until, Cluster};
 
 fn options() -> ClientOptions {
-    ClientOptions { request_timeout: Duration::from_secs(2), retry_budget: Duration::from_secs(10), ..Default::default() }
+    ClientOptions {
+        request_timeout: Duration::from_secs(2),
+        retry_budget: Duration::from_secs(10),
+        ..Default::default()
+    }
 }
 
 async fn connect(cluster: &Cluster) -> Client {
@@ -85,7 +89,10 @@ async fn transactions_take_one_branch_atomically() {
     let cas = |from: &str, to: &str| {
         Txn::new()
             .when([Compare::value("lock", CompareOp::Equal, from)])
-            .and_then([TxnOp::put("lock", to, PutOptions::new()), TxnOp::put("owner-changed", "yes", PutOptions::new())])
+            .and_then([
+                TxnOp::put("lock", to, PutOptions::new()),
+                TxnOp::put("owner-changed", "yes", PutOptions::new()),
+            ])
             .or_else([TxnOp::get("lock", GetOptions::new())])
     };
     let won = c.txn(cas("alice", "bob")).await.unwrap();
@@ -167,7 +174,9 @@ async fn a_watch_resumes_across_a_killed_member_with_no_gap_and_no_duplicate() {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(40), collect).await.expect("every key's event arrives within 40 s");
+    tokio::time::timeout(Duration::from_secs(40), collect)
+        .await
+        .expect("every key's event arrives within 40 s");
     tokio::time::timeout(Duration::from_secs(20), writes).await.unwrap().unwrap();
     // A put retried across the failover may have been applied twice (at-least-once without a
     // session): read the final revision and take every event up to it.

@@ -183,7 +183,11 @@ impl Cluster {
 }
 
 /// Polls `f` every 20 ms for at most `limit`.
-pub async fn until<F: std::future::Future<Output = bool>>(limit: Duration, what: &str, mut f: impl FnMut() -> F) {
+pub async fn until<F: std::future::Future<Output = bool>>(
+    limit: Duration,
+    what: &str,
+    mut f: impl FnMut() -> F,
+) {
     let deadline = Instant::now() + limit;
     while !f().await {
         assert!(Instant::now() < deadline, "timed out after {limit:?}: {what}");

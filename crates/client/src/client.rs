@@ -360,7 +360,7 @@ impl Backoff {
     pub(crate) fn new(initial: Duration, max: Duration) -> Self {
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(0x6261_6c73_61);
+        h.write_u64(0x0062_616c_7361);
         Self { current: initial.max(Duration::from_millis(1)), max: max.max(initial), rng: h.finish() | 1 }
     }
 

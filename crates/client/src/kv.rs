@@ -512,12 +512,8 @@ impl Client {
             )));
         }
         let request = pb::CompactionRequest { revision, physical };
-        let r = self
-            .run(Route::Leader, |svc| {
-                let request = request.clone();
-                async move { KvClient::new(svc).compact(request).await }
-            })
-            .await?;
+        let r =
+            self.run(Route::Leader, |svc| async move { KvClient::new(svc).compact(request).await }).await?;
         Ok(revision_of(r.into_inner().header))
     }
 }

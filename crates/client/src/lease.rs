@@ -91,10 +91,7 @@ impl Client {
     pub async fn lease_grant(&self, ttl: i64, id: i64) -> Result<LeaseGrant> {
         let request = pb::LeaseGrantRequest { ttl, id };
         let r = self
-            .run(Route::Leader, |svc| {
-                let request = request.clone();
-                async move { LeaseClient::new(svc).lease_grant(request).await }
-            })
+            .run(Route::Leader, |svc| async move { LeaseClient::new(svc).lease_grant(request).await })
             .await?
             .into_inner();
         if !r.error.is_empty() {

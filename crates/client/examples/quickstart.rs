@@ -12,13 +12,14 @@
 use std::time::Duration;
 
 use balsa_client::{
-    Client, ClientOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    Client, ClientOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
 };
 
 #[tokio::main]
 async fn main() -> balsa_client::Result<()> {
-    let endpoints =
-        std::env::var("BALSA_ENDPOINTS").unwrap_or_else(|_| "127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379".into());
+    let endpoints = std::env::var("BALSA_ENDPOINTS")
+        .unwrap_or_else(|_| "127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379".into());
     let endpoints: Vec<&str> = endpoints.split(',').collect();
     let client = Client::connect(&endpoints, ClientOptions::default()).await?;
     println!("connected; the leader is at {:?}", client.leader_endpoint());

@@ -75,10 +75,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Server(flags) => runtime.block_on(server(*flags)),
-        Command::Snapshot(SnapshotCommand::Save { file, client }) => {
-            runtime.block_on(client_cmd::snapshot_save(&file, client))
-        }
-        Command::Snapshot(command) => snapshot(command),
+        Command::Snapshot(command) => snapshot(command, &runtime),
         Command::Client(command) => runtime.block_on(client_cmd::run(command)),
         Command::Dev(flags) => {
             let result = runtime.block_on(dev::run(flags));
@@ -122,10 +119,10 @@ pub(crate) fn init_logging(level: &str, format: LogFormat) {
     };
 }
 
-fn snapshot(command: SnapshotCommand) -> Result<(), String> {
+fn snapshot(command: SnapshotCommand, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
     use balsa_server::snapshot_file;
     match command {
-        SnapshotCommand::Save { .. } => unreachable!("handled in main"),
+        SnapshotCommand::Save { file, client } => runtime.block_on(client_cmd::snapshot_save(&file, client)),
         SnapshotCommand::Status { file } => {
             let image = snapshot_file::read(&file)?;
             let sm = balsa_kv_summary(&image.data)?;

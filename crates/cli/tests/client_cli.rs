@@ -157,6 +157,20 @@ fn key_value_txn_lease_and_snapshot_commands() {
     assert_eq!(ok(e, &["get", "svc/x"]), "", "the key went with its lease");
     assert_eq!(ok(e, &["lease", "ttl", &id]), format!("lease {id} already expired\n"));
 
+    // A keep-alive that runs until the lease is gone: revoked elsewhere, it says so and fails.
+    let id = ok(e, &["lease", "grant", "3"]).split_whitespace().nth(1).unwrap().to_string();
+    let keeper = balsa()
+        .args(["lease", "keep-alive", &id, "--endpoints", e])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    ok(e, &["lease", "revoke", &id]);
+    let (success, out, err) = finish(Proc(keeper), Duration::from_secs(15), &["lease", "keep-alive"]);
+    assert!(out.starts_with(&format!("lease {id} keepalived with TTL(3)\n")), "{out}");
+    assert!(!success && err.contains(&format!("error: lease {id} lost")), "{err}");
+
     // del, with prev-kv.
     assert_eq!(ok(e, &["del", "app/", "--prefix", "--prev-kv"]), "2\napp/a\n4\napp/b\ntwo words\n");
     assert_eq!(ok(e, &["get", "", "--from-key", "--count-only"]), "0\n");

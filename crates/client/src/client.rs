@@ -324,7 +324,7 @@ impl<M: Clone> Tagged<M> {
 
 /// Runs futures concurrently and returns their outputs in order (a tiny `join_all`, to keep the
 /// dependency list short).
-async fn futures_join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+pub(crate) async fn futures_join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
     let mut set: Vec<_> = futures.into_iter().map(Box::pin).collect();
     let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
     std::future::poll_fn(|cx| {

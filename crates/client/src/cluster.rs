@@ -131,10 +131,10 @@ impl Client {
     /// Every endpoint's status, with names from the member list and each member's lag behind
     /// the leader's commit index. Endpoints that do not answer are rows with `error` set.
     pub async fn cluster_status(&self) -> Result<Vec<MemberStatus>> {
-        let mut statuses = Vec::new();
-        for i in 0..self.endpoints().len() {
-            statuses.push(self.endpoint_status(i).await);
-        }
+        // All at once: a member that does not answer costs one timeout, not one each.
+        let statuses =
+            crate::client::futures_join_all((0..self.endpoints().len()).map(|i| self.endpoint_status(i)))
+                .await;
         if statuses.iter().all(|s| s.is_err()) {
             let why = statuses.into_iter().find_map(|s| s.err()).expect("at least one endpoint");
             return Err(why);

@@ -1,6 +1,7 @@
 //! # balsa-client
 //!
-//! A Rust client for balsa over etcd's v3 gRPC API (so it works against etcd, too). It does
+//! A Rust client for balsa over etcd's v3 gRPC API (the same calls etcd serves, though it is
+//! tested against balsa only). It does
 //! what a bare gRPC stub leaves to you: it keeps a list of endpoints, finds the leader, sends
 //! writes there, retries what failed because a member was down or a leader was changing, and
 //! resumes watches where they stopped.

@@ -145,13 +145,33 @@ async fn finds_the_leader_and_retries_a_write_across_its_death() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_resumes_across_a_killed_member_with_no_gap_and_no_duplicate() {
-    let mut cluster = Cluster::start("watch", 3).await;
+async fn a_watch_resumes_across_a_killed_leader_with_no_gap_and_no_duplicate() {
+    let mut cluster = Cluster::start("watch-leader", 3).await;
     let c = connect(&cluster).await;
+    // A client that knows the leader watches through it.
     let watched = c.leader_endpoint().unwrap().to_string();
-    let mut watcher = c.watch("w/", WatchOptions::new().prefix()).await.unwrap();
+    let watcher = c.watch("w/", WatchOptions::new().prefix()).await.unwrap();
     let victim = cluster.members.iter().position(|m| format!("http://{}", m.endpoint()) == watched).unwrap();
+    watch_through_a_kill(&mut cluster, c, watcher, victim).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_across_a_killed_follower_with_no_gap_and_no_duplicate() {
+    let mut cluster = Cluster::start("watch-follower", 3).await;
+    let victim = (cluster.leader().await + 1) % 3;
+    // A client that has not looked for the leader watches through its first endpoint.
+    let mut endpoints = cluster.endpoints();
+    endpoints.rotate_left(victim);
+    let refs: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+    let lazy = Client::connect_lazy(&refs, options()).unwrap();
+    let watcher = lazy.watch("w/", WatchOptions::new().prefix()).await.unwrap();
+    let writer = connect(&cluster).await;
+    watch_through_a_kill(&mut cluster, writer, watcher, victim).await;
+}
+
+/// Writes w/000..w/059 through `c` while `watcher` reads them; kills member `victim` a third of
+/// the way; checks the watcher saw every revision of the run exactly once.
+async fn watch_through_a_kill(cluster: &mut Cluster, c: Client, mut watcher: Watcher, victim: usize) {
     // A writer puts w/0..N one after another (each retried through the failover).
     const N: usize = 60;
     let writer = c.clone();

@@ -4,9 +4,13 @@
 //!   127.0.0.1:2379 with its data in ./default.balsa, as etcd does).
 //! - `balsa dev` runs a local cluster of several members in this one process.
 //! - `balsa snapshot status|restore FILE` checks a snapshot file saved through Maintenance.Snapshot
-//!   (`etcdctl snapshot save`), or founds a data dir from it.
+//!   (`etcdctl snapshot save`, `balsa snapshot save`), or founds a data dir from it.
+//! - The client commands (`put`, `get`, `del`, `txn`, `watch`, `lease`, `member`, `cluster status`,
+//!   `snapshot save`) talk to a cluster through balsa-client; see `client_cmd.rs`.
 
+mod client_cmd;
 mod dev;
+mod txn_syntax;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -28,13 +32,22 @@ enum Command {
     Server(Box<ServerFlags>),
     /// Run a local cluster for development (all members in this process, on 127.0.0.1).
     Dev(dev::DevFlags),
-    /// Check or restore a snapshot file (from `etcdctl snapshot save` against a balsa member).
+    /// Save, check or restore a snapshot file.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    #[command(flatten)]
+    Client(client_cmd::ClientCommand),
 }
 
 #[derive(Subcommand)]
 enum SnapshotCommand {
+    /// Stream a snapshot of a member's state to FILE (balsa's format; see `status`/`restore`).
+    Save {
+        /// The file to write.
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        client: client_cmd::ClientFlags,
+    },
     /// Verify a snapshot file's sha256 and print what it holds.
     Status {
         /// The file.
@@ -62,7 +75,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Server(flags) => runtime.block_on(server(*flags)),
-        Command::Snapshot(command) => snapshot(command),
+        Command::Snapshot(command) => snapshot(command, &runtime),
+        Command::Client(command) => runtime.block_on(client_cmd::run(command)),
         Command::Dev(flags) => {
             let result = runtime.block_on(dev::run(flags));
             // The members' nodes stop when the runtime drops the tasks holding them; only then
@@ -105,9 +119,10 @@ pub(crate) fn init_logging(level: &str, format: LogFormat) {
     };
 }
 
-fn snapshot(command: SnapshotCommand) -> Result<(), String> {
+fn snapshot(command: SnapshotCommand, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
     use balsa_server::snapshot_file;
     match command {
+        SnapshotCommand::Save { file, client } => runtime.block_on(client_cmd::snapshot_save(&file, client)),
         SnapshotCommand::Status { file } => {
             let image = snapshot_file::read(&file)?;
             let sm = balsa_kv_summary(&image.data)?;

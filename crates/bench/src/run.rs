@@ -276,6 +276,10 @@ pub async fn run(workload: Workload, load: &LoadFlags, preload_keys: bool) -> Re
     if let (Some(before), Some(after)) = (cpu_start, cpu_end) {
         result.set_server_cpu(after.saturating_sub(before));
     }
+    if result.ops == 0 && result.errors > 0 {
+        let first = result.first_error.unwrap_or_default();
+        return Err(BenchError::Connect(format!("no operation succeeded ({} errors; the first: {first})", result.errors)));
+    }
     if let Some(watchers) = watchers {
         let acks: Vec<(i64, Instant)> = outcomes.iter().flat_map(|o| o.acks.iter().copied()).collect();
         watchers.finish(acks, &mut result).await;

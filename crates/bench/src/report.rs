@@ -167,10 +167,14 @@ fn ms(us: f64) -> String {
     format!("{:.3}ms", us / 1000.0)
 }
 
+/// The row order of [`table`].
+const WORKLOAD_ORDER: [&str; 6] = ["put", "get", "get-serializable", "txn", "watch", "log-append"];
+
 /// The side-by-side table: one row per workload with both labels, ratio = candidate / baseline
 /// throughput; results under other labels (the no-op ceiling) are listed after it.
 pub fn table(results: &[RunResult], baseline: &str, candidate: &str) -> String {
-    let mut workloads: Vec<&str> = Vec::new();
+    // The workloads in the order the issue lists them, then any other in order of appearance.
+    let mut workloads: Vec<&str> = Vec::from(WORKLOAD_ORDER);
     for r in results {
         if !workloads.contains(&r.workload.as_str()) {
             workloads.push(&r.workload);
@@ -264,6 +268,10 @@ mod tests {
             result("noop", "put", 5000.0, 1_000.0),
             result("etcd", "get", 3000.0, 10_000.0),
         ];
+        let reversed: Vec<RunResult> = results.iter().rev().cloned().collect();
+        let t2 = table(&reversed, "etcd", "balsa");
+        let rows: Vec<&str> = t2.lines().skip(1).take(2).map(|l| l.split_whitespace().next().unwrap()).collect();
+        assert_eq!(rows, ["put", "get"], "rows in the issue's order, whatever the files' order");
         let t = table(&results, "etcd", "balsa");
         let put = t.lines().find(|l| l.starts_with("put ")).unwrap();
         assert!(put.contains("1000") && put.contains("2500") && put.contains("2.50x"), "{put}");

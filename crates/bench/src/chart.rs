@@ -58,7 +58,7 @@ pub fn draw(results: &[RunResult], path: &Path) -> Result<(), BenchError> {
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::UpperRight)
         .draw()
         .map_err(|e| failed(&e))?;
     root.present().map_err(|e| failed(&e))?;

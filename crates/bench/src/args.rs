@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 
 /// `balsa-bench`: a load generator over etcd's v3 gRPC API.
 #[derive(Parser, Debug)]
-#[command(name = "balsa-bench", version, about = "Load generator over etcd's v3 gRPC API (balsa and etcd alike)")]
+#[command(
+    name = "balsa-bench",
+    version,
+    about = "Load generator over etcd's v3 gRPC API (balsa and etcd alike)"
+)]
 pub struct Cli {
     /// What to do.
     #[command(flatten)]
@@ -152,7 +156,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         Some(i) => text.split_at(i),
         None => (text, "s"),
     };
-    let value: f64 = number.trim().parse().map_err(|_| format!("{text:?} is not a duration (e.g. 10s, 500ms, 2m)"))?;
+    let value: f64 =
+        number.trim().parse().map_err(|_| format!("{text:?} is not a duration (e.g. 10s, 500ms, 2m)"))?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "s" => value,
@@ -188,9 +193,31 @@ mod tests {
     #[test]
     fn put_with_every_flag() {
         let cli = parse(&[
-            "put", "--endpoints", "127.0.0.1:1,http://127.0.0.1:2", "--clients", "256", "--connections", "4",
-            "--key-space", "100", "--key-size", "12", "--value-size", "1024", "--duration", "3s", "--rate", "5000",
-            "--warmup", "0s", "--json", "r.json", "--label", "etcd", "--pids", "10,11,12",
+            "put",
+            "--endpoints",
+            "127.0.0.1:1,http://127.0.0.1:2",
+            "--clients",
+            "256",
+            "--connections",
+            "4",
+            "--key-space",
+            "100",
+            "--key-size",
+            "12",
+            "--value-size",
+            "1024",
+            "--duration",
+            "3s",
+            "--rate",
+            "5000",
+            "--warmup",
+            "0s",
+            "--json",
+            "r.json",
+            "--label",
+            "etcd",
+            "--pids",
+            "10,11,12",
         ])
         .unwrap();
         let BenchCommand::Put(load) = cli.args.command else { panic!("a put") };

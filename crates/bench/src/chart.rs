@@ -17,8 +17,13 @@ pub fn draw(results: &[RunResult], path: &Path) -> Result<(), BenchError> {
     }
     let mut series: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
     for r in results {
-        let name = if r.label.is_empty() { r.workload.clone() } else { format!("{} {}", r.label, r.workload) };
-        series.entry(name).or_default().push((r.throughput, r.latency.p50_us / 1000.0, r.latency.p99_us / 1000.0));
+        let name =
+            if r.label.is_empty() { r.workload.clone() } else { format!("{} {}", r.label, r.workload) };
+        series.entry(name).or_default().push((
+            r.throughput,
+            r.latency.p50_us / 1000.0,
+            r.latency.p99_us / 1000.0,
+        ));
     }
     for points in series.values_mut() {
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -52,7 +57,9 @@ pub fn draw(results: &[RunResult], path: &Path) -> Result<(), BenchError> {
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
         chart.draw_series(p99.iter().map(|&p| Circle::new(p, 4, colour.filled()))).map_err(|e| failed(&e))?;
         chart.draw_series(LineSeries::new(p50.clone(), colour.stroke_width(1))).map_err(|e| failed(&e))?;
-        chart.draw_series(p50.iter().map(|&p| Circle::new(p, 2, colour.stroke_width(1)))).map_err(|e| failed(&e))?;
+        chart
+            .draw_series(p50.iter().map(|&p| Circle::new(p, 2, colour.stroke_width(1))))
+            .map_err(|e| failed(&e))?;
     }
     chart
         .configure_series_labels()

@@ -32,8 +32,9 @@ pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
 /// CPU time used so far by the process `pid`.
 pub fn process_cpu(pid: u32, ticks_per_second: u64) -> std::io::Result<Duration> {
     let text = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat"))?;
-    let ticks = parse_stat_ticks(&text)
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("/proc/{pid}/stat unreadable")))?;
+    let ticks = parse_stat_ticks(&text).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("/proc/{pid}/stat unreadable"))
+    })?;
     Ok(Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / ticks_per_second))
 }
 
@@ -56,7 +57,9 @@ impl CpuMeter {
 
     /// Their CPU time so far, summed.
     pub fn total(&self) -> std::io::Result<Duration> {
-        self.pids.iter().try_fold(Duration::ZERO, |sum, &pid| Ok(sum + process_cpu(pid, self.ticks_per_second)?))
+        self.pids
+            .iter()
+            .try_fold(Duration::ZERO, |sum, &pid| Ok(sum + process_cpu(pid, self.ticks_per_second)?))
     }
 }
 

@@ -39,16 +39,26 @@ impl Kv for NoopKv {
         Ok(Response::new(PutResponse { header: self.header(revision), prev_kv: None }))
     }
 
-    async fn delete_range(&self, _request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+    async fn delete_range(
+        &self,
+        _request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
         Ok(Response::new(DeleteRangeResponse { header: self.current(), ..Default::default() }))
     }
 
     async fn txn(&self, _request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let revision = self.revision.fetch_add(1, Ordering::Relaxed) + 1;
-        Ok(Response::new(TxnResponse { header: self.header(revision), succeeded: true, responses: Vec::new() }))
+        Ok(Response::new(TxnResponse {
+            header: self.header(revision),
+            succeeded: true,
+            responses: Vec::new(),
+        }))
     }
 
-    async fn compact(&self, _request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+    async fn compact(
+        &self,
+        _request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
         Ok(Response::new(CompactionResponse { header: self.current() }))
     }
 }

@@ -120,8 +120,10 @@ impl RunResult {
 
     /// Reads a result saved with `--json`.
     pub fn load(path: &Path) -> Result<Self, BenchError> {
-        let text = std::fs::read_to_string(path).map_err(|e| BenchError::Usage(format!("{}: {e}", path.display())))?;
-        serde_json::from_str(&text).map_err(|e| BenchError::Usage(format!("{}: not a result: {e}", path.display())))
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| BenchError::Usage(format!("{}: {e}", path.display())))?;
+        serde_json::from_str(&text)
+            .map_err(|e| BenchError::Usage(format!("{}: not a result: {e}", path.display())))
     }
 
     /// Writes it as pretty JSON.
@@ -147,7 +149,11 @@ impl RunResult {
         let _ = writeln!(
             s,
             "  {what:<10}  p50 {} p90 {} p99 {} p99.9 {} max {}",
-            ms(l.p50_us), ms(l.p90_us), ms(l.p99_us), ms(l.p999_us), ms(l.max_us)
+            ms(l.p50_us),
+            ms(l.p90_us),
+            ms(l.p99_us),
+            ms(l.p999_us),
+            ms(l.max_us)
         );
         if let (Some(cpu), Some(per_op)) = (self.server_cpu_s, self.server_cpu_us_per_op) {
             let _ = writeln!(s, "  server CPU  {cpu:.2} s, {per_op:.1} CPU-µs/op");
@@ -180,12 +186,16 @@ pub fn table(results: &[RunResult], baseline: &str, candidate: &str) -> String {
             workloads.push(&r.workload);
         }
     }
-    let find = |label: &str, workload: &str| results.iter().rev().find(|r| r.label == label && r.workload == workload);
+    let find = |label: &str, workload: &str| {
+        results.iter().rev().find(|r| r.label == label && r.workload == workload)
+    };
     let ops = |r: Option<&RunResult>| r.map_or("-".into(), |r| format!("{:.0}", r.throughput));
     let lat = |r: Option<&RunResult>| {
         r.map_or("-".into(), |r| format!("{:.2}/{:.2}", r.latency.p50_us / 1000.0, r.latency.p99_us / 1000.0))
     };
-    let cpu = |r: Option<&RunResult>| r.and_then(|r| r.server_cpu_us_per_op).map_or("-".into(), |c| format!("{c:.1}"));
+    let cpu = |r: Option<&RunResult>| {
+        r.and_then(|r| r.server_cpu_us_per_op).map_or("-".into(), |c| format!("{c:.1}"))
+    };
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -211,18 +221,27 @@ pub fn table(results: &[RunResult], baseline: &str, candidate: &str) -> String {
         let _ = writeln!(
             s,
             "{workload:<17} {:>11} {:>11} {ratio:>6} {:>15} {:>15} {:>11} {:>11}",
-            ops(b), ops(c), lat(b), lat(c), cpu(b), cpu(c)
+            ops(b),
+            ops(c),
+            lat(b),
+            lat(c),
+            cpu(b),
+            cpu(c)
         );
     }
     let _ = writeln!(s, "(latency in ms; CPU = server CPU-µs per op summed over the members; watch: puts/s, delivery latency)");
     for r in results.iter().filter(|r| r.label != baseline && r.label != candidate) {
-        let of_candidate = find(candidate, &r.workload)
-            .filter(|_| r.throughput > 0.0)
-            .map_or(String::new(), |c| format!("; {candidate} reaches {:.0}% of it", 100.0 * c.throughput / r.throughput));
+        let of_candidate =
+            find(candidate, &r.workload).filter(|_| r.throughput > 0.0).map_or(String::new(), |c| {
+                format!("; {candidate} reaches {:.0}% of it", 100.0 * c.throughput / r.throughput)
+            });
         let _ = writeln!(
             s,
             "{} {}: {:.0} ops/s, p50/p99 {} ms{of_candidate}",
-            r.label, r.workload, r.throughput, lat(Some(r))
+            r.label,
+            r.workload,
+            r.throughput,
+            lat(Some(r))
         );
     }
     s
@@ -270,7 +289,8 @@ mod tests {
         ];
         let reversed: Vec<RunResult> = results.iter().rev().cloned().collect();
         let t2 = table(&reversed, "etcd", "balsa");
-        let rows: Vec<&str> = t2.lines().skip(1).take(2).map(|l| l.split_whitespace().next().unwrap()).collect();
+        let rows: Vec<&str> =
+            t2.lines().skip(1).take(2).map(|l| l.split_whitespace().next().unwrap()).collect();
         assert_eq!(rows, ["put", "get"], "rows in the issue's order, whatever the files' order");
         let t = table(&results, "etcd", "balsa");
         let put = t.lines().find(|l| l.starts_with("put ")).unwrap();

@@ -90,10 +90,21 @@ pub struct ClientSetup {
 }
 
 /// One client: sends operations one at a time until the run ends.
-pub async fn client(setup: ClientSetup, mut op: ClientOp, timing: Timing, shared: Arc<Shared>) -> ClientOutcome {
+pub async fn client(
+    setup: ClientSetup,
+    mut op: ClientOp,
+    timing: Timing,
+    shared: Arc<Shared>,
+) -> ClientOutcome {
     let ClientSetup { mut conn, keys, value, seed, keep_acks } = setup;
     let mut rng = Rng::new(seed);
-    let mut out = ClientOutcome { latencies: Latencies::new(), errors: 0, first_error: None, acks: Vec::new(), successes: None };
+    let mut out = ClientOutcome {
+        latencies: Latencies::new(),
+        errors: 0,
+        first_error: None,
+        acks: Vec::new(),
+        successes: None,
+    };
     loop {
         let intended = timing.schedule.map(|s| s.due(shared.next_slot.fetch_add(1, Ordering::Relaxed)));
         if let Some(due) = intended {
@@ -158,7 +169,12 @@ pub async fn connect(endpoints: &[String], count: u32) -> Result<Vec<Channel>, B
 }
 
 /// Writes every key of the key space once (not measured), `clients` at a time, within 5 minutes.
-async fn preload(channels: &[Channel], keys: &Arc<Keys>, value: &Arc<Vec<u8>>, clients: u32) -> Result<(), BenchError> {
+async fn preload(
+    channels: &[Channel],
+    keys: &Arc<Keys>,
+    value: &Arc<Vec<u8>>,
+    clients: u32,
+) -> Result<(), BenchError> {
     let next = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut tasks = Vec::new();
@@ -171,7 +187,11 @@ async fn preload(channels: &[Channel], keys: &Arc<Keys>, value: &Arc<Vec<u8>>, c
                 if index >= keys.space || Instant::now() >= deadline {
                     return Ok::<(), BenchError>(());
                 }
-                let put = balsa_server::pb::etcdserverpb::PutRequest { key: keys.key(index), value: value.to_vec(), ..Default::default() };
+                let put = balsa_server::pb::etcdserverpb::PutRequest {
+                    key: keys.key(index),
+                    value: value.to_vec(),
+                    ..Default::default()
+                };
                 kv.put(put).await.map_err(|s| BenchError::Connect(format!("preload: {}", s.message())))?;
             }
         }));
@@ -183,9 +203,17 @@ async fn preload(channels: &[Channel], keys: &Arc<Keys>, value: &Arc<Vec<u8>>, c
 }
 
 /// A progress bar on a terminal (stderr), hidden otherwise; updated by a task until `stop`.
-fn progress(shared: Arc<Shared>, timing: Timing, stop: Arc<tokio::sync::Notify>) -> tokio::task::JoinHandle<()> {
+fn progress(
+    shared: Arc<Shared>,
+    timing: Timing,
+    stop: Arc<tokio::sync::Notify>,
+) -> tokio::task::JoinHandle<()> {
     let bar = if std::io::stderr().is_terminal() { ProgressBar::new(1000) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {msg}").expect("valid template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
     let start = Instant::now();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -200,7 +228,8 @@ fn progress(shared: Arc<Shared>, timing: Timing, stop: Arc<tokio::sync::Notify>)
                 None => (start.elapsed().as_secs_f64() / span).min(1.0),
             };
             bar.set_position((fraction * 1000.0) as u64);
-            let (ops, errors) = (shared.answered.load(Ordering::Relaxed), shared.errors.load(Ordering::Relaxed));
+            let (ops, errors) =
+                (shared.answered.load(Ordering::Relaxed), shared.errors.load(Ordering::Relaxed));
             let phase = if Instant::now() < timing.measure_from { "warmup" } else { "measuring" };
             bar.set_message(format!("{phase}: {ops} ops, {errors} errors"));
         }
@@ -231,7 +260,11 @@ pub async fn run(workload: Workload, load: &LoadFlags, preload_keys: bool) -> Re
     if preload_keys {
         preload(&channels, &keys, &value, load.clients).await?;
     }
-    let meter = if load.pids.is_empty() { None } else { Some(CpuMeter::new(load.pids.clone()).map_err(BenchError::Io)?) };
+    let meter = if load.pids.is_empty() {
+        None
+    } else {
+        Some(CpuMeter::new(load.pids.clone()).map_err(BenchError::Io)?)
+    };
     let watchers = match workload {
         Workload::Watch { watchers } => Some(watch::Watchers::start(&channels, &keys, watchers).await?),
         _ => None,
@@ -266,7 +299,10 @@ pub async fn run(workload: Workload, load: &LoadFlags, preload_keys: bool) -> Re
     }
     let finished = Instant::now();
     let cpu_end = meter.as_ref().map(|m| m.total()).transpose().map_err(BenchError::Io)?;
-    let cpu_start = cpu_start.await.map_err(|e| BenchError::Connect(format!("cpu task: {e}")))?.map_err(BenchError::Io)?;
+    let cpu_start = cpu_start
+        .await
+        .map_err(|e| BenchError::Connect(format!("cpu task: {e}")))?
+        .map_err(BenchError::Io)?;
     stop_progress.notify_one();
     let _ = bar.await;
 
@@ -278,7 +314,10 @@ pub async fn run(workload: Workload, load: &LoadFlags, preload_keys: bool) -> Re
     }
     if result.ops == 0 && result.errors > 0 {
         let first = result.first_error.unwrap_or_default();
-        return Err(BenchError::Connect(format!("no operation succeeded ({} errors; the first: {first})", result.errors)));
+        return Err(BenchError::Connect(format!(
+            "no operation succeeded ({} errors; the first: {first})",
+            result.errors
+        )));
     }
     if let Some(watchers) = watchers {
         let acks: Vec<(i64, Instant)> = outcomes.iter().flat_map(|o| o.acks.iter().copied()).collect();

@@ -151,7 +151,11 @@ mod tests {
         let (mut a, mut b, mut all) = (Latencies::new(), Latencies::new(), Latencies::new());
         for i in 0..500u64 {
             let d = Duration::from_micros(i * 7 % 311 + 1);
-            if i % 2 == 0 { a.record(d) } else { b.record(d) }
+            if i % 2 == 0 {
+                a.record(d)
+            } else {
+                b.record(d)
+            }
             all.record(d);
         }
         a.merge(&b);

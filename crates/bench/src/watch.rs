@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use balsa_server::pb::etcdserverpb::{watch_client::WatchClient, watch_request, WatchCreateRequest, WatchRequest};
+use balsa_server::pb::etcdserverpb::{
+    watch_client::WatchClient, watch_request, WatchCreateRequest, WatchRequest,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -44,9 +46,17 @@ impl Watchers {
         let cap = MAX_EVENTS_KEPT / count;
         for w in 0..count {
             let (requests, rx) = mpsc::channel(4);
-            let create = WatchCreateRequest { key: keys.prefix.clone(), range_end: keys.prefix_end(), ..Default::default() };
-            let request = WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) };
-            requests.send(request).await.map_err(|_| BenchError::Connect("watch request queue closed".into()))?;
+            let create = WatchCreateRequest {
+                key: keys.prefix.clone(),
+                range_end: keys.prefix_end(),
+                ..Default::default()
+            };
+            let request =
+                WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) };
+            requests
+                .send(request)
+                .await
+                .map_err(|_| BenchError::Connect("watch request queue closed".into()))?;
             let mut client = WatchClient::new(channels[w % channels.len()].clone());
             let open = async {
                 let mut stream = client.watch(ReceiverStream::new(rx)).await?.into_inner();
@@ -60,7 +70,9 @@ impl Watchers {
             };
             let stream = tokio::time::timeout(CREATE_LIMIT, open)
                 .await
-                .map_err(|_| BenchError::Connect(format!("watcher {w}: not created within {CREATE_LIMIT:?}")))?
+                .map_err(|_| {
+                    BenchError::Connect(format!("watcher {w}: not created within {CREATE_LIMIT:?}"))
+                })?
                 .map_err(|s| BenchError::Connect(format!("watcher {w}: {}", s.message())))?;
             tasks.push(tokio::spawn(receive(stream, requests, target.subscribe(), cap)));
         }

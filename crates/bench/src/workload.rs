@@ -9,7 +9,8 @@
 use std::collections::HashMap;
 
 use balsa_server::pb::etcdserverpb::{
-    compare, kv_client::KvClient, request_op, response_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    compare, kv_client::KvClient, request_op, response_op, Compare, PutRequest, RangeRequest, RequestOp,
+    TxnRequest,
 };
 use tonic::transport::Channel;
 use tonic::Status;
@@ -162,7 +163,13 @@ impl ClientOp {
 
     /// Sends one operation and waits for its answer. `Ok(Some(revision))` for a write that
     /// created a revision.
-    pub async fn call(&mut self, conn: &mut Conn, keys: &Keys, value: &[u8], rng: &mut Rng) -> Result<Option<i64>, Status> {
+    pub async fn call(
+        &mut self,
+        conn: &mut Conn,
+        keys: &Keys,
+        value: &[u8],
+        rng: &mut Rng,
+    ) -> Result<Option<i64>, Status> {
         let index = rng.below(keys.space);
         match self {
             ClientOp::Put => {
@@ -171,7 +178,8 @@ impl ClientOp {
                 Ok(response.header.map(|h| h.revision))
             }
             ClientOp::Get { serializable } => {
-                let range = RangeRequest { key: keys.key(index), serializable: *serializable, ..Default::default() };
+                let range =
+                    RangeRequest { key: keys.key(index), serializable: *serializable, ..Default::default() };
                 conn.kv.range(range).await?;
                 Ok(None)
             }
@@ -204,7 +212,12 @@ impl ClientOp {
 
 /// One compare-and-swap: put `key` if its mod_revision is `expected`, else read it. Returns the
 /// header revision and, when the compare failed, the key's current mod_revision (0 if absent).
-async fn compare_and_swap(conn: &mut Conn, key: Vec<u8>, value: &[u8], expected: i64) -> Result<(i64, Option<i64>), Status> {
+async fn compare_and_swap(
+    conn: &mut Conn,
+    key: Vec<u8>,
+    value: &[u8],
+    expected: i64,
+) -> Result<(i64, Option<i64>), Status> {
     let compare = Compare {
         result: compare::CompareResult::Equal as i32,
         target: compare::CompareTarget::Mod as i32,
@@ -228,7 +241,9 @@ async fn compare_and_swap(conn: &mut Conn, key: Vec<u8>, value: &[u8], expected:
         .responses
         .into_iter()
         .find_map(|r| match r.response {
-            Some(response_op::Response::ResponseRange(range)) => Some(range.kvs.first().map_or(0, |kv| kv.mod_revision)),
+            Some(response_op::Response::ResponseRange(range)) => {
+                Some(range.kvs.first().map_or(0, |kv| kv.mod_revision))
+            }
             _ => None,
         })
         .unwrap_or(0);

@@ -35,7 +35,8 @@ async fn put_get_txn_watch_against_one_member() {
     std::fs::create_dir_all(&dir.0).unwrap();
     let endpoint = addr.to_string();
     let pid = std::process::id().to_string();
-    let common_flags = ["--endpoints", &endpoint, "--clients", "8", "--connections", "2", "--key-space", "100"];
+    let common_flags =
+        ["--endpoints", &endpoint, "--clients", "8", "--connections", "2", "--key-space", "100"];
     let with = |extra: &[&'static str]| -> Vec<String> {
         extra.iter().map(|s| s.to_string()).chain(common_flags.iter().map(|s| s.to_string())).collect()
     };
@@ -63,7 +64,11 @@ async fn put_get_txn_watch_against_one_member() {
 
     let args = with(&["get", "--serializable", "--no-preload", "--total", "200", "--warmup", "0s"]);
     let sget = run(&args.iter().map(String::as_str).collect::<Vec<_>>(), &dir.0.join("sget.json")).await;
-    assert_eq!((sget.workload.as_str(), sget.ops, sget.errors), ("get-serializable", 200, 0), "--total is exact");
+    assert_eq!(
+        (sget.workload.as_str(), sget.ops, sget.errors),
+        ("get-serializable", 200, 0),
+        "--total is exact"
+    );
 
     let args = with(&["txn", "--duration", "1s", "--warmup", "0s"]);
     let txn = run(&args.iter().map(String::as_str).collect::<Vec<_>>(), &dir.0.join("txn.json")).await;
@@ -73,7 +78,10 @@ async fn put_get_txn_watch_against_one_member() {
     let args = with(&["watch", "--watchers", "3", "--duration", "1s", "--warmup", "100ms", "--rate", "200"]);
     let watch = run(&args.iter().map(String::as_str).collect::<Vec<_>>(), &dir.0.join("watch.json")).await;
     assert!(watch.ops > 0 && watch.errors == 0, "{watch:?}");
-    assert_eq!(watch.extra["events_delivered"], watch.extra["events_expected"], "every put reached every watcher");
+    assert_eq!(
+        watch.extra["events_delivered"], watch.extra["events_expected"],
+        "every put reached every watcher"
+    );
     assert_eq!(watch.latency.count, watch.ops * 3);
 
     let svg = dir.0.join("chart.svg");
@@ -86,7 +94,8 @@ async fn put_get_txn_watch_against_one_member() {
 
 #[tokio::test]
 async fn log_append_says_it_is_not_available_yet() {
-    let args = balsa_bench::args::BenchArgs { command: command(&["log-append", "--endpoints", "127.0.0.1:9"]) };
+    let args =
+        balsa_bench::args::BenchArgs { command: command(&["log-append", "--endpoints", "127.0.0.1:9"]) };
     let error = balsa_bench::execute(args).await.unwrap_err().to_string();
     assert!(error.contains("log-stream service is not in this build"), "{error}");
 }

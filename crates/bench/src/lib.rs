@@ -1,0 +1,89 @@
+//! # balsa-bench
+//!
+//! A load generator over etcd's v3 gRPC API, so that one client drives balsa and etcd alike
+//! (`docs/BENCHMARKS.md`, "balsa vs etcd"). Workloads: put, linearizable and serializable get,
+//! compare-and-swap transactions, watch fan-out; log-stream append is the extension point
+//! ([`workload`]). Closed loop (`--clients` requests in flight) or open loop (`--rate`, latency
+//! from each operation's intended send time); HDR-histogram percentiles; JSON results; an SVG
+//! chart of latency against throughput; server CPU per operation from `/proc`; and a no-op
+//! server ([`noop`]), the ceiling of any server under this client on this machine.
+//!
+//! The library holds everything; the `balsa-bench` binary only parses [`args::Cli`] and calls
+//! [`execute`], so `balsa bench` can embed [`args::BenchArgs`] as well.
+
+#![warn(missing_docs)]
+
+pub mod args;
+pub mod chart;
+pub mod cpu;
+pub mod noop;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod watch;
+pub mod workload;
+
+use args::{BenchArgs, BenchCommand, LoadFlags};
+use report::RunResult;
+use workload::Workload;
+
+/// Why a run did not happen or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Bad arguments or files.
+    #[error("{0}")]
+    Usage(String),
+    /// The server could not be reached or stopped answering in a way the run cannot go on from.
+    #[error("cannot reach the server: {0}")]
+    Connect(String),
+    /// Reading /proc or binding a socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs one command of `balsa-bench` (printing its report to stdout).
+pub async fn execute(args: BenchArgs) -> Result<(), BenchError> {
+    match args.command {
+        BenchCommand::Put(load) => workload(Workload::Put, &load, false).await,
+        BenchCommand::Get { serializable, no_preload, load } => {
+            workload(Workload::Get { serializable }, &load, !no_preload).await
+        }
+        BenchCommand::Txn(load) => workload(Workload::Txn, &load, false).await,
+        BenchCommand::Watch { watchers, load } => workload(Workload::Watch { watchers }, &load, false).await,
+        BenchCommand::LogAppend(load) => workload(Workload::LogAppend, &load, false).await,
+        BenchCommand::Noop { listen } => {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            println!("no-op KV server on {}", listener.local_addr()?);
+            tokio::select! {
+                served = noop::serve(listener) => served.map_err(|e| BenchError::Connect(e.to_string())),
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        }
+        BenchCommand::Chart { chart, results } => {
+            let results = results.iter().map(|p| RunResult::load(p)).collect::<Result<Vec<_>, _>>()?;
+            chart::draw(&results, &chart)?;
+            println!("chart of {} results written to {}", results.len(), chart.display());
+            Ok(())
+        }
+        BenchCommand::Table { baseline, candidate, results } => {
+            let results = results.iter().map(|p| RunResult::load(p)).collect::<Result<Vec<_>, _>>()?;
+            print!("{}", report::table(&results, &baseline, &candidate));
+            Ok(())
+        }
+    }
+}
+
+/// Runs a workload, prints its report, and writes `--json` and `--chart` if asked.
+async fn workload(workload: Workload, load: &LoadFlags, preload: bool) -> Result<(), BenchError> {
+    let result = run::run(workload, load, preload).await?;
+    print!("{}", result.text());
+    if let Some(path) = &load.json {
+        result.save(path)?;
+    }
+    if let Some(path) = &load.chart {
+        let mut all = load.compare.iter().map(|p| RunResult::load(p)).collect::<Result<Vec<_>, _>>()?;
+        all.push(result);
+        chart::draw(&all, path)?;
+    }
+    Ok(())
+}

@@ -132,6 +132,7 @@ mod cluster;
 mod error;
 mod kv;
 mod lease;
+mod log;
 mod session;
 mod watch;
 
@@ -143,6 +144,7 @@ pub use kv::{
     PutOptions, PutResponse, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 pub use lease::{KeepAlive, LeaseGrant, LeaseState, LeaseTtl};
+pub use log::{Appended, ReadRecords, Record, Retention, StreamInfo, Subscription};
 pub use session::{Session, SessionInterceptor, CLIENT_ID_HEADER, SEQ_HEADER};
 pub use watch::{EventKind, WatchEvent, WatchOptions, Watcher};
 
@@ -150,6 +152,12 @@ pub use watch::{EventKind, WatchEvent, WatchOptions, Watcher};
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+}
+
+/// balsa's own `balsapb` package (sessions, log streams): generated client stubs and messages.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod balsapb {
+    tonic::include_proto!("balsapb");
 }
 
 /// etcd's `etcdserverpb` package (generated client stubs and messages), for calls this crate

@@ -222,8 +222,14 @@ impl Client {
             options.session_timeout,
             options.max_sessions,
         );
-        let inner =
-            Inner { urls, channels, leader: Mutex::new(None), sticky: AtomicUsize::new(0), options, sessions };
+        let inner = Inner {
+            urls,
+            channels,
+            leader: Mutex::new(None),
+            sticky: AtomicUsize::new(0),
+            options,
+            sessions,
+        };
         Ok(Client { inner: Arc::new(inner) })
     }
 

@@ -157,11 +157,7 @@ fn number_after(m: &str, marker: &str) -> Option<u64> {
 
 /// `stream "s": offset 3 was removed by retention; the first available offset is 10`.
 fn retention(m: &str) -> Error {
-    let stream = m
-        .split('"')
-        .nth(1)
-        .map(str::to_string)
-        .unwrap_or_default();
+    let stream = m.split('"').nth(1).map(str::to_string).unwrap_or_default();
     Error::Retention {
         stream,
         offset: number_after(m, "offset ").unwrap_or(0),

@@ -459,7 +459,9 @@ impl Client {
         options: PutOptions,
     ) -> Result<PutResponse> {
         let r = self
-            .write(options.request(key, value), |svc, request| async move { KvClient::new(svc).put(request).await })
+            .write(options.request(key, value), |svc, request| async move {
+                KvClient::new(svc).put(request).await
+            })
             .await?;
         Ok(r.into_inner().into())
     }
@@ -486,14 +488,18 @@ impl Client {
     /// Deletes `key` (or a range: see [`DeleteOptions`]).
     pub async fn delete(&self, key: impl Into<Vec<u8>>, options: DeleteOptions) -> Result<DeleteResponse> {
         let r = self
-            .write(options.request(key), |svc, request| async move { KvClient::new(svc).delete_range(request).await })
+            .write(options.request(key), |svc, request| async move {
+                KvClient::new(svc).delete_range(request).await
+            })
             .await?;
         Ok(r.into_inner().into())
     }
 
     /// Runs a transaction.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        let r = self.write(txn.request(), |svc, request| async move { KvClient::new(svc).txn(request).await }).await?;
+        let r = self
+            .write(txn.request(), |svc, request| async move { KvClient::new(svc).txn(request).await })
+            .await?;
         Ok(r.into_inner().into())
     }
 

@@ -44,7 +44,7 @@ impl Rng {
 }
 
 const ACCOUNTS: usize = 8;
-const OPENING: i64 = 1_000_00;
+const OPENING: i64 = 100_000; // cents: $1,000.00
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_conserve_money_across_a_leader_kill() {
@@ -68,7 +68,7 @@ async fn transfers_conserve_money_across_a_leader_kill() {
             while !stop.load(Ordering::Relaxed) {
                 let from = rng.below(ACCOUNTS as u64) as usize;
                 let to = (from + 1 + rng.below(ACCOUNTS as u64 - 1) as usize) % ACCOUNTS;
-                let cents = 1 + rng.below(300_00) as i64;
+                let cents = 1 + rng.below(30_000) as i64;
                 match bank.transfer(&names[from], &names[to], cents).await {
                     Ok(_) => acked += 1,
                     Err(BankError::Insufficient { .. }) => insufficient += 1,

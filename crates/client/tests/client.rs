@@ -195,7 +195,12 @@ async fn a_watch_resumes_across_a_killed_follower_with_no_gap_and_no_duplicate()
 /// Writes w/000..w/059 through `c` while `watcher` reads them; kills member `victim` a third of
 /// the way; checks the watcher saw every revision of the run exactly once. Returns how many
 /// revisions the run made.
-async fn watch_through_a_kill(cluster: &mut Cluster, c: Client, mut watcher: Watcher, victim: usize) -> usize {
+async fn watch_through_a_kill(
+    cluster: &mut Cluster,
+    c: Client,
+    mut watcher: Watcher,
+    victim: usize,
+) -> usize {
     // A writer puts w/0..N one after another (each retried through the failover).
     const N: usize = 60;
     let writer = c.clone();

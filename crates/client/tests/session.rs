@@ -111,7 +111,8 @@ async fn a_server_without_sessions_gets_plain_writes() {
 #[tokio::test]
 async fn without_a_session_no_metadata_is_sent() {
     let (addr, seen) = recorder().await;
-    let c = Client::connect_lazy(&[addr.as_str()], ClientOptions { sessions: false, ..options(None) }).unwrap();
+    let c =
+        Client::connect_lazy(&[addr.as_str()], ClientOptions { sessions: false, ..options(None) }).unwrap();
     c.put("k", "v", PutOptions::new()).await.unwrap();
     assert!(seen.lock().unwrap().iter().all(|(id, seq)| id.is_empty() && seq.is_empty()));
 }

@@ -28,10 +28,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for name in ["alice", "bob", "carol"] {
         bank.open(name, 0).await?;
     }
-    bank.deposit("alice", 100_00).await?;
-    bank.deposit("bob", 50_00).await?;
-    bank.withdraw("bob", 5_00).await?;
-    match bank.withdraw("carol", 1_00).await {
+    bank.deposit("alice", 10_000).await?;
+    bank.deposit("bob", 5_000).await?;
+    bank.withdraw("bob", 500).await?;
+    match bank.withdraw("carol", 100).await {
         Err(BankError::Insufficient { balance, .. }) => println!("carol cannot withdraw: balance {balance}"),
         other => println!("carol's withdrawal: {other:?}"),
     }
@@ -44,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tokio::spawn(async move {
                 let mut done = 0;
                 for _ in 0..10 {
-                    match bank.transfer(from, to, 1_00).await {
+                    match bank.transfer(from, to, 100).await {
                         Ok(_) => done += 1,
                         Err(BankError::Insufficient { .. }) => {}
                         Err(e) => return Err(e),

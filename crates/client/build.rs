@@ -4,8 +4,13 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=../server/proto");
-    let protos =
-        ["../server/proto/rpc.proto", "../server/proto/lease.proto", "../server/proto/cluster.proto"];
+    let protos = [
+        "../server/proto/rpc.proto",
+        "../server/proto/lease.proto",
+        "../server/proto/cluster.proto",
+        "../server/proto/session.proto",
+        "../server/proto/log.proto",
+    ];
     let descriptors = protox::compile(protos, ["../server/proto"])?;
     tonic_build::configure().build_server(false).build_client(true).compile_fds(descriptors)?;
     Ok(())

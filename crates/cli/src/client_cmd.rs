@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use balsa_client::{
     Client, ClientOptions, DeleteOptions, EventKind, GetOptions, GetResponse, KeyValue, LeaseState,
-    PutOptions, SortOrder, SortTarget, Txn, TxnOpResponse, WatchOptions,
+    PutOptions, Record, Retention, SortOrder, SortTarget, StreamInfo, Txn, TxnOpResponse, WatchOptions,
 };
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
@@ -244,12 +244,85 @@ pub enum ClientCommand {
         #[command(flatten)]
         client: ClientFlags,
     },
+    /// Log streams: create, append, read, tail, list, info, trim, delete.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
     /// The cluster as every endpoint sees it.
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
         #[command(flatten)]
         client: ClientFlags,
+    },
+}
+
+/// `balsa log ...`.
+#[derive(Subcommand, Debug)]
+pub enum LogCommand {
+    /// Create a stream (again with the same retention: no change).
+    Create {
+        /// The stream's name.
+        stream: String,
+        /// Keep at most this many payload bytes (0: no limit; default: the server's).
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+        /// Remove records older than this many milliseconds (0: no limit; default: the server's).
+        #[arg(long)]
+        retention_ms: Option<u64>,
+    },
+    /// Append records (each argument one record; none: one record per line of stdin). Exactly
+    /// once, in a session.
+    Append {
+        /// The stream.
+        stream: String,
+        /// The records.
+        records: Vec<String>,
+    },
+    /// Print records from an offset.
+    Read {
+        /// The stream.
+        stream: String,
+        /// The first offset.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// At most this many records (0: the server's limit, 1000).
+        #[arg(long, default_value_t = 0)]
+        max: u32,
+    },
+    /// Follow a stream: records from an offset, then as they are appended (resumes across
+    /// member failures), until Ctrl-C or --count records.
+    Tail {
+        /// The stream.
+        stream: String,
+        /// The first offset (default: the current end, i.e. only new records).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Exit after this many records.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// Every stream.
+    List,
+    /// One stream: offsets, size, retention.
+    Info {
+        /// The stream.
+        stream: String,
+    },
+    /// Remove every record before an offset.
+    Trim {
+        /// The stream.
+        stream: String,
+        /// The first offset to keep.
+        before: u64,
+    },
+    /// Delete a stream and its records.
+    Delete {
+        /// The stream.
+        stream: String,
     },
 }
 
@@ -354,6 +427,7 @@ pub async fn run(command: ClientCommand) -> Result<(), String> {
         }
         ClientCommand::Lease { command, client } => lease(command, client).await,
         ClientCommand::Member { command, client } => member(command, client).await,
+        ClientCommand::Log { command, client } => log(command, client).await,
         ClientCommand::Cluster { command: ClusterCommand::Status, client } => cluster_status(client).await,
     }
 }
@@ -484,6 +558,155 @@ async fn watch(
             }
             if e.kind == EventKind::Put {
                 println!("{}", text(&e.kv.value));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn stream_json(i: &StreamInfo) -> Value {
+    json!({
+        "stream": i.stream,
+        "first_retained_offset": i.first_retained_offset,
+        "end_offset": i.end_offset,
+        "bytes": i.bytes,
+        "records": i.records,
+        "retention_bytes": i.retention_bytes,
+        "retention_ms": i.retention_ms,
+    })
+}
+
+fn print_stream(i: &StreamInfo) {
+    let limit = |v: u64, unit: &str| if v == 0 { "none".to_string() } else { format!("{v} {unit}") };
+    println!("stream: {}", i.stream);
+    println!(
+        "offsets: {}..{} ({} records, {} bytes)",
+        i.first_retained_offset, i.end_offset, i.records, i.bytes
+    );
+    println!("retention: {}, {}", limit(i.retention_bytes, "bytes"), limit(i.retention_ms, "ms"));
+}
+
+fn record_json(r: &Record) -> Value {
+    json!({ "offset": r.offset, "data": text(&r.data), "timestamp_ms": r.timestamp_ms })
+}
+
+fn print_record(r: &Record, json: bool) {
+    if json {
+        println!("{}", record_json(r));
+    } else {
+        println!("{}\t{}", r.offset, text(&r.data));
+    }
+}
+
+async fn log(command: LogCommand, client: ClientFlags) -> Result<(), String> {
+    let c = client.connect().await?;
+    let json = client.json();
+    let e = |e: balsa_client::Error| e.to_string();
+    match command {
+        LogCommand::Create { stream, retention_bytes, retention_ms } => {
+            let i = c
+                .log_create(&stream, Retention { bytes: retention_bytes, ms: retention_ms })
+                .await
+                .map_err(e)?;
+            if json {
+                println!("{}", stream_json(&i));
+            } else {
+                println!("stream {} created", i.stream);
+            }
+        }
+        LogCommand::Append { stream, mut records } => {
+            if records.is_empty() {
+                use std::io::BufRead;
+                for line in std::io::stdin().lock().lines() {
+                    records.push(line.map_err(|e| format!("stdin: {e}"))?);
+                }
+            }
+            if records.is_empty() {
+                return Err("nothing to append: give records as arguments or on stdin".into());
+            }
+            let a = c.log_append(&stream, records).await.map_err(e)?;
+            if json {
+                println!("{}", json!({ "first_offset": a.first_offset, "last_offset": a.last_offset }));
+            } else {
+                println!("appended offsets {}..={}", a.first_offset, a.last_offset);
+            }
+        }
+        LogCommand::Read { stream, from, max } => {
+            let r = c.log_read(&stream, from, max).await.map_err(e)?;
+            if json {
+                let records: Vec<Value> = r.records.iter().map(record_json).collect();
+                println!(
+                    "{}",
+                    json!({
+                        "records": records,
+                        "next_offset": r.next_offset,
+                        "first_retained_offset": r.first_retained_offset,
+                        "end_offset": r.end_offset,
+                    })
+                );
+            } else {
+                for rec in &r.records {
+                    print_record(rec, false);
+                }
+            }
+        }
+        LogCommand::Tail { stream, from, count } => {
+            let from = match from {
+                Some(f) => f,
+                None => c.log_info(&stream).await.map_err(e)?.end_offset,
+            };
+            let mut sub = c.log_subscribe(&stream, from).await.map_err(e)?;
+            let mut seen = 0;
+            while count.is_none_or(|n| seen < n) {
+                let r = tokio::select! {
+                    r = sub.next() => r.map_err(e)?,
+                    _ = crate::shutdown_signal() => return Ok(()),
+                };
+                seen += 1;
+                print_record(&r, json);
+            }
+        }
+        LogCommand::List => {
+            let all = c.log_list().await.map_err(e)?;
+            if json {
+                println!("{}", json!({ "streams": all.iter().map(stream_json).collect::<Vec<_>>() }));
+            } else {
+                let mut rows =
+                    vec![["STREAM", "FIRST", "END", "RECORDS", "BYTES"].map(String::from).to_vec()];
+                for i in &all {
+                    rows.push(vec![
+                        i.stream.clone(),
+                        i.first_retained_offset.to_string(),
+                        i.end_offset.to_string(),
+                        i.records.to_string(),
+                        i.bytes.to_string(),
+                    ]);
+                }
+                print!("{}", table(&rows));
+            }
+        }
+        LogCommand::Info { stream } => {
+            let i = c.log_info(&stream).await.map_err(e)?;
+            if json {
+                println!("{}", stream_json(&i));
+            } else {
+                print_stream(&i);
+            }
+        }
+        LogCommand::Trim { stream, before } => {
+            let i = c.log_trim(&stream, before).await.map_err(e)?;
+            if json {
+                println!("{}", stream_json(&i));
+            } else {
+                println!("stream {} now starts at offset {}", i.stream, i.first_retained_offset);
+            }
+        }
+        LogCommand::Delete { stream } => {
+            let i = c.log_delete(&stream).await.map_err(e)?;
+            if json {
+                println!("{}", stream_json(&i));
+            } else {
+                println!("stream {} deleted", i.stream);
             }
         }
     }

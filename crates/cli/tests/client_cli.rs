@@ -258,3 +258,44 @@ fn cluster_status_members_and_watch_on_three_members() {
         events.iter().map(|e| (e["type"].as_str().unwrap(), e["kv"]["key"].as_str().unwrap())).collect();
     assert_eq!(summary, [("PUT", "w/1"), ("PUT", "w/2"), ("DELETE", "w/1")]);
 }
+
+#[test]
+fn log_stream_commands() {
+    let dir = TempDir::new("client-cli-log");
+    let (_server, e) = start_single(&dir);
+    let e = e.as_str();
+
+    assert_eq!(ok(e, &["log", "create", "orders"]), "stream orders created\n");
+    assert_eq!(ok(e, &["log", "append", "orders", "o-1", "o-2"]), "appended offsets 0..=1\n");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(e, &["log", "append", "orders", "o-3", "-w", "json"])).unwrap();
+    assert_eq!((json["first_offset"].as_u64(), json["last_offset"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(ok(e, &["log", "read", "orders"]), "0\to-1\n1\to-2\n2\to-3\n");
+    assert_eq!(ok(e, &["log", "read", "orders", "--from", "1", "--max", "1"]), "1\to-2\n");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(e, &["log", "read", "orders", "-w", "json"])).unwrap();
+    assert_eq!(json["records"][2]["data"], "o-3");
+    assert_eq!(json["end_offset"], 3);
+    // tail from the start, bounded by --count.
+    assert_eq!(ok(e, &["log", "tail", "orders", "--from", "0", "--count", "2"]), "0\to-1\n1\to-2\n");
+    let line = ok(e, &["log", "tail", "orders", "--from", "2", "--count", "1", "-w", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!((json["offset"].as_u64(), json["data"].as_str()), (Some(2), Some("o-3")));
+
+    let list = ok(e, &["log", "list"]);
+    assert!(list.starts_with("STREAM"), "{list}");
+    assert!(list.lines().nth(1).unwrap().starts_with("orders"), "{list}");
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(e, &["log", "info", "orders", "-w", "json"])).unwrap();
+    assert_eq!((info["records"].as_u64(), info["end_offset"].as_u64()), (Some(3), Some(3)));
+    assert!(ok(e, &["log", "info", "orders"]).contains("offsets: 0..3 (3 records"));
+
+    assert_eq!(ok(e, &["log", "trim", "orders", "2"]), "stream orders now starts at offset 2\n");
+    let (success, _, err) = run(e, &["log", "read", "orders", "--from", "0"]);
+    assert!(!success);
+    assert!(err.contains("first available offset is 2"), "{err}");
+    assert_eq!(ok(e, &["log", "delete", "orders"]), "stream orders deleted\n");
+    let (success, _, err) = run(e, &["log", "info", "orders"]);
+    assert!(!success);
+    assert!(err.contains("not found"), "{err}");
+}

@@ -16,9 +16,11 @@ use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::balsapb::session_client::SessionClient;
+use crate::balsapb::{CloseSessionRequest, RegisterSessionRequest};
 use crate::error::{Error, Result};
 use crate::pb;
-use crate::session::{Seq, Session, SessionInterceptor};
+use crate::session::{Seq, Session, SessionInterceptor, SessionPool};
 
 /// The gRPC service every stub is built on: a channel to one endpoint, through the session
 /// interceptor.
@@ -39,7 +41,21 @@ pub struct ClientOptions {
     pub initial_backoff: Duration,
     /// The longest pause between attempts. Default 1 s.
     pub max_backoff: Duration,
-    /// If set, writes carry `balsa-client-id` / `balsa-seq` metadata (see [`Session`]).
+    /// Exactly-once writes (default `true`): the client registers sessions with the cluster
+    /// (`balsapb.Session/Register`) and sends every write in one, so a write retried after its
+    /// answer was lost is applied once. Against a server without sessions (etcd) the client
+    /// notices (Unimplemented) and writes without them. `false`: etcd's at-least-once retries.
+    pub sessions: bool,
+    /// The timeout asked for each registered session (default 60 s): the cluster drops a session
+    /// unused for this long.
+    pub session_timeout: Duration,
+    /// The most writes in flight at once in sessions, so the most sessions the client holds
+    /// (default 16). A write waits for a free session beyond that. See [`Session`] for why one
+    /// session carries one write at a time.
+    pub max_sessions: usize,
+    /// A session of the caller's own (an id registered elsewhere, e.g. persisted across a
+    /// restart with [`Session::resume`]): if set, every write uses it, one at a time, and
+    /// `sessions` is ignored.
     pub session: Option<Session>,
 }
 
@@ -50,6 +66,9 @@ impl Default for ClientOptions {
             retry_budget: Duration::from_secs(15),
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
+            sessions: true,
+            session_timeout: Duration::from_secs(60),
+            max_sessions: 16,
             session: None,
         }
     }
@@ -82,7 +101,8 @@ pub(crate) struct Inner {
     /// The endpoint `Route::Any` calls use; moves on after a failure.
     sticky: AtomicUsize,
     pub(crate) options: ClientOptions,
-    interceptor: SessionInterceptor,
+    /// Sessions for exactly-once writes.
+    pub(crate) sessions: SessionPool,
 }
 
 impl std::fmt::Debug for Client {
@@ -109,19 +129,73 @@ fn normalise(endpoint: &str) -> Result<String> {
 }
 
 impl Client {
-    /// Connects to a cluster through `endpoints` (`host:port` or `http://host:port`), and finds
-    /// its leader. Fails if no endpoint answers within `options.retry_budget`.
+    /// Connects to a cluster through `endpoints` (`host:port` or `http://host:port`), finds
+    /// its leader and (with `options.sessions`, the default) registers a first session. Fails if
+    /// no endpoint answers within `options.retry_budget`.
     pub async fn connect(endpoints: &[&str], options: ClientOptions) -> Result<Client> {
         let client = Self::connect_lazy(endpoints, options)?;
         let deadline = Instant::now() + client.inner.options.retry_budget;
         let mut backoff = client.backoff();
         loop {
             match client.discover().await {
-                Ok(_) => return Ok(client),
+                Ok(_) => break,
                 Err(e) if Instant::now() + backoff.peek() >= deadline => return Err(e),
                 Err(_) => tokio::time::sleep(backoff.next_pause()).await,
             }
         }
+        if client.inner.options.session.is_none() && client.inner.sessions.active() {
+            if let Some(session) = client.register_session().await? {
+                client.inner.sessions.put_back(session);
+            }
+        }
+        Ok(client)
+    }
+
+    /// Registers a new session; `None` if the cluster has no sessions (etcd), which is then
+    /// remembered and writes go without.
+    async fn register_session(&self) -> Result<Option<Session>> {
+        let timeout_ms = self.inner.sessions.timeout.as_millis().max(1) as u64;
+        let answer = self
+            .run(Route::Leader, |svc| async move {
+                SessionClient::new(svc).register(RegisterSessionRequest { timeout_ms }).await
+            })
+            .await;
+        match answer {
+            Ok(r) => {
+                self.inner.sessions.registered.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(Session::new(r.into_inner().client_id)))
+            }
+            Err(Error::Server { code: tonic::Code::Unimplemented, .. }) => {
+                self.inner.sessions.mark_unsupported();
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// How many sessions this client has registered (a client doing one write at a time needs
+    /// one; a new one is registered when writes overlap or a session expired).
+    pub fn sessions_registered(&self) -> u64 {
+        self.inner.sessions.registered.load(Ordering::Relaxed)
+    }
+
+    /// Whether writes go in sessions (sessions enabled and served by the cluster, as far as the
+    /// client knows yet).
+    pub fn sessions_active(&self) -> bool {
+        self.inner.sessions.active()
+    }
+
+    /// Closes the sessions not in use (they would otherwise expire after their timeout). Call it
+    /// when done with a client; writes after it register new sessions.
+    pub async fn close_sessions(&self) -> Result<()> {
+        for session in self.inner.sessions.drain_idle() {
+            let client_id = session.client_id();
+            self.run(Route::Leader, |svc| async move {
+                SessionClient::new(svc).close(CloseSessionRequest { client_id }).await
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// A client that has not contacted anyone yet: the first call finds the leader.
@@ -142,14 +216,19 @@ impl Client {
                 .keep_alive_while_idle(true);
             channels.push(endpoint.connect_lazy());
         }
-        let interceptor = SessionInterceptor::new(options.session.clone());
+        let sessions = SessionPool::new(
+            options.session.clone(),
+            options.sessions,
+            options.session_timeout,
+            options.max_sessions,
+        );
         let inner = Inner {
             urls,
             channels,
             leader: Mutex::new(None),
             sticky: AtomicUsize::new(0),
             options,
-            interceptor,
+            sessions,
         };
         Ok(Client { inner: Arc::new(inner) })
     }
@@ -164,7 +243,7 @@ impl Client {
         &self.inner.options
     }
 
-    /// The session writes are tagged with, if any.
+    /// The caller's own session (`ClientOptions::session`), if set.
     pub fn session(&self) -> Option<&Session> {
         self.inner.options.session.as_ref()
     }
@@ -175,8 +254,13 @@ impl Client {
         leader.map(|i| self.inner.urls[i].as_str())
     }
 
+    /// The index of the leader's endpoint, as last discovered.
+    pub(crate) fn leader_index(&self) -> Option<usize> {
+        *self.inner.leader.lock().expect("leader lock")
+    }
+
     pub(crate) fn svc(&self, endpoint: usize) -> Svc {
-        InterceptedService::new(self.inner.channels[endpoint].clone(), self.inner.interceptor.clone())
+        InterceptedService::new(self.inner.channels[endpoint].clone(), SessionInterceptor)
     }
 
     pub(crate) fn backoff(&self) -> Backoff {
@@ -297,28 +381,67 @@ impl Client {
         }
     }
 
-    /// A request for a write: tagged with the next sequence number when a session is set. Build
-    /// it once per logical write and clone it for each attempt, so retries share the number.
-    pub(crate) fn write_request<M: Clone>(&self, message: M) -> Tagged<M> {
-        Tagged { message, seq: self.inner.options.session.as_ref().map(|s| Seq(s.next_seq())) }
-    }
-}
-
-/// A message and, for writes in a session, its sequence number.
-#[derive(Clone)]
-pub(crate) struct Tagged<M> {
-    message: M,
-    seq: Option<Seq>,
-}
-
-impl<M: Clone> Tagged<M> {
-    /// A fresh `tonic::Request` for one attempt.
-    pub(crate) fn request(&self) -> tonic::Request<M> {
-        let mut r = tonic::Request::new(self.message.clone());
-        if let Some(seq) = self.seq {
-            r.extensions_mut().insert(seq);
+    /// Runs one write with the retry policy, in a session when sessions are active: it takes a
+    /// session from the pool (registering one if none is idle), numbers the write once, sends
+    /// every attempt with that number, and gives the session back when it has an answer.
+    ///
+    /// A session found expired on the write's *first* attempt is harmless (the server applied
+    /// nothing: it refused the only copy of the write): the client registers a new session and
+    /// sends the write again. Found expired on a later attempt, the write may have been applied
+    /// by an earlier attempt whose answer was lost, and the session that remembered that answer
+    /// is gone, so sending it again could apply it twice: [`Error::SessionExpired`] is returned
+    /// and the caller decides (read the state, then act).
+    pub(crate) async fn write<M, T, F, Fut>(&self, message: M, mut attempt: F) -> Result<T>
+    where
+        M: Clone,
+        F: FnMut(Svc, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.inner.options.retry_budget;
+        let mut renewed = false;
+        loop {
+            let pool = &self.inner.sessions;
+            let mut held = None;
+            if pool.active() {
+                let permit = tokio::time::timeout_at(deadline, pool.permit())
+                    .await
+                    .map_err(|_| Error::Timeout("no free session within the retry budget".into()))?;
+                let session = match pool.take_idle() {
+                    Some(s) => Some(s),
+                    None => self.register_session().await?,
+                };
+                held = session.map(|s| (s, permit));
+            }
+            let tag = held.as_ref().map(|(s, _)| Seq { client_id: s.client_id(), seq: s.next_seq() });
+            let mut sent = 0u32;
+            let result = self
+                .run_until(Route::Leader, deadline, |svc| {
+                    sent += 1;
+                    let mut request = tonic::Request::new(message.clone());
+                    if let Some(tag) = tag {
+                        request.extensions_mut().insert(tag);
+                    }
+                    attempt(svc, request)
+                })
+                .await;
+            match result {
+                Err(Error::SessionExpired { client_id }) => {
+                    // The session is dropped (not given back); the permit is released.
+                    drop(held);
+                    if sent == 1 && !renewed && Instant::now() < deadline {
+                        renewed = true;
+                        continue;
+                    }
+                    return Err(Error::SessionExpired { client_id });
+                }
+                other => {
+                    if let Some((session, _permit)) = held {
+                        pool.put_back(session);
+                    }
+                    return other;
+                }
+            }
         }
-        r
     }
 }
 

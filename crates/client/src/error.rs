@@ -43,6 +43,34 @@ pub enum Error {
     /// sync, an existing member, ...); the message is the server's.
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// The write's session expired (unused for longer than its timeout) or is unknown to the
+    /// cluster. The write was not applied by this attempt, but an earlier attempt of it may have
+    /// been, and the answer that would tell is gone with the session: the outcome is unknown, so
+    /// the client does not retry it. The client has already dropped the session; the next write
+    /// uses another.
+    #[error("session {client_id} expired or unknown; the write's outcome is unknown")]
+    SessionExpired {
+        /// The expired session.
+        client_id: u64,
+    },
+    /// The write's sequence number is below the session's last: a newer write of the session was
+    /// applied first. Not applied. (Only seen with a session shared outside this client.)
+    #[error("stale sequence number: {0}")]
+    StaleSequence(String),
+    /// No log stream has this name.
+    #[error("{0}")]
+    StreamNotFound(String),
+    /// The offset asked for was removed from the stream by retention (or a trim);
+    /// `first_available` is the oldest record still held.
+    #[error("stream {stream:?}: offset {offset} was removed by retention; the first available offset is {first_available}")]
+    Retention {
+        /// The stream.
+        stream: String,
+        /// The offset asked for.
+        offset: u64,
+        /// The first offset the stream still holds.
+        first_available: u64,
+    },
     /// The server ended a watch for a reason other than compaction.
     #[error("watch canceled: {0}")]
     WatchCanceled(String),
@@ -101,7 +129,13 @@ impl From<Status> for Error {
             // A connection refused, reset or broken mid-call reaches us as Unknown or Cancelled
             // with tonic's transport message; treat it as the member being unavailable.
             Code::Unknown | Code::Cancelled if is_transport_message(&message) => Error::Unavailable(message),
+            Code::OutOfRange if has("removed by retention") => retention(&message),
+            Code::NotFound if has("stream") && has("not found") => Error::StreamNotFound(message),
             Code::InvalidArgument => Error::InvalidArgument(message),
+            Code::FailedPrecondition if has("expired or unknown") => {
+                Error::SessionExpired { client_id: number_after(&message, "session ").unwrap_or(0) }
+            }
+            Code::FailedPrecondition if has("is stale") => Error::StaleSequence(message),
             Code::FailedPrecondition => Error::FailedPrecondition(message),
             code => Error::Server { code, message },
         }
@@ -111,6 +145,23 @@ impl From<Status> for Error {
 impl From<tonic::transport::Error> for Error {
     fn from(e: tonic::transport::Error) -> Self {
         Error::Unavailable(format!("transport: {e}"))
+    }
+}
+
+/// The first decimal number after `marker` in `m`.
+fn number_after(m: &str, marker: &str) -> Option<u64> {
+    let rest = &m[m.find(marker)? + marker.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// `stream "s": offset 3 was removed by retention; the first available offset is 10`.
+fn retention(m: &str) -> Error {
+    let stream = m.split('"').nth(1).map(str::to_string).unwrap_or_default();
+    Error::Retention {
+        stream,
+        offset: number_after(m, "offset ").unwrap_or(0),
+        first_available: number_after(m, "first available offset is ").unwrap_or(0),
     }
 }
 
@@ -158,6 +209,28 @@ mod tests {
             Error::InvalidArgument(m) if m == "etcdserver: key is not provided"
         ));
         assert!(Error::from(Status::unknown("transport error")).is_retryable());
+        assert_eq!(
+            Error::from(Status::failed_precondition(
+                "balsa: session 42 expired or unknown; register a new session"
+            )),
+            Error::SessionExpired { client_id: 42 }
+        );
+        assert!(matches!(
+            Error::from(Status::failed_precondition(
+                "balsa: sequence number 3 is stale (the session's last is 5)"
+            )),
+            Error::StaleSequence(_)
+        ));
+        assert_eq!(
+            Error::from(Status::out_of_range(
+                "stream \"orders\": offset 3 was removed by retention; the first available offset is 10"
+            )),
+            Error::Retention { stream: "orders".into(), offset: 3, first_available: 10 }
+        );
+        assert!(matches!(
+            Error::from(Status::not_found("stream \"orders\" not found")),
+            Error::StreamNotFound(_)
+        ));
         assert!(!Error::from(Status::permission_denied("no")).is_retryable());
     }
 }

@@ -309,6 +309,14 @@ impl Compare {
             range_end: Vec::new(),
         })
     }
+    /// Compare every key starting with the key instead of the key alone: the compare holds if it
+    /// holds for each of them (etcd's range compare). With `mod_revision(prefix, Less, rev + 1)`
+    /// it says "no key under the prefix changed, or appeared, after `rev`".
+    pub fn prefix(mut self) -> Self {
+        self.0.range_end = prefix_end(&self.0.key);
+        self
+    }
+
     /// Compare the key's value.
     pub fn value(key: impl Into<Vec<u8>>, op: CompareOp, value: impl Into<Vec<u8>>) -> Self {
         Self::new(key, op, pb::compare::TargetUnion::Value(value.into()))
@@ -450,11 +458,9 @@ impl Client {
         value: impl Into<Vec<u8>>,
         options: PutOptions,
     ) -> Result<PutResponse> {
-        let request = self.write_request(options.request(key, value));
         let r = self
-            .run(Route::Leader, |svc| {
-                let request = request.request();
-                async move { KvClient::new(svc).put(request).await }
+            .write(options.request(key, value), |svc, request| async move {
+                KvClient::new(svc).put(request).await
             })
             .await?;
         Ok(r.into_inner().into())
@@ -481,11 +487,9 @@ impl Client {
 
     /// Deletes `key` (or a range: see [`DeleteOptions`]).
     pub async fn delete(&self, key: impl Into<Vec<u8>>, options: DeleteOptions) -> Result<DeleteResponse> {
-        let request = self.write_request(options.request(key));
         let r = self
-            .run(Route::Leader, |svc| {
-                let request = request.request();
-                async move { KvClient::new(svc).delete_range(request).await }
+            .write(options.request(key), |svc, request| async move {
+                KvClient::new(svc).delete_range(request).await
             })
             .await?;
         Ok(r.into_inner().into())
@@ -493,12 +497,8 @@ impl Client {
 
     /// Runs a transaction.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        let request = self.write_request(txn.request());
         let r = self
-            .run(Route::Leader, |svc| {
-                let request = request.request();
-                async move { KvClient::new(svc).txn(request).await }
-            })
+            .write(txn.request(), |svc, request| async move { KvClient::new(svc).txn(request).await })
             .await?;
         Ok(r.into_inner().into())
     }

@@ -91,7 +91,7 @@ impl Client {
     pub async fn lease_grant(&self, ttl: i64, id: i64) -> Result<LeaseGrant> {
         let request = pb::LeaseGrantRequest { ttl, id };
         let r = self
-            .run(Route::Leader, |svc| async move { LeaseClient::new(svc).lease_grant(request).await })
+            .write(request, |svc, request| async move { LeaseClient::new(svc).lease_grant(request).await })
             .await?
             .into_inner();
         if !r.error.is_empty() {
@@ -102,8 +102,8 @@ impl Client {
 
     /// Revokes a lease: its keys are deleted.
     pub async fn lease_revoke(&self, id: i64) -> Result<()> {
-        self.run(Route::Leader, |svc| async move {
-            LeaseClient::new(svc).lease_revoke(pb::LeaseRevokeRequest { id }).await
+        self.write(pb::LeaseRevokeRequest { id }, |svc, request| async move {
+            LeaseClient::new(svc).lease_revoke(request).await
         })
         .await?;
         Ok(())

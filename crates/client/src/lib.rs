@@ -112,11 +112,30 @@
 //! until [`ClientOptions::retry_budget`] is spent; each attempt has
 //! [`ClientOptions::request_timeout`]. Other errors return at once.
 //!
+//! ## Exactly-once writes: sessions (on by default)
+//!
 //! Retrying a write whose answer was lost (a time-out, a leader that died after receiving it)
-//! may apply it twice. For a put that only bumps a revision; for a transaction it can matter.
-//! That is what [`Session`]s are for: with one set, every write carries a client id and a
-//! sequence number that stays the same across its retries, so a server that deduplicates can
-//! apply it exactly once (balsa's server-side sessions are in progress).
+//! could apply it twice. So by default [`Client::connect`] registers a session with the
+//! cluster, and every write carries the session's id and a sequence number that stays the same
+//! across its retries: the cluster applies it once and answers a retry from memory. The cluster
+//! remembers one outstanding write per session, so the client keeps a pool of sessions and gives
+//! each in-flight write its own ([`ClientOptions::max_sessions`]). A session that expired
+//! ([`Error::SessionExpired`]) on a retry means the write's outcome is unknown; the client does
+//! not resend it (see [`Session`]). `ClientOptions { sessions: false, .. }` gives etcd's
+//! at-least-once behaviour.
+//!
+//! ## Log streams
+//!
+//! ```no_run
+//! # use balsa_client::*;
+//! # async fn demo(client: Client) -> Result<()> {
+//! client.log_create("orders", Retention::default()).await?;
+//! let appended = client.log_append("orders", ["o-1", "o-2"]).await?; // exactly once
+//! let mut sub = client.log_subscribe("orders", appended.first_offset).await?;
+//! let first = sub.next().await?; // resumes on another member if its stream breaks
+//! assert_eq!(first.offset, appended.first_offset);
+//! # Ok(()) }
+//! ```
 //!
 //! ## Why not depend on balsa-server
 //!
@@ -132,6 +151,7 @@ mod cluster;
 mod error;
 mod kv;
 mod lease;
+mod log;
 mod session;
 mod watch;
 
@@ -143,6 +163,7 @@ pub use kv::{
     PutOptions, PutResponse, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 pub use lease::{KeepAlive, LeaseGrant, LeaseState, LeaseTtl};
+pub use log::{Appended, ReadRecords, Record, Retention, StreamInfo, Subscription};
 pub use session::{Session, SessionInterceptor, CLIENT_ID_HEADER, SEQ_HEADER};
 pub use watch::{EventKind, WatchEvent, WatchOptions, Watcher};
 
@@ -150,6 +171,12 @@ pub use watch::{EventKind, WatchEvent, WatchOptions, Watcher};
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+}
+
+/// balsa's own `balsapb` package (sessions, log streams): generated client stubs and messages.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod balsapb {
+    tonic::include_proto!("balsapb");
 }
 
 /// etcd's `etcdserverpb` package (generated client stubs and messages), for calls this crate

@@ -1,15 +1,27 @@
-//! The hook for exactly-once writes: a [`Session`] names this client (`balsa-client-id`) and
-//! numbers its writes (`balsa-seq`), sent as gRPC metadata by [`SessionInterceptor`].
+//! Exactly-once writes: [`Session`]s, the pool a [`Client`](crate::Client) keeps of them, and the
+//! interceptor that puts a write's session and sequence number on the wire (`balsa-client-id`,
+//! `balsa-seq`).
 //!
-//! The numbering is the point: a write keeps its sequence number across every retry of it, so a
-//! server that remembers, per client id, the last sequence number applied (and its answer) can
-//! apply a retried write once and answer the retry from memory (Raft thesis, section 6.3). The
-//! server side is being built separately; until it honours the metadata, a session changes
-//! nothing on the wire but two headers, and retried writes stay at-least-once.
+//! The numbering is the point: a write keeps its sequence number across every retry of it, and
+//! the server remembers, per session, the last number applied and its answer, so a retried write
+//! is applied once and the retry answered from memory (Raft thesis, section 6.3).
+//!
+//! **One write per session at a time.** The server remembers one outstanding write per session
+//! (the last). Two concurrent writes on one session would race: the higher number could land
+//! first and make the other "stale", or a retry of the lower one would find its answer
+//! forgotten. So a client keeps a *pool*: each write takes an idle session (registering a new
+//! one when none is idle, up to [`ClientOptions::max_sessions`](crate::ClientOptions)), uses it
+//! for all of its attempts, and gives it back when it has an answer. Concurrent writes on one
+//! `Client` therefore run on different sessions, and a client that does one write at a time
+//! uses one session. Sessions idle for more than half their timeout are not reused (the server
+//! may be about to expire them); they are left to expire.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
@@ -29,8 +41,8 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session for `client_id`, numbering writes from 1. How a client obtains its id (chosen,
-    /// or registered with the server) is for the server's session design to settle.
+    /// A session for `client_id` (an id `balsapb.Session/Register` returned), numbering writes
+    /// from 1.
     pub fn new(client_id: u64) -> Self {
         Self::resume(client_id, 0)
     }
@@ -57,35 +69,103 @@ impl Session {
     }
 }
 
-/// A write's sequence number, carried in the request's extensions from the retry loop (which
-/// picks it once per logical write) to the interceptor (which writes the metadata).
+/// A write's session and sequence number, carried in the request's extensions from the write
+/// loop (which picks them once per logical write) to the interceptor (which writes the metadata).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Seq(pub u64);
+pub(crate) struct Seq {
+    pub(crate) client_id: u64,
+    pub(crate) seq: u64,
+}
 
-/// Adds `balsa-client-id` and `balsa-seq` to requests tagged with a [`Seq`] when a session is set;
-/// passes everything else through untouched.
+/// Adds `balsa-client-id` and `balsa-seq` to requests tagged with a write's session and sequence
+/// number; passes everything else (reads, watches, untagged writes) through untouched.
 #[derive(Debug, Clone, Default)]
-pub struct SessionInterceptor {
-    /// The session, if the client has one.
-    session: Option<Session>,
-}
-
-impl SessionInterceptor {
-    pub(crate) fn new(session: Option<Session>) -> Self {
-        Self { session }
-    }
-}
+pub struct SessionInterceptor;
 
 impl Interceptor for SessionInterceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let (Some(session), Some(Seq(seq))) = (&self.session, request.extensions().get::<Seq>().copied())
-        else {
+        let Some(Seq { client_id, seq }) = request.extensions().get::<Seq>().copied() else {
             return Ok(request);
         };
-        let id = MetadataValue::from(session.client_id);
-        request.metadata_mut().insert(CLIENT_ID_HEADER, id);
+        request.metadata_mut().insert(CLIENT_ID_HEADER, MetadataValue::from(client_id));
         request.metadata_mut().insert(SEQ_HEADER, MetadataValue::from(seq));
         Ok(request)
+    }
+}
+
+/// The sessions of one client: idle ones, a bound on how many writes hold one at once, and what
+/// the cluster said about sessions.
+pub(crate) struct SessionPool {
+    /// A session the caller chose (`ClientOptions::session`): every write uses it, one at a time.
+    fixed: Option<Session>,
+    /// Whether to register sessions (`ClientOptions::sessions`).
+    enabled: bool,
+    /// The timeout asked for at registration.
+    pub(crate) timeout: Duration,
+    /// Sessions not in use, with when each was last used.
+    idle: Mutex<Vec<(Session, Instant)>>,
+    /// Permits: one per write holding a session (1 for a fixed session).
+    permits: Arc<Semaphore>,
+    /// Set when the cluster has no Session service (etcd): writes then go without one.
+    unsupported: AtomicBool,
+    /// Sessions registered so far (for tests and diagnostics).
+    pub(crate) registered: AtomicU64,
+}
+
+impl SessionPool {
+    pub(crate) fn new(fixed: Option<Session>, enabled: bool, timeout: Duration, max: usize) -> Self {
+        let permits = if fixed.is_some() { 1 } else { max.max(1) };
+        Self {
+            fixed,
+            enabled,
+            timeout,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(permits)),
+            unsupported: AtomicBool::new(false),
+            registered: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether writes should be put into sessions (and registration be tried).
+    pub(crate) fn active(&self) -> bool {
+        self.fixed.is_some() || (self.enabled && !self.unsupported.load(Ordering::Relaxed))
+    }
+
+    /// Remembers that the cluster serves no sessions.
+    pub(crate) fn mark_unsupported(&self) {
+        self.unsupported.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for a permit (bounded by the caller's deadline through `timeout`).
+    pub(crate) async fn permit(&self) -> OwnedSemaphorePermit {
+        self.permits.clone().acquire_owned().await.expect("the pool's semaphore is never closed")
+    }
+
+    /// An idle session fit for reuse, if any (or the fixed one).
+    pub(crate) fn take_idle(&self) -> Option<Session> {
+        if let Some(fixed) = &self.fixed {
+            return Some(fixed.clone());
+        }
+        let mut idle = self.idle.lock().expect("session pool lock");
+        while let Some((session, used)) = idle.pop() {
+            if used.elapsed() < self.timeout / 2 {
+                return Some(session);
+            }
+            // Too close to its expiry to trust: let the server forget it.
+        }
+        None
+    }
+
+    /// Gives a session back after a write that has an answer.
+    pub(crate) fn put_back(&self, session: Session) {
+        if self.fixed.is_none() {
+            self.idle.lock().expect("session pool lock").push((session, Instant::now()));
+        }
+    }
+
+    /// Every idle session, removed from the pool (to close them).
+    pub(crate) fn drain_idle(&self) -> Vec<Session> {
+        self.idle.lock().expect("session pool lock").drain(..).map(|(s, _)| s).collect()
     }
 }
 
@@ -96,18 +176,14 @@ mod tests {
     #[test]
     fn tagged_requests_carry_the_session_and_untagged_ones_do_not() {
         let session = Session::resume(42, 6);
-        let mut interceptor = SessionInterceptor::new(Some(session.clone()));
+        let mut interceptor = SessionInterceptor;
         let mut tagged = Request::new(());
-        tagged.extensions_mut().insert(Seq(session.next_seq()));
+        tagged.extensions_mut().insert(Seq { client_id: session.client_id(), seq: session.next_seq() });
         let tagged = interceptor.call(tagged).unwrap();
         assert_eq!(tagged.metadata().get(CLIENT_ID_HEADER).unwrap(), "42");
         assert_eq!(tagged.metadata().get(SEQ_HEADER).unwrap(), "7");
         let plain = interceptor.call(Request::new(())).unwrap();
         assert!(plain.metadata().get(SEQ_HEADER).is_none());
-        // Without a session nothing is added, tagged or not.
-        let mut tagged = Request::new(());
-        tagged.extensions_mut().insert(Seq(1));
-        let out = SessionInterceptor::new(None).call(tagged).unwrap();
-        assert!(out.metadata().get(CLIENT_ID_HEADER).is_none());
+        assert!(plain.metadata().get(CLIENT_ID_HEADER).is_none());
     }
 }

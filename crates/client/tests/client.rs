@@ -148,11 +148,34 @@ async fn finds_the_leader_and_retries_a_write_across_its_death() {
 async fn a_watch_resumes_across_a_killed_leader_with_no_gap_and_no_duplicate() {
     let mut cluster = Cluster::start("watch-leader", 3).await;
     let c = connect(&cluster).await;
+    assert!(c.sessions_active(), "sessions are on by default");
+    assert_eq!(c.sessions_registered(), 1, "connect registered one session");
     // A client that knows the leader watches through it.
     let watched = c.leader_endpoint().unwrap().to_string();
     let watcher = c.watch("w/", WatchOptions::new().prefix()).await.unwrap();
     let victim = cluster.members.iter().position(|m| format!("http://{}", m.endpoint()) == watched).unwrap();
-    watch_through_a_kill(&mut cluster, c, watcher, victim).await;
+    // In a session, a put retried across the failover is applied once: exactly one revision
+    // per put.
+    let writes = watch_through_a_kill(&mut cluster, c.clone(), watcher, victim).await;
+    assert_eq!(writes, 60, "each put appears exactly once");
+    assert_eq!(c.sessions_registered(), 1, "one write at a time: one session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_sessions_retries_are_at_least_once_as_in_etcd() {
+    let mut cluster = Cluster::start("watch-leader-nosession", 3).await;
+    let endpoints = cluster.endpoints();
+    let endpoints: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+    let c = Client::connect(&endpoints, ClientOptions { sessions: false, ..options() }).await.unwrap();
+    assert!(!c.sessions_active());
+    let watched = c.leader_endpoint().unwrap().to_string();
+    let watcher = c.watch("w/", WatchOptions::new().prefix()).await.unwrap();
+    let victim = cluster.members.iter().position(|m| format!("http://{}", m.endpoint()) == watched).unwrap();
+    // The old behaviour: a put whose answer was lost in the failover may be applied again by
+    // its retry, so there are at least as many revisions as puts (every one seen once).
+    let writes = watch_through_a_kill(&mut cluster, c.clone(), watcher, victim).await;
+    assert!(writes >= 60, "{writes} revisions for 60 puts");
+    assert_eq!(c.sessions_registered(), 0, "no session registered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,8 +193,14 @@ async fn a_watch_resumes_across_a_killed_follower_with_no_gap_and_no_duplicate()
 }
 
 /// Writes w/000..w/059 through `c` while `watcher` reads them; kills member `victim` a third of
-/// the way; checks the watcher saw every revision of the run exactly once.
-async fn watch_through_a_kill(cluster: &mut Cluster, c: Client, mut watcher: Watcher, victim: usize) {
+/// the way; checks the watcher saw every revision of the run exactly once. Returns how many
+/// revisions the run made.
+async fn watch_through_a_kill(
+    cluster: &mut Cluster,
+    c: Client,
+    mut watcher: Watcher,
+    victim: usize,
+) -> usize {
     // A writer puts w/0..N one after another (each retried through the failover).
     const N: usize = 60;
     let writer = c.clone();
@@ -198,8 +227,8 @@ async fn watch_through_a_kill(cluster: &mut Cluster, c: Client, mut watcher: Wat
         .await
         .expect("every key's event arrives within 40 s");
     tokio::time::timeout(Duration::from_secs(20), writes).await.unwrap().unwrap();
-    // A put retried across the failover may have been applied twice (at-least-once without a
-    // session): read the final revision and take every event up to it.
+    // Without a session a put retried across the failover may have been applied twice
+    // (at-least-once): read the final revision and take every event up to it.
     let last = c.get("w/", GetOptions::new().prefix().count_only()).await.unwrap().revision;
     while *seen.last().unwrap() < last {
         let e = tokio::time::timeout(Duration::from_secs(10), watcher.next()).await.unwrap().unwrap();
@@ -213,6 +242,7 @@ async fn watch_through_a_kill(cluster: &mut Cluster, c: Client, mut watcher: Wat
     // And nothing more arrives (no duplicate replayed late).
     let extra = tokio::time::timeout(Duration::from_millis(500), watcher.next()).await;
     assert!(extra.is_err(), "no event after the last write: {extra:?}");
+    seen.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -97,9 +97,22 @@ async fn a_write_keeps_its_sequence_number_across_retries() {
 }
 
 #[tokio::test]
-async fn without_a_session_no_metadata_is_sent() {
+async fn a_server_without_sessions_gets_plain_writes() {
+    // Sessions are on by default; the stand-in serves no Session service (like etcd), so the
+    // client notices "unimplemented" and writes without metadata.
     let (addr, seen) = recorder().await;
     let c = Client::connect_lazy(&[addr.as_str()], options(None)).unwrap();
+    assert!(c.sessions_active());
+    c.put("k", "v", PutOptions::new()).await.unwrap();
+    assert!(!c.sessions_active());
+    assert!(seen.lock().unwrap().iter().all(|(id, seq)| id.is_empty() && seq.is_empty()));
+}
+
+#[tokio::test]
+async fn without_a_session_no_metadata_is_sent() {
+    let (addr, seen) = recorder().await;
+    let c =
+        Client::connect_lazy(&[addr.as_str()], ClientOptions { sessions: false, ..options(None) }).unwrap();
     c.put("k", "v", PutOptions::new()).await.unwrap();
     assert!(seen.lock().unwrap().iter().all(|(id, seq)| id.is_empty() && seq.is_empty()));
 }

@@ -67,6 +67,6 @@ impl Kv for NoopKv {
 pub async fn serve(listener: tokio::net::TcpListener) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .add_service(KvServer::new(NoopKv::default()))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .serve_with_incoming(balsa_server::kv_service::no_delay(listener))
         .await
 }

@@ -1,37 +1,36 @@
 //! `balsa server` as a user runs it: clear errors for bad configuration, etcdctl against a real
 //! process, a clean stop on SIGTERM, and data that survives a restart.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn balsa() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_balsa"))
+use common::{balsa, free_port, Proc};
+
+/// `balsa ARGS` fails with a message containing `expected`.
+fn refused(args: &[&str], expected: &str) {
+    common::fails_with(balsa().args(args), expected);
 }
 
-fn fails_with(args: &[&str], expected: &str) {
-    let out = balsa().args(args).output().unwrap();
-    assert!(!out.status.success(), "{args:?} should fail");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(expected), "{args:?}: expected {expected:?} in {err:?}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// etcdctl against the member serving clients on `client`.
+fn etcdctl(client: u16, args: &[&str]) -> Option<String> {
+    common::etcdctl(&format!("127.0.0.1:{client}"), args)
 }
 
 #[test]
 fn bad_configuration_gives_clear_errors() {
-    fails_with(&["server", "--listen-client-urls", "localhost:2379"], "is not an http://host:port URL");
-    fails_with(
+    refused(&["server", "--listen-client-urls", "localhost:2379"], "is not an http://host:port URL");
+    refused(
         &["server", "--name", "a", "--initial-cluster", "b=http://127.0.0.1:1"],
         "--name \"a\" is not in --initial-cluster",
     );
-    fails_with(&["server", "--initial-cluster", "nonsense"], "is not name=url");
-    fails_with(&["server", "--initial-cluster-state", "sideways"], "expected \"new\" or \"existing\"");
+    refused(&["server", "--initial-cluster", "nonsense"], "is not name=url");
+    refused(&["server", "--initial-cluster-state", "sideways"], "expected \"new\" or \"existing\"");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let dir = std::env::temp_dir().join(format!("balsa-bin-taken-{}", std::process::id()));
-    fails_with(
+    refused(
         &[
             "server",
             "--data-dir",
@@ -46,16 +45,7 @@ fn bad_configuration_gives_clear_errors() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(dir: &std::path::Path, client: u16, peer: u16) -> Server {
+fn start(dir: &std::path::Path, client: u16, peer: u16) -> Proc {
     let child = balsa()
         .args(["server", "--name", "solo", "--data-dir", dir.to_str().unwrap(), "--tick-ms", "20"])
         .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
@@ -64,18 +54,7 @@ fn start(dir: &std::path::Path, client: u16, peer: u16) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Server(child)
-}
-
-fn etcdctl(client: u16, args: &[&str]) -> Option<String> {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints=127.0.0.1:{client}"))
-        .arg("--command-timeout=2s")
-        .args(args)
-        .output()
-        .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    Proc(child)
 }
 
 #[test]
@@ -134,7 +113,7 @@ fn a_three_member_cluster_of_processes_takes_writes_through_any_member() {
         .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
         .collect::<Vec<_>>()
         .join(",");
-    let servers: Vec<Server> = ports
+    let servers: Vec<Proc> = ports
         .iter()
         .enumerate()
         .map(|(i, (client, peer))| {
@@ -148,7 +127,7 @@ fn a_three_member_cluster_of_processes_takes_writes_through_any_member() {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            Server(child)
+            Proc(child)
         })
         .collect();
     // Every member takes a write (followers forward to the leader) ...

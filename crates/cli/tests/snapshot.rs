@@ -1,25 +1,12 @@
 //! `etcdctl snapshot save` against a `balsa server` process, then `balsa snapshot status` and
 //! `balsa snapshot restore` into a new data dir that a new process serves.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn balsa() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_balsa"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{balsa, free_port, Proc};
 
 fn member_flags(dir: &std::path::Path, client: u16, peer: u16) -> Vec<String> {
     [
@@ -38,7 +25,7 @@ fn member_flags(dir: &std::path::Path, client: u16, peer: u16) -> Vec<String> {
     .to_vec()
 }
 
-fn start(dir: &std::path::Path, client: u16, peer: u16) -> Server {
+fn start(dir: &std::path::Path, client: u16, peer: u16) -> Proc {
     let child = balsa()
         .arg("server")
         .args(member_flags(dir, client, peer))
@@ -46,18 +33,12 @@ fn start(dir: &std::path::Path, client: u16, peer: u16) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Server(child)
+    Proc(child)
 }
 
+/// etcdctl against the member serving clients on `client`.
 fn etcdctl(client: u16, args: &[&str]) -> Option<String> {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints=127.0.0.1:{client}"))
-        .arg("--command-timeout=5s")
-        .args(args)
-        .output()
-        .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    common::etcdctl(&format!("127.0.0.1:{client}"), args)
 }
 
 #[test]

@@ -26,9 +26,7 @@ fn options() -> ClientOptions {
 }
 
 async fn connect(cluster: &Cluster) -> Client {
-    let endpoints = cluster.endpoints();
-    let endpoints: Vec<&str> = endpoints.iter().map(String::as_str).collect();
-    Client::connect(&endpoints, options()).await.unwrap()
+    common::connect_with(cluster, options()).await
 }
 
 /// A tiny deterministic generator per task (no RNG dependency).

@@ -9,21 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use balsa_client::*;
-use common::{until, Cluster};
-
-fn options() -> ClientOptions {
-    ClientOptions {
-        request_timeout: Duration::from_secs(2),
-        retry_budget: Duration::from_secs(10),
-        ..Default::default()
-    }
-}
-
-async fn connect(cluster: &Cluster) -> Client {
-    let endpoints = cluster.endpoints();
-    let endpoints: Vec<&str> = endpoints.iter().map(String::as_str).collect();
-    Client::connect(&endpoints, options()).await.unwrap()
-}
+use common::{connect, options, until, Cluster};
 
 fn s(kv: &KeyValue) -> (String, String) {
     (String::from_utf8_lossy(&kv.key).into_owned(), String::from_utf8_lossy(&kv.value).into_owned())

@@ -7,21 +7,7 @@ mod common;
 use std::time::Duration;
 
 use balsa_client::*;
-use common::Cluster;
-
-fn options() -> ClientOptions {
-    ClientOptions {
-        request_timeout: Duration::from_secs(2),
-        retry_budget: Duration::from_secs(10),
-        ..Default::default()
-    }
-}
-
-async fn connect(cluster: &Cluster) -> Client {
-    let endpoints = cluster.endpoints();
-    let endpoints: Vec<&str> = endpoints.iter().map(String::as_str).collect();
-    Client::connect(&endpoints, options()).await.unwrap()
-}
+use common::{connect, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_append_read_info_trim_delete() {

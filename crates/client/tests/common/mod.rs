@@ -194,3 +194,24 @@ pub async fn until<F: std::future::Future<Output = bool>>(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The client options the tests use: short attempts, a budget that outlasts an election.
+pub fn options() -> balsa_client::ClientOptions {
+    balsa_client::ClientOptions {
+        request_timeout: Duration::from_secs(2),
+        retry_budget: Duration::from_secs(10),
+        ..Default::default()
+    }
+}
+
+/// A client of every member of `cluster`, with [`options`].
+pub async fn connect(cluster: &Cluster) -> balsa_client::Client {
+    connect_with(cluster, options()).await
+}
+
+/// A client of every member of `cluster`.
+pub async fn connect_with(cluster: &Cluster, options: balsa_client::ClientOptions) -> balsa_client::Client {
+    let endpoints = cluster.endpoints();
+    let endpoints: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+    balsa_client::Client::connect(&endpoints, options).await.unwrap()
+}

@@ -1,12 +1,13 @@
 //! Three real nodes on loopback: real TCP between them, real write-ahead logs on disk.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use balsa_kv::{Command, KeyRange, PutRequest, RangeRequest};
-use balsa_raft::Role;
 use balsa_server::{NodeConfig, NodeError, NodeHandle};
 use bytes::Bytes;
 use tokio::net::TcpListener;
@@ -34,18 +35,7 @@ fn config(id: u64, dir: &Dir, peers: &BTreeMap<u64, SocketAddr>) -> NodeConfig {
 }
 
 async fn leader_of(nodes: &[Option<NodeHandle>]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        for (i, n) in nodes.iter().enumerate() {
-            if let Some(n) = n {
-                if n.status().await.map(|s| s.role) == Ok(Role::Leader) {
-                    return i;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader elected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::leader_index(&nodes.iter().map(Option::as_ref).collect::<Vec<_>>()).await
 }
 
 async fn put(node: &NodeHandle, k: &str, v: &str) -> Result<(), NodeError> {

@@ -166,16 +166,7 @@ fn node_config(id: u64, dir: &Dir, peers: &BTreeMap<u64, SocketAddr>) -> NodeCon
 }
 
 async fn leader_of(nodes: &[Arc<NodeHandle>]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        for (i, n) in nodes.iter().enumerate() {
-            if n.status().await.map(|s| s.role) == Ok(Role::Leader) {
-                return i;
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader elected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::leader_index(&nodes.iter().map(|n| Some(&**n)).collect::<Vec<_>>()).await
 }
 
 /// HashKV at `revision` on a member, waiting (bounded) until it has applied that far.

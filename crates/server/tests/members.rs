@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use balsa_raft::Role;
 use balsa_server::config::member_id;
 use balsa_server::kv_service::{self, KvService};
 use balsa_server::pb::etcdserverpb as pb;
@@ -78,16 +77,7 @@ async fn until<F: std::future::Future<Output = bool>>(limit: Duration, what: &st
 }
 
 async fn leader(members: &[&Member]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        for (i, m) in members.iter().enumerate() {
-            if m.node.status().await.unwrap().role == Role::Leader {
-                return i;
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::leader_index(&members.iter().map(|m| Some(&*m.node)).collect::<Vec<_>>()).await
 }
 
 async fn put(m: &Member, k: &str, v: &str) {

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use balsa_raft::Role;
 use balsa_server::kv_service::{self, KvService};
 use balsa_server::pb::balsapb::session_client::SessionClient;
 use balsa_server::pb::balsapb::RegisterSessionRequest;
@@ -58,16 +57,7 @@ async fn cluster(dir: &Dir) -> Vec<Member> {
 }
 
 async fn leader(members: &[Member]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        for (i, m) in members.iter().enumerate() {
-            if m.node.status().await.is_ok_and(|s| s.role == Role::Leader) {
-                return i;
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::leader_index(&members.iter().map(|m| Some(&*m.node)).collect::<Vec<_>>()).await
 }
 
 /// A put in session `client` numbered `seq`.

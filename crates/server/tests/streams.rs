@@ -241,18 +241,7 @@ async fn start_cluster(dir: &common::Dir) -> Vec<Member> {
 }
 
 async fn leader_of(members: &[Member]) -> usize {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        for (i, m) in members.iter().enumerate() {
-            if let Some(node) = &m.node {
-                if node.status().await.map(|s| s.role) == Ok(Role::Leader) {
-                    return i;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader elected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::leader_index(&members.iter().map(|m| m.node.as_deref()).collect::<Vec<_>>()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,8 @@
 //! three-node cluster, through the node API across a snapshot install, and through the real
 //! `etcdctl watch`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -288,16 +290,7 @@ async fn progress_notify_reports_the_revision_to_quiet_watches() {
 }
 
 async fn leader_of(nodes: &[Arc<NodeHandle>]) -> usize {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        for (i, n) in nodes.iter().enumerate() {
-            if n.status().await.map(|s| s.role) == Ok(Role::Leader) {
-                return i;
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader elected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::leader_index(&nodes.iter().map(|n| Some(&**n)).collect::<Vec<_>>()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,3 +87,20 @@ pub async fn etcdctl_ok(path: &str, endpoint: SocketAddr, args: &[&str]) -> Stri
     assert!(ok, "etcdctl {args:?} failed: {err}");
     out
 }
+
+/// The index of the member that leads, among those present (`None`: a member that was stopped);
+/// waits up to 10 s for one.
+pub async fn leader_index(nodes: &[Option<&NodeHandle>]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for (i, n) in nodes.iter().enumerate() {
+            if let Some(n) = n {
+                if n.status().await.is_ok_and(|s| s.role == Role::Leader) {
+                    return i;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader elected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -69,25 +69,36 @@ pub struct GetOptions {
     serializable: bool,
 }
 
+/// The key-span choices shared by reads and deletes.
+macro_rules! span_options {
+    ($options:ty) => {
+        impl $options {
+            /// Every key starting with the key.
+            pub fn prefix(mut self) -> Self {
+                self.span = Span::Prefix;
+                self
+            }
+            /// Keys in `[key, end)`.
+            pub fn range_end(mut self, end: impl Into<Vec<u8>>) -> Self {
+                self.span = Span::Until(end.into());
+                self
+            }
+            /// Every key from the key on.
+            pub fn from_key(mut self) -> Self {
+                self.span = Span::FromKey;
+                self
+            }
+        }
+    };
+}
+
+span_options!(GetOptions);
+span_options!(DeleteOptions);
+
 impl GetOptions {
     /// Reads one key, linearizably.
     pub fn new() -> Self {
         Self::default()
-    }
-    /// Every key starting with the key.
-    pub fn prefix(mut self) -> Self {
-        self.span = Span::Prefix;
-        self
-    }
-    /// Keys in `[key, end)`.
-    pub fn range_end(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.span = Span::Until(end.into());
-        self
-    }
-    /// Every key from the key on.
-    pub fn from_key(mut self) -> Self {
-        self.span = Span::FromKey;
-        self
     }
     /// Read as of `revision` (0: now).
     pub fn revision(mut self, revision: i64) -> Self {
@@ -177,21 +188,6 @@ impl DeleteOptions {
     /// Deletes one key.
     pub fn new() -> Self {
         Self::default()
-    }
-    /// Every key starting with the key.
-    pub fn prefix(mut self) -> Self {
-        self.span = Span::Prefix;
-        self
-    }
-    /// Keys in `[key, end)`.
-    pub fn range_end(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.span = Span::Until(end.into());
-        self
-    }
-    /// Every key from the key on.
-    pub fn from_key(mut self) -> Self {
-        self.span = Span::FromKey;
-        self
     }
     /// Return the deleted key-values.
     pub fn prev_kv(mut self) -> Self {

@@ -1,0 +1,200 @@
+//! The bank workload (deck 001's distributed banking): accounts under `bank/acct/`, and a
+//! ledger `bank/total` holding what the bank owes in all. Transfers move money between two
+//! accounts; deposits, withdrawals and interest change an account (or all) and the ledger in the
+//! same transaction. Every change is a transaction that holds only if nothing it read has
+//! changed since (compare on mod_revision), so the invariant holds at every revision:
+//!
+//! - the accounts sum to the ledger (money is neither made nor lost), and
+//! - no account is negative.
+//!
+//! Every read checks it on one revision's state: linearizable reads through the leader, and
+//! serializable reads from whichever member the client is on (those may be stale, but a stale
+//! state must be a state the cluster really had, so the invariant holds there too).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use balsa_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use balsa_raft::rng::SplitMix64;
+
+use crate::history::{push, Counts, Shared, OP_LIMIT};
+
+/// Everything the bank keeps is under this prefix, so one range read sees one revision of all.
+pub const PREFIX: &str = "bank/";
+/// The ledger key.
+pub const TOTAL: &str = "bank/total";
+/// Cents each account opens with.
+pub const OPENING_CENTS: i64 = 10_000;
+
+fn account(i: usize) -> String {
+    format!("{PREFIX}acct/{i}")
+}
+
+/// One consistent read of the bank: balances and the ledger, each with its mod_revision.
+#[derive(Debug, Clone, Default)]
+pub struct Books {
+    /// The revision read at.
+    pub revision: i64,
+    /// Account key → (cents, mod_revision).
+    pub accounts: BTreeMap<String, (i64, i64)>,
+    /// The ledger (cents, mod_revision); `None` before the bank opens.
+    pub total: Option<(i64, i64)>,
+}
+
+impl Books {
+    /// The invariant, or what breaks it.
+    pub fn check(&self) -> Result<(), String> {
+        let Some((total, _)) = self.total else {
+            return if self.accounts.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("at revision {}: accounts exist without the ledger", self.revision))
+            };
+        };
+        let sum: i64 = self.accounts.values().map(|(c, _)| c).sum();
+        if sum != total {
+            return Err(format!(
+                "at revision {}: the accounts sum to {sum} but the ledger says {total} ({:?})",
+                self.revision, self.accounts
+            ));
+        }
+        if let Some((k, (c, _))) = self.accounts.iter().find(|(_, (c, _))| *c < 0) {
+            return Err(format!("at revision {}: {k} is negative ({c})", self.revision));
+        }
+        Ok(())
+    }
+}
+
+/// Reads the books at one revision.
+pub async fn read(client: &Client, serializable: bool) -> Result<Books, String> {
+    let mut options = GetOptions::new().prefix();
+    if serializable {
+        options = options.serializable();
+    }
+    let resp = tokio::time::timeout(OP_LIMIT, client.get(PREFIX, options))
+        .await
+        .map_err(|_| "no answer".to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut books = Books { revision: resp.revision, ..Books::default() };
+    for kv in resp.kvs {
+        let key = String::from_utf8_lossy(&kv.key).into_owned();
+        let text = String::from_utf8_lossy(&kv.value).into_owned();
+        let cents: i64 =
+            text.parse().map_err(|_| format!("at revision {}: {key} holds {text:?}", resp.revision))?;
+        if key == TOTAL {
+            books.total = Some((cents, kv.mod_revision));
+        } else {
+            books.accounts.insert(key, (cents, kv.mod_revision));
+        }
+    }
+    Ok(books)
+}
+
+/// Opens `accounts` accounts and the ledger in one transaction, if the bank is not open yet.
+pub async fn open(client: &Client, accounts: usize) -> Result<(), String> {
+    let mut puts: Vec<TxnOp> =
+        (0..accounts).map(|i| TxnOp::put(account(i), OPENING_CENTS.to_string(), PutOptions::new())).collect();
+    puts.push(TxnOp::put(TOTAL, (OPENING_CENTS * accounts as i64).to_string(), PutOptions::new()));
+    let txn = Txn::new().when([Compare::version(TOTAL, CompareOp::Equal, 0)]).and_then(puts);
+    client.txn(txn).await.map(|_| ()).map_err(|e| format!("opening the bank: {e}"))
+}
+
+/// A transaction that writes `changes` (key → new cents) if none of the keys read changed.
+fn guarded(books: &Books, changes: &[(String, i64)]) -> Txn {
+    let compares = changes.iter().map(|(k, _)| {
+        let rev = if k == TOTAL {
+            books.total.map_or(0, |t| t.1)
+        } else {
+            books.accounts.get(k).map_or(0, |a| a.1)
+        };
+        Compare::mod_revision(k.clone(), CompareOp::Equal, rev)
+    });
+    let puts = changes.iter().map(|(k, c)| TxnOp::put(k.clone(), c.to_string(), PutOptions::new()));
+    Txn::new().when(compares.collect::<Vec<_>>()).and_then(puts.collect::<Vec<_>>())
+}
+
+/// The changes one random banking operation makes to `books`, or `None` if it has nothing to do.
+fn plan(rng: &mut SplitMix64, books: &Books) -> Option<(&'static str, Vec<(String, i64)>)> {
+    let (total, _) = books.total?;
+    let keys: Vec<&String> = books.accounts.keys().collect();
+    let pick = |rng: &mut SplitMix64| keys[rng.range(0, keys.len() as u64) as usize].clone();
+    let cents = |k: &String| books.accounts[k].0;
+    match rng.range(0, 10) {
+        0..=5 => {
+            let (from, to) = (pick(rng), pick(rng));
+            if from == to || cents(&from) == 0 {
+                return None;
+            }
+            let amount = rng.range(1, cents(&from) as u64 + 1) as i64;
+            Some(("transfer", vec![(from.clone(), cents(&from) - amount), (to.clone(), cents(&to) + amount)]))
+        }
+        6 | 7 => {
+            let to = pick(rng);
+            let amount = rng.range(1, 500) as i64;
+            Some(("deposit", vec![(to.clone(), cents(&to) + amount), (TOTAL.to_string(), total + amount)]))
+        }
+        8 => {
+            let from = pick(rng);
+            if cents(&from) == 0 {
+                return None;
+            }
+            let amount = rng.range(1, cents(&from) as u64 + 1) as i64;
+            Some((
+                "withdraw",
+                vec![(from.clone(), cents(&from) - amount), (TOTAL.to_string(), total - amount)],
+            ))
+        }
+        _ => {
+            // Interest of 1% on every account, rounded down, in one transaction.
+            let mut changes: Vec<(String, i64)> =
+                keys.iter().map(|k| ((*k).clone(), cents(k) + cents(k) / 100)).collect();
+            let paid: i64 = keys.iter().map(|k| cents(k) / 100).sum();
+            changes.push((TOTAL.to_string(), total + paid));
+            Some(("interest", changes))
+        }
+    }
+}
+
+/// What the bank clients record.
+#[derive(Clone, Default)]
+pub struct Recorded {
+    /// Books that broke the invariant (anomalies).
+    pub violations: Shared<String>,
+    /// Reads checked.
+    pub reads_checked: Shared<u64>,
+    /// Changes: committed or refused (`ok`), failed before sending (`failed`), or unknown.
+    pub counts: Shared<Counts>,
+}
+
+/// One bank client: read, plan, commit; check every read. Runs until `stop`.
+pub async fn client(client: Client, seed: u64, stop: Arc<AtomicBool>, rec: Recorded) {
+    let mut rng = SplitMix64::new(seed);
+    let mut counts = Counts::default();
+    let mut reads = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let serializable = rng.chance(1, 3);
+        let books = match read(&client, serializable).await {
+            Ok(b) => b,
+            Err(_) => {
+                counts.failed += 1;
+                continue;
+            }
+        };
+        reads += 1;
+        if let Err(e) = books.check() {
+            let kind = if serializable { "serializable" } else { "linearizable" };
+            push(&rec.violations, format!("bank ({kind} read): {e}"));
+        }
+        if serializable {
+            continue; // plan only from up-to-date books, or most transactions would be refused
+        }
+        let Some((_, changes)) = plan(&mut rng, &books) else { continue };
+        match tokio::time::timeout(OP_LIMIT, client.txn(guarded(&books, &changes))).await {
+            Ok(Ok(_)) => counts.ok += 1,
+            _ => counts.unknown += 1,
+        }
+    }
+    push(&rec.counts, counts);
+    push(&rec.reads_checked, reads);
+}

@@ -55,8 +55,11 @@ pub struct OpRef {
 /// explored). The culprit is usually among them — for a stale read, the read itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Counterexample {
-    /// Which partition (in the order the model's `partition` returned them) failed.
-    pub partition: usize,
+    /// What went wrong, in one line.
+    pub summary: String,
+    /// Which partition (in the order the model's `partition` returned them) failed; `None` for
+    /// a check over the whole history (such as [`crate::etcd::check_revisions`]).
+    pub partition: Option<usize>,
     /// How many operations that partition holds.
     pub partition_len: usize,
     /// The longest linearizable prefix found, in linearization order.
@@ -67,20 +70,23 @@ pub struct Counterexample {
 
 impl fmt::Display for Counterexample {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "partition {} ({} operations) has no linearization", self.partition, self.partition_len)?;
+        match self.partition {
+            Some(p) => writeln!(f, "{} (partition {p}, {} operations)", self.summary, self.partition_len)?,
+            None => writeln!(f, "{} ({} operations)", self.summary, self.partition_len)?,
+        }
         // The tail of the prefix is what explains the state the stuck operations met.
         const SHOWN: usize = 10;
         let skipped = self.prefix.len().saturating_sub(SHOWN);
         writeln!(
             f,
-            "  longest linearizable prefix: {} operations{}",
+            "  before it: {} operations{}",
             self.prefix.len(),
             if skipped > 0 { format!(", the last {SHOWN}:") } else { ":".to_string() }
         )?;
         for op in &self.prefix[skipped..] {
             writeln!(f, "    #{} {}", op.index, op.text)?;
         }
-        writeln!(f, "  then none of these could take effect:")?;
+        writeln!(f, "  then none of these could take effect next:")?;
         for op in &self.stuck {
             writeln!(f, "    #{} {}", op.index, op.text)?;
         }

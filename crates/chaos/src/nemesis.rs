@@ -449,10 +449,8 @@ mod tests {
     fn cut_between_cuts_every_pair_across_both_ways_and_nothing_else() {
         let mut cut = BTreeSet::new();
         cut_between(&mut cut, &[1, 4], &[0, 2, 3]);
-        let expected: BTreeSet<Link> = [1, 4]
-            .iter()
-            .flat_map(|&a| [0, 2, 3].iter().flat_map(move |&b| [(a, b), (b, a)]))
-            .collect();
+        let expected: BTreeSet<Link> =
+            [1, 4].iter().flat_map(|&a| [0, 2, 3].iter().flat_map(move |&b| [(a, b), (b, a)])).collect();
         assert_eq!(cut, expected);
         // Within each side everything still works.
         let hosts = [0, 1, 2, 3, 4];

@@ -268,7 +268,10 @@ mod tests {
         // a1-3 acknowledged at 3, the stream ends before.
         let anomalies = run(&all[..3], &acked);
         assert_eq!(anomalies.len(), 1, "{anomalies:?}");
-        caught(&anomalies, &["1 acknowledged appends lost or moved", "a1-3 acknowledged at offset 3", "None"]);
+        caught(
+            &anomalies,
+            &["1 acknowledged appends lost or moved", "a1-3 acknowledged at offset 3", "None"],
+        );
         // a2-1 acknowledged at offset 2, where the stream has a1-2 (a2-1 is at 1).
         acked[1] = app("a2-1", 2);
         caught(&run(&all, &acked), &["a2-1 acknowledged at offset 2", "a1-2"]);
@@ -302,7 +305,8 @@ mod tests {
         let anomalies = check(&all, &acked, &attempted, &[(longer, None)]);
         assert_eq!(anomalies, vec!["subscriber 0: saw 5 records, the stream holds 4"]);
         // Stopped early, saying why.
-        let anomalies = check(&all, &acked, &attempted, &[(all[..1].to_vec(), Some("read 1 records".into()))]);
+        let anomalies =
+            check(&all, &acked, &attempted, &[(all[..1].to_vec(), Some("read 1 records".into()))]);
         assert_eq!(anomalies, vec!["subscriber 0: read 1 records"]);
     }
 }

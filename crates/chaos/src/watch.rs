@@ -215,7 +215,10 @@ mod tests {
     fn an_invented_value_is_caught() {
         let (mut events, _, _) = clean();
         events.push(ev(11, "r/x", Some("nobody")));
-        one(&run(vec![events.clone()]), &["watcher 0", "r/x=Some(\"nobody\") at revision 11 was never written"]);
+        one(
+            &run(vec![events.clone()]),
+            &["watcher 0", "r/x=Some(\"nobody\") at revision 11 was never written"],
+        );
         // A value written to another key is invented on this one.
         events[5] = ev(11, "r/x", Some("c3-9"));
         one(&run(vec![events]), &["r/x=Some(\"c3-9\")"]);
@@ -238,7 +241,8 @@ mod tests {
     fn a_watcher_that_stopped_early_is_caught() {
         let (events, acked, attempted) = clean();
         // It says why it stopped.
-        let watchers = vec![(events.clone(), None), (events[..3].to_vec(), Some("the watch ended: gone".into()))];
+        let watchers =
+            vec![(events.clone(), None), (events[..3].to_vec(), Some("the watch ended: gone".into()))];
         let anomalies = check(&watchers, &acked, &attempted);
         assert!(anomalies.contains(&"watcher 1: the watch ended: gone".to_string()), "{anomalies:?}");
         // Even without a reason, it missed an acknowledged write.

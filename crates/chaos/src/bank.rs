@@ -198,3 +198,97 @@ pub async fn client(client: Client, seed: u64, stop: Arc<AtomicBool>, rec: Recor
     push(&rec.counts, counts);
     push(&rec.reads_checked, reads);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn books(accounts: &[i64], total: Option<i64>) -> Books {
+        Books {
+            revision: 7,
+            accounts: accounts.iter().enumerate().map(|(i, &c)| (account(i), (c, 1 + i as i64))).collect(),
+            total: total.map(|t| (t, 1)),
+        }
+    }
+
+    #[test]
+    fn books_that_balance_pass() {
+        assert_eq!(books(&[100, 0, 250], Some(350)).check(), Ok(()));
+        // Before the bank opens: nothing at all.
+        assert_eq!(books(&[], None).check(), Ok(()));
+    }
+
+    #[test]
+    fn a_sum_that_differs_from_the_ledger_is_caught() {
+        for total in [349, 351, 0] {
+            let err = books(&[100, 0, 250], Some(total)).check().unwrap_err();
+            assert!(err.contains(&format!("sum to 350 but the ledger says {total}")), "{err}");
+            assert!(err.starts_with("at revision 7"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_negative_balance_is_caught() {
+        let err = books(&[100, -5, 255], Some(350)).check().unwrap_err();
+        assert!(err.contains("bank/acct/1 is negative (-5)"), "{err}");
+    }
+
+    #[test]
+    fn accounts_without_the_ledger_are_caught() {
+        let err = books(&[100], None).check().unwrap_err();
+        assert!(err.contains("accounts exist without the ledger"), "{err}");
+    }
+
+    /// Applies `changes` as the guarded transaction would (puts of new balances).
+    fn apply(books: &mut Books, changes: &[(String, i64)]) {
+        for (k, c) in changes {
+            if k == TOTAL {
+                books.total = Some((*c, books.revision + 1));
+            } else {
+                let old = books.accounts.insert(k.clone(), (*c, books.revision + 1));
+                assert!(old.is_some(), "a plan created account {k}");
+            }
+        }
+        books.revision += 1;
+    }
+
+    /// Property: from any books satisfying the invariant, every plan keeps it, and touches the
+    /// ledger exactly when money enters or leaves. Random books of one to six accounts, many of
+    /// them empty (the edge of "none negative"), then a run of plans applied one after another.
+    #[test]
+    fn every_plan_keeps_the_invariant() {
+        let mut rng = SplitMix64::new(0xba4c);
+        let mut kinds = BTreeMap::new();
+        for _ in 0..2_000 {
+            let n = rng.range(1, 7) as usize;
+            let cents: Vec<i64> = (0..n)
+                .map(|_| if rng.chance(1, 4) { 0 } else { rng.range(0, 3 * OPENING_CENTS as u64) as i64 })
+                .collect();
+            let mut b = books(&cents, Some(cents.iter().sum()));
+            assert_eq!(b.check(), Ok(()));
+            for _ in 0..20 {
+                let before = b.clone();
+                let Some((kind, changes)) = plan(&mut rng, &b) else { continue };
+                *kinds.entry(kind).or_insert(0) += 1;
+                apply(&mut b, &changes);
+                if let Err(e) = b.check() {
+                    panic!("{kind} {changes:?} broke {before:?}: {e}");
+                }
+                let ledger_moved = b.total != before.total;
+                assert_eq!(ledger_moved, kind != "transfer", "{kind} {changes:?} on {before:?}");
+            }
+        }
+        // Every kind of operation was exercised.
+        for kind in ["transfer", "deposit", "withdraw", "interest"] {
+            assert!(kinds.get(kind).copied().unwrap_or(0) > 100, "{kinds:?}");
+        }
+    }
+
+    #[test]
+    fn no_plan_before_the_bank_opens() {
+        let mut rng = SplitMix64::new(1);
+        for _ in 0..100 {
+            assert!(plan(&mut rng, &books(&[], None)).is_none());
+        }
+    }
+}

@@ -421,3 +421,70 @@ impl Nemesis {
         self.between(self.gap_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The directed links among `hosts` that still work with `cut` blackholed.
+    fn working(hosts: &[usize], cut: &BTreeSet<Link>) -> BTreeSet<Link> {
+        let mut up = BTreeSet::new();
+        for &a in hosts {
+            for &b in hosts {
+                if a != b && !cut.contains(&(a, b)) {
+                    up.insert((a, b));
+                }
+            }
+        }
+        up
+    }
+
+    /// The peers `h` can talk to both ways (TCP needs both directions).
+    fn peers(h: usize, hosts: &[usize], cut: &BTreeSet<Link>) -> BTreeSet<usize> {
+        let up = working(hosts, cut);
+        hosts.iter().copied().filter(|&p| up.contains(&(h, p)) && up.contains(&(p, h))).collect()
+    }
+
+    #[test]
+    fn cut_between_cuts_every_pair_across_both_ways_and_nothing_else() {
+        let mut cut = BTreeSet::new();
+        cut_between(&mut cut, &[1, 4], &[0, 2, 3]);
+        let expected: BTreeSet<Link> =
+            [1, 4].iter().flat_map(|&a| [0, 2, 3].iter().flat_map(move |&b| [(a, b), (b, a)])).collect();
+        assert_eq!(cut, expected);
+        // Within each side everything still works.
+        let hosts = [0, 1, 2, 3, 4];
+        assert_eq!(peers(1, &hosts, &cut), BTreeSet::from([4]));
+        assert_eq!(peers(0, &hosts, &cut), BTreeSet::from([2, 3]));
+        // It adds to what is already cut, and never cuts a host from itself.
+        let mut cut = BTreeSet::from([(7, 8)]);
+        cut_between(&mut cut, &[1, 2], &[2]);
+        assert_eq!(cut, BTreeSet::from([(1, 2), (2, 1), (7, 8)]));
+    }
+
+    #[test]
+    fn all_but_hub_leaves_only_the_links_through_the_hub() {
+        // Members need not be contiguous (spares joined, founders removed).
+        let members = [0, 2, 3, 5, 6];
+        for &hub in &members {
+            let cut = all_but_hub(&members, hub);
+            let others: Vec<usize> = members.iter().copied().filter(|&h| h != hub).collect();
+            // Every link between two non-hub members is cut, both ways; none touching the hub.
+            assert_eq!(cut.len(), others.len() * (others.len() - 1), "{cut:?}");
+            assert!(cut.iter().all(|&(a, b)| a != hub && b != hub && a != b), "{cut:?}");
+            assert_eq!(working(&members, &cut).len(), 2 * others.len());
+            // The hub talks to everyone; everyone else only to the hub.
+            assert_eq!(peers(hub, &members, &cut), others.iter().copied().collect());
+            for &h in &others {
+                assert_eq!(peers(h, &members, &cut), BTreeSet::from([hub]), "n{h}");
+            }
+            // So only the hub can gather a quorum (itself and two others of five).
+            let quorum = members.len() / 2 + 1;
+            for &h in &members {
+                assert_eq!(peers(h, &members, &cut).len() + 1 >= quorum, h == hub, "n{h}");
+            }
+            // Hosts outside `hosts` (spares, the clients' bridge) are left alone.
+            assert!(cut.iter().all(|&(a, b)| members.contains(&a) && members.contains(&b)));
+        }
+    }
+}

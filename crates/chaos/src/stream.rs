@@ -196,3 +196,117 @@ pub fn check(
     }
     anomalies
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(o: u64, r: &str) -> (u64, String) {
+        (o, r.to_string())
+    }
+
+    fn app(r: &str, offset: u64) -> Appended {
+        Appended { record: r.into(), offset }
+    }
+
+    /// Two appenders; a1-2 was appended but its answer was lost, a2-2 never reached the stream.
+    fn clean() -> (Vec<(u64, String)>, Vec<Appended>, Vec<String>) {
+        let all = vec![rec(0, "a1-1"), rec(1, "a2-1"), rec(2, "a1-2"), rec(3, "a1-3")];
+        let acked = vec![app("a1-1", 0), app("a2-1", 1), app("a1-3", 3)];
+        let attempted = ["a1-1", "a2-1", "a1-2", "a2-2", "a1-3"].iter().map(|s| s.to_string()).collect();
+        (all, acked, attempted)
+    }
+
+    fn run(all: &[(u64, String)], acked: &[Appended]) -> Vec<String> {
+        let (_, _, attempted) = clean();
+        check(all, acked, &attempted, &[(all.to_vec(), None)])
+    }
+
+    /// Some anomaly mentions every one of `words`.
+    fn caught(anomalies: &[String], words: &[&str]) {
+        assert!(
+            anomalies.iter().any(|a| words.iter().all(|w| a.contains(w))),
+            "no anomaly mentions all of {words:?}: {anomalies:?}"
+        );
+    }
+
+    #[test]
+    fn a_clean_stream_gives_no_anomaly() {
+        let (all, acked, attempted) = clean();
+        let subscribers = vec![(all.clone(), None), (all[..2].to_vec(), None), (vec![], None)];
+        assert_eq!(check(&all, &acked, &attempted, &subscribers), Vec::<String>::new());
+        assert!(check(&[], &[], &[], &[]).is_empty());
+    }
+
+    #[test]
+    fn a_gap_in_the_offsets_is_caught() {
+        let (mut all, _, _) = clean();
+        all.remove(2); // offsets 0, 1, 3
+        let anomalies = run(&all, &[app("a1-1", 0), app("a2-1", 1)]);
+        assert_eq!(anomalies, vec!["stream: offset 3 at position 2 (offsets must be dense from 0)"]);
+        let anomalies = run(&[rec(1, "a1-1")], &[]);
+        caught(&anomalies, &["offset 1 at position 0"]);
+    }
+
+    #[test]
+    fn a_duplicated_record_is_caught() {
+        let (mut all, acked, _) = clean();
+        all.push(rec(4, "a1-2"));
+        assert_eq!(run(&all, &acked), vec!["stream: record a1-2 at offsets 2 and 4 (duplicated)"]);
+    }
+
+    #[test]
+    fn an_invented_record_is_caught() {
+        let (mut all, acked, _) = clean();
+        all.push(rec(4, "a9-1"));
+        assert_eq!(run(&all, &acked), vec!["stream: record \"a9-1\" at offset 4 was never appended"]);
+    }
+
+    #[test]
+    fn a_lost_acknowledged_append_is_caught() {
+        let (all, mut acked, _) = clean();
+        // a1-3 acknowledged at 3, the stream ends before.
+        let anomalies = run(&all[..3], &acked);
+        assert_eq!(anomalies.len(), 1, "{anomalies:?}");
+        caught(
+            &anomalies,
+            &["1 acknowledged appends lost or moved", "a1-3 acknowledged at offset 3", "None"],
+        );
+        // a2-1 acknowledged at offset 2, where the stream has a1-2 (a2-1 is at 1).
+        acked[1] = app("a2-1", 2);
+        caught(&run(&all, &acked), &["a2-1 acknowledged at offset 2", "a1-2"]);
+    }
+
+    #[test]
+    fn an_appender_out_of_order_is_caught() {
+        // a1-3 acknowledged before a1-1 in the stream, each at its real offset.
+        let all = vec![rec(0, "a1-3"), rec(1, "a2-1"), rec(2, "a1-1")];
+        let acked = vec![app("a1-1", 2), app("a2-1", 1), app("a1-3", 0)];
+        assert_eq!(run(&all, &acked), vec!["stream: a1-3 at offset 0 is before a1's earlier record at 2"]);
+        // Another appender's order says nothing about a1's.
+        let acked = vec![app("a2-1", 1), app("a1-1", 2)];
+        assert!(run(&all, &acked).is_empty());
+    }
+
+    #[test]
+    fn a_diverging_subscriber_is_caught() {
+        let (all, acked, attempted) = clean();
+        let mut swapped = all.clone();
+        swapped[1].1 = "a1-2".into();
+        swapped[2].1 = "a2-1".into();
+        let subscribers = vec![(all.clone(), None), (swapped, None)];
+        assert_eq!(
+            check(&all, &acked, &attempted, &subscribers),
+            vec!["subscriber 1: record 1 is (1, \"a1-2\"), the stream has (1, \"a2-1\")"]
+        );
+        // One record beyond the stream's end.
+        let mut longer = all.clone();
+        longer.push(rec(4, "a2-2"));
+        let anomalies = check(&all, &acked, &attempted, &[(longer, None)]);
+        assert_eq!(anomalies, vec!["subscriber 0: saw 5 records, the stream holds 4"]);
+        // Stopped early, saying why.
+        let anomalies =
+            check(&all, &acked, &attempted, &[(all[..1].to_vec(), Some("read 1 records".into()))]);
+        assert_eq!(anomalies, vec!["subscriber 0: read 1 records"]);
+    }
+}

@@ -123,3 +123,129 @@ pub fn check(
 pub fn target() -> (watch::Sender<Option<i64>>, watch::Receiver<Option<i64>>) {
     watch::channel(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(rev: i64, key: &str, value: Option<&str>) -> Seen {
+        (rev, key.to_string(), value.map(String::from))
+    }
+
+    fn written(key: &str, value: &str, revision: i64) -> Written {
+        Written { key: key.into(), value: value.into(), revision }
+    }
+
+    /// Three writes (one never acknowledged, at revision 5) and a delete, with other keys'
+    /// revisions in between (the watched revisions need not be dense).
+    fn clean() -> (Vec<Seen>, Vec<Written>, Vec<(String, String)>) {
+        let events = vec![
+            ev(2, "r/x", Some("c1-1")),
+            ev(3, "r/y", Some("c2-1")),
+            ev(5, "r/x", Some("c1-2")),
+            ev(7, "r/y", None),
+            ev(9, "r/x", Some("c2-2")),
+        ];
+        let acked = vec![written("r/x", "c1-1", 2), written("r/y", "c2-1", 3), written("r/x", "c2-2", 9)];
+        let attempted = [("r/x", "c1-1"), ("r/y", "c2-1"), ("r/x", "c1-2"), ("r/x", "c2-2"), ("r/y", "c3-9")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        (events, acked, attempted)
+    }
+
+    fn run(watchers: Vec<Vec<Seen>>) -> Vec<String> {
+        let (_, acked, attempted) = clean();
+        let watchers: Vec<_> = watchers.into_iter().map(|w| (w, None)).collect();
+        check(&watchers, &acked, &attempted)
+    }
+
+    /// Exactly one anomaly, mentioning every one of `words`.
+    fn one(anomalies: &[String], words: &[&str]) {
+        assert_eq!(anomalies.len(), 1, "{anomalies:?}");
+        for w in words {
+            assert!(anomalies[0].contains(w), "{:?} does not mention {w:?}", anomalies[0]);
+        }
+    }
+
+    #[test]
+    fn clean_watchers_give_no_anomaly() {
+        let (events, _, _) = clean();
+        assert_eq!(run(vec![events.clone(), events.clone(), events]), Vec::<String>::new());
+        // No watchers, or watchers that saw nothing while nothing was acknowledged: nothing to say.
+        assert!(check(&[], &[], &[]).is_empty());
+        assert!(check(&[(vec![], None)], &[], &[]).is_empty());
+    }
+
+    #[test]
+    fn a_repeated_revision_is_caught() {
+        let (mut events, _, _) = clean();
+        events.insert(2, events[1].clone());
+        let anomalies = run(vec![events]);
+        assert!(anomalies.iter().any(|a| a.contains("watcher 0: revision 3 after 3")), "{anomalies:?}");
+    }
+
+    #[test]
+    fn events_out_of_order_are_caught() {
+        let (mut events, _, _) = clean();
+        events.swap(1, 2);
+        let anomalies = run(vec![events]);
+        assert!(anomalies.iter().any(|a| a.contains("watcher 0: revision 3 after 5")), "{anomalies:?}");
+    }
+
+    #[test]
+    fn a_missing_acknowledged_write_is_caught() {
+        let (mut events, _, _) = clean();
+        events.remove(1); // r/y=c2-1 at 3, acknowledged
+        one(&run(vec![events]), &["watcher 0", "1 acknowledged writes missing", "r/y=c2-1 at revision 3"]);
+    }
+
+    #[test]
+    fn an_acknowledged_write_at_another_revision_or_value_is_caught() {
+        let (events, _, _) = clean();
+        let mut moved = events.clone();
+        moved[4].0 = 10; // r/x=c2-2 acknowledged at 9
+        one(&run(vec![moved]), &["r/x=c2-2 at revision 9", "saw None"]);
+        let mut changed = events;
+        changed[0].2 = Some("c1-2".into()); // written, but not the value acknowledged at 2
+        one(&run(vec![changed]), &["r/x=c1-1 at revision 2"]);
+    }
+
+    #[test]
+    fn an_invented_value_is_caught() {
+        let (mut events, _, _) = clean();
+        events.push(ev(11, "r/x", Some("nobody")));
+        one(
+            &run(vec![events.clone()]),
+            &["watcher 0", "r/x=Some(\"nobody\") at revision 11 was never written"],
+        );
+        // A value written to another key is invented on this one.
+        events[5] = ev(11, "r/x", Some("c3-9"));
+        one(&run(vec![events]), &["r/x=Some(\"c3-9\")"]);
+    }
+
+    #[test]
+    fn watchers_that_disagree_are_caught() {
+        let (events, _, _) = clean();
+        // The unacknowledged write at 5 seen by one watcher only.
+        let mut other = events.clone();
+        other.remove(2);
+        one(&run(vec![events.clone(), other]), &["watchers 0 and 1 differ at event 2"]);
+        // The same revisions, a different value (the delete seen as a put of a written value).
+        let mut other = events.clone();
+        other[3].2 = Some("c3-9".into());
+        one(&run(vec![events.clone(), events.clone(), other]), &["watchers 0 and 2 differ at event 3"]);
+    }
+
+    #[test]
+    fn a_watcher_that_stopped_early_is_caught() {
+        let (events, acked, attempted) = clean();
+        // It says why it stopped.
+        let watchers =
+            vec![(events.clone(), None), (events[..3].to_vec(), Some("the watch ended: gone".into()))];
+        let anomalies = check(&watchers, &acked, &attempted);
+        assert!(anomalies.contains(&"watcher 1: the watch ended: gone".to_string()), "{anomalies:?}");
+        // Even without a reason, it missed an acknowledged write.
+        one(&run(vec![events.clone(), events[..3].to_vec()]), &["watcher 1", "r/x=c2-2 at revision 9"]);
+    }
+}

@@ -179,6 +179,36 @@ fn an_unknown_write_takes_effect_at_most_once() {
     assert_eq!(stuck_indices(&illegal(&history)), vec![3]);
 }
 
+/// The memo keeps, per (answered operations placed, state), the sets of unknown-outcome
+/// operations placed alongside, and may skip a node only if a stored set is a *subset* of the
+/// node's own (the node then has no more freedom than one already explored). This history is
+/// linearizable only as `b`, read b, `a`, read a; the search meets the state `x = b` with no
+/// answered operation placed first via `a`, `b` (optional set {a, b}: a dead end, `a` is spent)
+/// and only later via `b` alone (optional set {b}). A memo that skipped the second node because
+/// {b} ⊆ {a, b} (the subset test the wrong way round) would call this history illegal.
+#[test]
+fn the_memo_does_not_skip_a_node_with_fewer_unknown_operations_placed() {
+    let history = vec![
+        write_unknown(1, 0, "x", "a"),
+        write_unknown(2, 1, "x", "b"),
+        read(3, 2, 3, "x", Some("b")),
+        read(3, 4, 5, "x", Some("a")),
+    ];
+    assert!(brute_force(&Register, &history));
+    assert_eq!(verdict(&history), Verdict::Ok);
+    // The same with more unknown writes in front, so the dead-end sets are larger.
+    let history = vec![
+        write_unknown(1, 0, "x", "a"),
+        write_unknown(2, 1, "x", "c"),
+        write_unknown(4, 2, "x", "b"),
+        read(3, 3, 4, "x", Some("b")),
+        read(3, 5, 6, "x", Some("c")),
+        read(3, 7, 8, "x", Some("a")),
+    ];
+    assert!(brute_force(&Register, &history));
+    assert_eq!(verdict(&history), Verdict::Ok);
+}
+
 #[test]
 fn a_return_and_a_call_at_the_same_instant_are_concurrent() {
     // The read is called at 10, the very nanosecond the write returned: no evidence of order.

@@ -81,12 +81,15 @@ pub fn check(
                 break;
             }
         }
-        // Nothing invented.
-        if let Some((rev, key, value)) = seen
-            .iter()
-            .find(|(_, k, v)| v.as_ref().is_some_and(|v| !written.contains(&(k.as_str(), v.as_str()))))
-        {
-            anomalies.push(format!("watcher {i}: {key}={value:?} at revision {rev} was never written"));
+        // Nothing invented: every put is of a value some client wrote to that key, and there
+        // are no deletes (the register clients never delete).
+        let invented = |(_, k, v): &&Seen| match v {
+            Some(v) => !written.contains(&(k.as_str(), v.as_str())),
+            None => true,
+        };
+        if let Some((rev, key, value)) = seen.iter().find(invented) {
+            let what = value.as_ref().map_or_else(|| "a delete".to_string(), |v| format!("{key}={v}"));
+            anomalies.push(format!("watcher {i}: {what} of {key} at revision {rev}: no client asked for it"));
         }
         // Nothing acknowledged missed.
         let at: BTreeMap<i64, (&String, &Option<String>)> =
@@ -136,14 +139,14 @@ mod tests {
         Written { key: key.into(), value: value.into(), revision }
     }
 
-    /// Three writes (one never acknowledged, at revision 5) and a delete, with other keys'
+    /// Four writes (one never acknowledged, at revision 5, one never answered at 7), with other keys'
     /// revisions in between (the watched revisions need not be dense).
     fn clean() -> (Vec<Seen>, Vec<Written>, Vec<(String, String)>) {
         let events = vec![
             ev(2, "r/x", Some("c1-1")),
             ev(3, "r/y", Some("c2-1")),
             ev(5, "r/x", Some("c1-2")),
-            ev(7, "r/y", None),
+            ev(7, "r/y", Some("c3-9")),
             ev(9, "r/x", Some("c2-2")),
         ];
         let acked = vec![written("r/x", "c1-1", 2), written("r/y", "c2-1", 3), written("r/x", "c2-2", 9)];
@@ -217,11 +220,14 @@ mod tests {
         events.push(ev(11, "r/x", Some("nobody")));
         one(
             &run(vec![events.clone()]),
-            &["watcher 0", "r/x=Some(\"nobody\") at revision 11 was never written"],
+            &["watcher 0", "r/x=nobody of r/x at revision 11: no client asked for it"],
         );
         // A value written to another key is invented on this one.
         events[5] = ev(11, "r/x", Some("c3-9"));
-        one(&run(vec![events]), &["r/x=Some(\"c3-9\")"]);
+        one(&run(vec![events.clone()]), &["r/x=c3-9"]);
+        // No client deletes: a delete is invented too.
+        events[5] = ev(11, "r/x", None);
+        one(&run(vec![events]), &["a delete of r/x at revision 11"]);
     }
 
     #[test]
@@ -231,9 +237,9 @@ mod tests {
         let mut other = events.clone();
         other.remove(2);
         one(&run(vec![events.clone(), other]), &["watchers 0 and 1 differ at event 2"]);
-        // The same revisions, a different value (the delete seen as a put of a written value).
+        // The same revisions, a different (but written) value.
         let mut other = events.clone();
-        other[3].2 = Some("c3-9".into());
+        other[3].2 = Some("c2-1".into());
         one(&run(vec![events.clone(), events.clone(), other]), &["watchers 0 and 2 differ at event 3"]);
     }
 

@@ -19,6 +19,7 @@ use balsa_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnO
 use balsa_raft::rng::SplitMix64;
 
 use crate::history::{push, Counts, Shared, OP_LIMIT};
+use crate::register::Written;
 
 /// Everything the bank keeps is under this prefix, so one range read sees one revision of all.
 pub const PREFIX: &str = "bank/";
@@ -165,6 +166,9 @@ pub struct Recorded {
     pub reads_checked: Shared<u64>,
     /// Changes: committed or refused (`ok`), failed before sending (`failed`), or unknown.
     pub counts: Shared<Counts>,
+    /// Every key a committed change wrote, with the value and the change's revision (checked
+    /// for loss at the end, like every acknowledged write).
+    pub acked: Shared<Written>,
 }
 
 /// One bank client: read, plan, commit; check every read. Runs until `stop`.
@@ -191,7 +195,14 @@ pub async fn client(client: Client, seed: u64, stop: Arc<AtomicBool>, rec: Recor
         }
         let Some((_, changes)) = plan(&mut rng, &books) else { continue };
         match tokio::time::timeout(OP_LIMIT, client.txn(guarded(&books, &changes))).await {
-            Ok(Ok(_)) => counts.ok += 1,
+            Ok(Ok(t)) => {
+                counts.ok += 1;
+                if t.succeeded {
+                    for (key, cents) in changes {
+                        push(&rec.acked, Written { key, value: cents.to_string(), revision: t.revision });
+                    }
+                }
+            }
             _ => counts.unknown += 1,
         }
     }

@@ -19,6 +19,8 @@
 //!      to the ledger and none negative.
 //!    - [`watch`]: watchers of the register keys from revision 1 must each see every revision
 //!      once, in order, every acknowledged write among them, and agree with each other.
+//!    - [`lost`]: across the register and bank workloads, every acknowledged write must be in
+//!      the keyspace's history at its revision with its value.
 //!    - [`stream`]: appenders and subscribers of a log stream: every acknowledged record at its
 //!      offset, none twice, none invented, offsets dense; subscribers see the same sequence.
 //! 4. **Nemesis** ([`nemesis`]): one fault at a time — kill -9 and restart, SIGSTOP and
@@ -36,6 +38,7 @@ pub mod bank;
 pub mod check;
 pub mod cluster;
 pub mod history;
+pub mod lost;
 pub mod nemesis;
 pub mod net;
 pub mod register;

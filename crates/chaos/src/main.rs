@@ -33,6 +33,28 @@ struct Args {
     /// Also write the summary as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Do not run: check a kept run's register history (`register.jsonl`) again and exit.
+    #[arg(long, value_name = "FILE")]
+    check: Option<PathBuf>,
+    /// The linearizability checker's time limit (past it the verdict is "unknown").
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    check_budget: Duration,
+}
+
+/// `--check FILE`: the verdict on a recorded register history; exit 0 only for "ok".
+fn check_file(path: &std::path::Path, budget: Duration) -> ! {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        eprintln!("balsa-chaos: {}: {e}", path.display());
+        std::process::exit(2)
+    });
+    let ops: Vec<balsa_chaos::register::RegOp> = balsa_lincheck::from_json_lines(&text).unwrap_or_else(|e| {
+        eprintln!("balsa-chaos: {}: {e}", path.display());
+        std::process::exit(2)
+    });
+    let started = std::time::Instant::now();
+    let verdict = balsa_chaos::check::register(&ops, budget);
+    println!("{} operations: {verdict} ({:.1} s)", ops.len(), started.elapsed().as_secs_f64());
+    std::process::exit(if verdict == "ok" { 0 } else { 1 })
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -55,6 +77,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn main() {
     let args = Args::parse();
+    if let Some(path) = &args.check {
+        check_file(path, args.check_budget);
+    }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
     });
@@ -64,6 +89,7 @@ fn main() {
     let dir = args.dir.unwrap_or_else(|| std::env::temp_dir().join(format!("balsa-chaos-{seed}")));
     let mut config = Config::new(seed, args.duration, balsa, dir);
     config.keep = args.keep;
+    config.check_budget = args.check_budget;
     if !args.faults.is_empty() {
         config.faults = args.faults;
     }

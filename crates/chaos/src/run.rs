@@ -304,6 +304,9 @@ pub async fn run(config: Config) -> Result<Summary, String> {
     anomalies.append(&mut nemesis.anomalies);
     anomalies.extend(take(&bank_rec.violations));
     anomalies.extend(watch::check(&seen_by_watchers, &acked, &attempted));
+    let mut all_acked = acked.clone();
+    all_acked.extend(take(&bank_rec.acked));
+    anomalies.extend(crate::lost::check(&reader, all_acked).await);
     let log_acked = take(&log_rec.acked);
     anomalies.extend(stream::check(&all, &log_acked, &take(&log_rec.attempted), &seen_by_subscribers));
 

@@ -66,12 +66,21 @@ pub struct FaultRecord {
     pub start_ns: u64,
     /// When it was undone.
     pub end_ns: u64,
+    /// From undoing it to the first write the cluster took again (ms); `None` if none within
+    /// [`RECOVERY_LIMIT`] (an anomaly: the cluster did not recover).
+    pub recovered_ms: Option<u64>,
 }
+
+/// How long the cluster may take to take a write again once a fault is undone.
+pub const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
 
 /// What the nemesis needs to know and touch.
 pub struct Nemesis {
-    /// Which kinds it may pick.
+    /// The kinds, in the order they are used, round after round (the caller shuffles them with
+    /// the seed), so that every kind appears in any run long enough for one round.
     pub kinds: Vec<FaultKind>,
+    /// How many faults so far: the next kind is `kinds[faults % kinds.len()]`.
+    pub faults: usize,
     /// Chooses kinds, victims, shapes and durations: the same seed gives the same schedule.
     pub rng: SplitMix64,
     /// How long a fault lasts, at least and at most.
@@ -88,6 +97,31 @@ pub struct Nemesis {
     pub anomalies: Vec<String>,
     /// The run's clock.
     pub clock: Clock,
+}
+
+/// Runs a membership call until it succeeds, is refused for good, or 20 s pass. Right after a
+/// fault is undone the cluster may still be electing or finishing a change (a learner's
+/// promotion): those refusals are worth waiting out. A call whose answer was lost may have taken
+/// effect: the retry is then refused (the peer URL exists, the member is gone) and the caller's
+/// resync finds out what happened.
+async fn persist<T, F, Fut>(mut call: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = balsa_client::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let transient = e.is_retryable() || matches!(e, balsa_client::Error::FailedPrecondition(_));
+                if !transient || tokio::time::Instant::now() > deadline {
+                    return Err(e.to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
 }
 
 /// Cuts both directions of every pair `(a, b)` with `a` in `left` and `b` in `right`.
@@ -171,7 +205,8 @@ impl Nemesis {
     /// Injects one fault, holds it, undoes it; returns when the cluster has been left alone
     /// again (the quiet gap is the caller's).
     pub async fn one_fault(&mut self, cluster: &mut Cluster) {
-        let kind = self.pick(&self.kinds.clone());
+        let kind = self.kinds[self.faults % self.kinds.len()];
+        self.faults += 1;
         let start_ns = self.clock.now_ns();
         let hold = self.between(self.hold_ms);
         let detail = match kind {
@@ -205,7 +240,25 @@ impl Nemesis {
             }
         };
         let end_ns = self.clock.now_ns();
-        self.log.push(FaultRecord { kind, detail, start_ns, end_ns });
+        let recovered_ms = self.until_writable().await;
+        if recovered_ms.is_none() {
+            self.anomalies
+                .push(format!("no write succeeded within {RECOVERY_LIMIT:?} after undoing: {detail}"));
+        }
+        self.log.push(FaultRecord { kind, detail, start_ns, end_ns, recovered_ms });
+    }
+
+    /// Milliseconds until a write succeeds, probing every 50 ms; `None` past [`RECOVERY_LIMIT`].
+    async fn until_writable(&self) -> Option<u64> {
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < RECOVERY_LIMIT {
+            let put = self.control.put("chaos/probe", "x", balsa_client::PutOptions::new());
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), put).await {
+                return Some(started.elapsed().as_millis() as u64);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
     }
 
     /// The links to cut for a partition kind.
@@ -313,8 +366,8 @@ impl Nemesis {
         cluster.kill(h);
         cluster.nodes[h].generation += 1;
         let url = cluster.peer_url(h);
-        let (_, list) =
-            self.control.member_add(std::slice::from_ref(&url), false).await.map_err(|e| e.to_string())?;
+        let control = self.control.clone();
+        let (_, list) = persist(|| control.member_add(std::slice::from_ref(&url), false)).await?;
         let mut hosts: Vec<usize> = list
             .iter()
             .filter_map(|m| m.peer_ur_ls.first().and_then(|u| cluster.host_of_peer_url(u)))
@@ -335,7 +388,8 @@ impl Nemesis {
             .find(|m| m.peer_ur_ls.iter().any(|u| u.trim_end_matches('/') == url))
             .map(|m| m.id)
             .ok_or_else(|| format!("n{h} is not in the member list"))?;
-        self.control.member_remove(id).await.map_err(|e| e.to_string())?;
+        let control = self.control.clone();
+        persist(|| control.member_remove(id)).await?;
         cluster.kill(h);
         cluster.nodes[h].member = false;
         Ok(())

@@ -123,6 +123,15 @@ impl std::fmt::Display for Summary {
         }
         let faults: Vec<String> = self.faults.iter().map(|(k, n)| format!("{k:?} {n}")).collect();
         writeln!(f, "  faults: {} ({})", self.fault_log.len(), faults.join(", "))?;
+        writeln!(f, "  recovery (fault undone -> first write taken), ms: mean / max per kind")?;
+        for kind in self.faults.keys() {
+            let times: Vec<u64> =
+                self.fault_log.iter().filter(|r| r.kind == *kind).filter_map(|r| r.recovered_ms).collect();
+            if let Some(max) = times.iter().max() {
+                let mean = times.iter().sum::<u64>() / times.len() as u64;
+                writeln!(f, "    {kind:?}: {mean} / {max}")?;
+            }
+        }
         writeln!(f, "  linearizability (register): {}", self.linearizability)?;
         writeln!(f, "  anomalies: {}", self.anomalies.len())?;
         for a in &self.anomalies {
@@ -227,6 +236,7 @@ pub async fn run(config: Config) -> Result<Summary, String> {
     }
     let mut nemesis = Nemesis {
         kinds,
+        faults: 0,
         rng,
         hold_ms: config.hold_ms,
         gap_ms: config.gap_ms,

@@ -217,7 +217,8 @@ impl NodeHandle {
         let raft = Raft::new(rc, initial).map_err(|e| e.to_string())?;
         let (input_tx, input_rx) = std_mpsc::channel();
         let (inbox_tx, mut inbox_rx) = mpsc::channel(4096);
-        let transport_config = TransportConfig::new(config.id, config.cluster_id);
+        let mut transport_config = TransportConfig::new(config.id, config.cluster_id);
+        transport_config.peer_timeout = election_timeout.max(Duration::from_millis(500));
         let transport = Transport::start(transport_config, peer_listener, config.peers.clone(), inbox_tx);
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<balsa_raft::Message>();
         // Forward peers' messages into the driver, and the driver's messages to the transport.

@@ -153,10 +153,15 @@ impl RunResult {
         let mut s = String::new();
         let label = if self.label.is_empty() { String::new() } else { format!(" [{}]", self.label) };
         let rate = self.rate.map_or("closed loop".to_string(), |r| format!("open loop at {r} ops/s"));
+        // Log appends touch no key: what they write is records, to `streams` streams.
+        let data = match self.extra.get("streams") {
+            Some(streams) => format!("{streams} streams, records of {} B", self.value_size),
+            None => format!("{} keys of {} B, values of {} B", self.key_space, self.key_size, self.value_size),
+        };
         let _ = writeln!(
             s,
-            "{}{label}: {} clients, {} connections, {} keys of {} B, values of {} B, {rate}",
-            self.workload, self.clients, self.connections, self.key_space, self.key_size, self.value_size
+            "{}{label}: {} clients, {} connections, {data}, {rate}",
+            self.workload, self.clients, self.connections
         );
         let _ = writeln!(s, "  ops         {} in {:.2} s, {} errors", self.ops, self.elapsed_s, self.errors);
         let _ = writeln!(s, "  throughput  {:.0} ops/s", self.throughput);

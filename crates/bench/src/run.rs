@@ -334,6 +334,9 @@ pub async fn run(workload: Workload, load: &LoadFlags, preload_keys: bool) -> Re
     let _ = bar.await;
 
     let mut result = RunResult::new(&workload, load);
+    if let Workload::LogAppend(streams) = &workload {
+        result.extra.insert("streams".into(), streams.names.len().into());
+    }
     let elapsed = finished.saturating_duration_since(timing.measure_from);
     result.fill(&outcomes, elapsed);
     if let (Some(before), Some(after)) = (cpu_start, cpu_end) {

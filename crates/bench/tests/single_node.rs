@@ -105,6 +105,7 @@ async fn log_append_against_one_member() {
     let result = run(&args, &dir.0.join("log.json")).await;
     assert_eq!((result.workload.as_str(), result.ops, result.errors), ("log-append", 300, 0), "{result:?}");
     assert!(result.latency.p50_us > 0.0);
+    assert_eq!(result.extra["streams"], 3);
 
     // What the streams hold: the run's 300 appends of 100 bytes, spread over the three streams by
     // client (6 clients over 3 streams). Read back through the same Log service.

@@ -367,8 +367,7 @@ mod tests {
         assert!(m.keys.values().all(|v| v.capacity() <= 2 * v.len()));
 
         // A state restored from a snapshot is as compact.
-        let mut sm = crate::machine::StateMachine::default();
-        sm.mvcc = m;
+        let sm = crate::machine::StateMachine { mvcc: m, ..Default::default() };
         let restored = crate::machine::StateMachine::decode(sm.encode()).unwrap();
         assert_eq!(restored.mvcc, sm.mvcc);
         assert!(restored.mvcc.keys.values().all(|v| v.capacity() == v.len()));

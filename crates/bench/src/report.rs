@@ -156,7 +156,9 @@ impl RunResult {
         // Log appends touch no key: what they write is records, to `streams` streams.
         let data = match self.extra.get("streams") {
             Some(streams) => format!("{streams} streams, records of {} B", self.value_size),
-            None => format!("{} keys of {} B, values of {} B", self.key_space, self.key_size, self.value_size),
+            None => {
+                format!("{} keys of {} B, values of {} B", self.key_space, self.key_size, self.value_size)
+            }
         };
         let _ = writeln!(
             s,

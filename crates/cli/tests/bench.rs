@@ -69,7 +69,10 @@ fn put_and_log_append_against_a_member() {
     let out = bench(&[&args[..], &flags].concat());
     let report = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(report.starts_with("log-append: 8 clients, 2 connections, 2 streams, records of 256 B"), "{report}");
+    assert!(
+        report.starts_with("log-append: 8 clients, 2 connections, 2 streams, records of 256 B"),
+        "{report}"
+    );
     assert!(report.contains("ops         100 in") && report.contains(", 0 errors"), "{report}");
     let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!((result["workload"].as_str(), result["ops"].as_u64()), (Some("log-append"), Some(100)));

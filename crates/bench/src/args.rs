@@ -19,7 +19,7 @@ pub struct Cli {
     pub args: BenchArgs,
 }
 
-/// Everything `balsa-bench` (and later `balsa bench`) takes.
+/// Everything `balsa-bench` (and `balsa bench`) takes.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// The workload, or another command.
@@ -30,7 +30,7 @@ pub struct BenchArgs {
 /// A workload to run, or a tool around the results.
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
-    /// Puts of random keys from the key space.
+    /// Puts of random keys from the key space (or of every key in turn: `--sequential-keys`).
     Put(LoadFlags),
     /// Ranges of one random key: linearizable, or `--serializable`. Preloads the key space first.
     Get {
@@ -57,8 +57,40 @@ pub enum BenchCommand {
         #[command(flatten)]
         load: LoadFlags,
     },
-    /// Appends to a log stream (balsa's log-stream service; not in this build yet).
-    LogAppend(LoadFlags),
+    /// Appends to balsa's log streams (the `balsapb.Log` service; balsa only, etcd has none):
+    /// each operation appends one record of `--value-size` bytes.
+    LogAppend {
+        /// The stream's name [default: the key prefix without its trailing `/`]. With
+        /// `--streams N` above 1, the streams are NAME-0 .. NAME-(N-1).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Streams to spread the clients over (client i appends to stream i mod N).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        streams: u32,
+        /// Retention of the streams the run creates, payload bytes per stream (0: no limit). The
+        /// default keeps a run of minutes untrimmed while bounding what a long one holds.
+        #[arg(long, default_value_t = DEFAULT_RETENTION_BYTES)]
+        retention_bytes: u64,
+        /// The load.
+        #[command(flatten)]
+        load: LoadFlags,
+    },
+    /// Prints the resident memory (VmRSS from /proc/PID/status) of server processes: the
+    /// largest and the mean over them, in MiB; `--json` saves it for `table`.
+    Memory {
+        /// Comma-separated pids of the members.
+        #[arg(long, value_delimiter = ',', required = true)]
+        pids: Vec<u32>,
+        /// Keys the servers hold (recorded with the figures; the load is not made here).
+        #[arg(long, default_value_t = 0)]
+        keys: u64,
+        /// A name for the server under test (e.g. `etcd`, `balsa`).
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Write the result as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// A server implementing etcd's KV Put and Range that answers at once (no storage): the
     /// ceiling any server could reach with this client on this machine.
     Noop {
@@ -144,7 +176,14 @@ pub struct LoadFlags {
     /// (from /proc/PID/stat) is reported per operation, summed.
     #[arg(long, value_delimiter = ',')]
     pub pids: Vec<u32>,
+    /// Take keys in order (0, 1, 2, ... shared by all clients) instead of at random: with
+    /// `--total` equal to `--key-space` and no warmup, every key is written exactly once.
+    #[arg(long)]
+    pub sequential_keys: bool,
 }
+
+/// The default `--retention-bytes` of `log-append`: 1 GiB per stream.
+pub const DEFAULT_RETENTION_BYTES: u64 = 1 << 30;
 
 /// The default measured duration when neither `--duration` nor `--total` is given.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
@@ -242,6 +281,24 @@ mod tests {
         let cli = parse(&["watch", "--watchers", "3", "--total", "50"]).unwrap();
         let BenchCommand::Watch { watchers, load } = cli.args.command else { panic!("a watch") };
         assert_eq!((watchers, load.total), (3, Some(50)));
+    }
+
+    #[test]
+    fn log_append_and_memory_options() {
+        let cli = parse(&["log-append", "--streams", "4", "--stream", "s", "--value-size", "100"]).unwrap();
+        let BenchCommand::LogAppend { stream, streams, retention_bytes, load } = cli.args.command else {
+            panic!("a log-append")
+        };
+        assert_eq!((stream.as_deref(), streams, retention_bytes), (Some("s"), 4, DEFAULT_RETENTION_BYTES));
+        assert_eq!(load.value_size, 100);
+        assert!(parse(&["log-append", "--streams", "0"]).is_err());
+        let cli = parse(&["memory", "--pids", "1,2,3", "--keys", "1000000", "--label", "etcd"]).unwrap();
+        let BenchCommand::Memory { pids, keys, label, json } = cli.args.command else { panic!("a memory") };
+        assert_eq!((pids, keys, label.as_str(), json), (vec![1, 2, 3], 1_000_000, "etcd", None));
+        assert!(parse(&["memory"]).is_err(), "memory needs pids");
+        let cli = parse(&["put", "--sequential-keys"]).unwrap();
+        let BenchCommand::Put(load) = cli.args.command else { panic!("a put") };
+        assert!(load.sequential_keys);
     }
 
     #[test]

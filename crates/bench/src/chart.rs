@@ -12,11 +12,13 @@ use crate::BenchError;
 
 /// Draws `results` into the SVG file `path`.
 pub fn draw(results: &[RunResult], path: &Path) -> Result<(), BenchError> {
+    // A memory result measures no load: it has no point on these axes.
+    let results: Vec<&RunResult> = results.iter().filter(|r| r.workload != "memory").collect();
     if results.is_empty() {
-        return Err(BenchError::Usage("a chart needs at least one result".into()));
+        return Err(BenchError::Usage("a chart needs at least one result of a workload".into()));
     }
     let mut series: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
-    for r in results {
+    for r in &results {
         let name =
             if r.label.is_empty() { r.workload.clone() } else { format!("{} {}", r.label, r.workload) };
         series.entry(name).or_default().push((

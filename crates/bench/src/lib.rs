@@ -2,20 +2,22 @@
 //!
 //! A load generator over etcd's v3 gRPC API, so that one client drives balsa and etcd alike
 //! (`docs/BENCHMARKS.md`, "balsa vs etcd"). Workloads: put, linearizable and serializable get,
-//! compare-and-swap transactions, watch fan-out; log-stream append is the extension point
+//! compare-and-swap transactions, watch fan-out, and appends to balsa's log streams (balsa only)
 //! ([`workload`]). Closed loop (`--clients` requests in flight) or open loop (`--rate`, latency
 //! from each operation's intended send time); HDR-histogram percentiles; JSON results; an SVG
-//! chart of latency against throughput; server CPU per operation from `/proc`; and a no-op
-//! server ([`noop`]), the ceiling of any server under this client on this machine.
+//! chart of latency against throughput; server CPU per operation from `/proc`; servers' resident
+//! memory ([`memory`]); and a no-op server ([`noop`]), the ceiling of any server under this client
+//! on this machine.
 //!
 //! The library holds everything; the `balsa-bench` binary only parses [`args::Cli`] and calls
-//! [`execute`], so `balsa bench` can embed [`args::BenchArgs`] as well.
+//! [`execute`], and `balsa bench` embeds [`args::BenchArgs`] and calls the same [`execute`].
 
 #![warn(missing_docs)]
 
 pub mod args;
 pub mod chart;
 pub mod cpu;
+pub mod memory;
 pub mod noop;
 pub mod report;
 pub mod run;
@@ -25,7 +27,7 @@ pub mod workload;
 
 use args::{BenchArgs, BenchCommand, LoadFlags};
 use report::RunResult;
-use workload::Workload;
+use workload::{LogStreams, Workload};
 
 /// Why a run did not happen or did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +52,20 @@ pub async fn execute(args: BenchArgs) -> Result<(), BenchError> {
         }
         BenchCommand::Txn(load) => workload(Workload::Txn, &load, false).await,
         BenchCommand::Watch { watchers, load } => workload(Workload::Watch { watchers }, &load, false).await,
-        BenchCommand::LogAppend(load) => workload(Workload::LogAppend, &load, false).await,
+        BenchCommand::LogAppend { stream, streams, retention_bytes, load } => {
+            let streams = LogStreams::new(stream.as_deref(), &load.prefix, streams, retention_bytes)?;
+            workload(Workload::LogAppend(streams), &load, false).await
+        }
+        BenchCommand::Memory { pids, keys, label, json } => {
+            let members =
+                pids.iter().map(|&pid| memory::process_memory(pid)).collect::<Result<Vec<_>, _>>()?;
+            let result = memory::result(&label, keys, &members);
+            print!("{}", memory::text(&result));
+            if let Some(path) = &json {
+                result.save(path)?;
+            }
+            Ok(())
+        }
         BenchCommand::Noop { listen } => {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             println!("no-op KV server on {}", listener.local_addr()?);

@@ -12,14 +12,15 @@ use crate::args::LoadFlags;
 use crate::run::ClientOutcome;
 use crate::stats::{Latencies, Summary};
 use crate::workload::Workload;
-use crate::BenchError;
+use crate::{memory, BenchError};
 
 /// One run's result: its parameters and what was measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
     /// The server under test (`--label`).
     pub label: String,
-    /// `put`, `get`, `get-serializable`, `txn`, `watch`.
+    /// `put`, `get`, `get-serializable`, `txn`, `watch`, `log-append`, or `memory` (figures in
+    /// `extra`, see [`memory::result`]).
     pub workload: String,
     /// The members driven.
     pub endpoints: Vec<String>,
@@ -59,10 +60,8 @@ pub struct RunResult {
 
 impl RunResult {
     /// An empty result carrying the run's parameters.
-    pub fn new(workload: Workload, load: &LoadFlags) -> Self {
+    pub fn new(workload: &Workload, load: &LoadFlags) -> Self {
         Self {
-            label: load.label.clone(),
-            workload: workload.name().to_string(),
             endpoints: load.endpoints.clone(),
             clients: load.clients,
             connections: load.connections,
@@ -71,6 +70,23 @@ impl RunResult {
             value_size: load.value_size,
             rate: load.rate,
             warmup_s: load.warmup.as_secs_f64(),
+            ..Self::empty(&load.label, workload.name())
+        }
+    }
+
+    /// A result with a label and a workload name and nothing else (no load made it: `memory`).
+    pub fn empty(label: &str, workload: &str) -> Self {
+        Self {
+            label: label.to_string(),
+            workload: workload.to_string(),
+            endpoints: Vec::new(),
+            clients: 0,
+            connections: 0,
+            key_space: 0,
+            key_size: 0,
+            value_size: 0,
+            rate: None,
+            warmup_s: 0.0,
             elapsed_s: 0.0,
             ops: 0,
             errors: 0,
@@ -137,10 +153,17 @@ impl RunResult {
         let mut s = String::new();
         let label = if self.label.is_empty() { String::new() } else { format!(" [{}]", self.label) };
         let rate = self.rate.map_or("closed loop".to_string(), |r| format!("open loop at {r} ops/s"));
+        // Log appends touch no key: what they write is records, to `streams` streams.
+        let data = match self.extra.get("streams") {
+            Some(streams) => format!("{streams} streams, records of {} B", self.value_size),
+            None => {
+                format!("{} keys of {} B, values of {} B", self.key_space, self.key_size, self.value_size)
+            }
+        };
         let _ = writeln!(
             s,
-            "{}{label}: {} clients, {} connections, {} keys of {} B, values of {} B, {rate}",
-            self.workload, self.clients, self.connections, self.key_space, self.key_size, self.value_size
+            "{}{label}: {} clients, {} connections, {data}, {rate}",
+            self.workload, self.clients, self.connections
         );
         let _ = writeln!(s, "  ops         {} in {:.2} s, {} errors", self.ops, self.elapsed_s, self.errors);
         let _ = writeln!(s, "  throughput  {:.0} ops/s", self.throughput);
@@ -182,7 +205,7 @@ pub fn table(results: &[RunResult], baseline: &str, candidate: &str) -> String {
     // The workloads in the order the issue lists them, then any other in order of appearance.
     let mut workloads: Vec<&str> = Vec::from(WORKLOAD_ORDER);
     for r in results {
-        if !workloads.contains(&r.workload.as_str()) {
+        if !workloads.contains(&r.workload.as_str()) && r.workload != "memory" {
             workloads.push(&r.workload);
         }
     }
@@ -229,7 +252,18 @@ pub fn table(results: &[RunResult], baseline: &str, candidate: &str) -> String {
             cpu(c)
         );
     }
+    if let Some(line) = memory_row(find(baseline, "memory"), find(candidate, "memory"), baseline, candidate) {
+        s.push_str(&line);
+    }
     let _ = writeln!(s, "(latency in ms; CPU = server CPU-µs per op summed over the members; watch: puts/s, delivery latency)");
+    if find(candidate, "log-append").is_some() && find(baseline, "log-append").is_none() {
+        let _ = writeln!(
+            s,
+            "(log-append: {candidate}'s log streams, one {}-byte record per append; {baseline} has no \
+             counterpart, so no ratio: its put row is the nearest write)",
+            find(candidate, "log-append").map_or(0, |r| r.value_size)
+        );
+    }
     for r in results.iter().filter(|r| r.label != baseline && r.label != candidate) {
         let of_candidate =
             find(candidate, &r.workload).filter(|_| r.throughput > 0.0).map_or(String::new(), |c| {
@@ -247,6 +281,32 @@ pub fn table(results: &[RunResult], baseline: &str, candidate: &str) -> String {
     s
 }
 
+/// The memory line of the table: resident MiB per member (max / mean) of each side, and the
+/// candidate's max over the baseline's (the target is at most 1.00x).
+fn memory_row(
+    baseline: Option<&RunResult>,
+    candidate: Option<&RunResult>,
+    baseline_label: &str,
+    candidate_label: &str,
+) -> Option<String> {
+    let (b, c) = (baseline.and_then(memory::rss_of), candidate.and_then(memory::rss_of));
+    if b.is_none() && c.is_none() {
+        return None;
+    }
+    let keys = candidate.or(baseline).map_or(0, |r| r.key_space);
+    let side = |rss: Option<(f64, f64)>| rss.map_or("-".into(), |(max, mean)| format!("{max:.0}/{mean:.0}"));
+    let ratio = match (b, c) {
+        (Some((b, _)), Some((c, _))) if b > 0.0 => format!("{:.2}x", c / b),
+        _ => "-".into(),
+    };
+    Some(format!(
+        "memory, {keys} keys: resident MiB per member (max/mean) {baseline_label} {}, {candidate_label} {}, \
+         ratio of the max {ratio}\n",
+        side(b),
+        side(c)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,7 +315,7 @@ mod tests {
     fn result(label: &str, workload: &str, throughput: f64, p99_us: f64) -> RunResult {
         let cli = crate::args::Cli::parse_from(["balsa-bench", "put", "--label", label]);
         let crate::args::BenchCommand::Put(load) = cli.args.command else { unreachable!() };
-        let mut r = RunResult::new(Workload::Put, &load);
+        let mut r = RunResult::new(&Workload::Put, &load);
         r.workload = workload.into();
         r.throughput = throughput;
         r.ops = (throughput * 10.0) as u64;
@@ -299,6 +359,27 @@ mod tests {
         let get = t.lines().find(|l| l.starts_with("get ")).unwrap();
         assert!(get.contains(" - "), "a missing side is a dash: {get}");
         assert!(t.contains("noop put: 5000 ops/s") && t.contains("balsa reaches 50% of it"), "{t}");
+    }
+
+    #[test]
+    fn table_shows_memory_and_log_append_without_a_ratio() {
+        let member =
+            |rss_mib: u64| crate::memory::ProcessMemory { pid: 1, rss_kib: rss_mib * 1024, hwm_kib: 0 };
+        let results = [
+            result("etcd", "put", 1000.0, 40_000.0),
+            result("balsa", "log-append", 3000.0, 8_000.0),
+            crate::memory::result("etcd", 1_000_000, &[member(400), member(200)]),
+            crate::memory::result("balsa", 1_000_000, &[member(600), member(600)]),
+        ];
+        let t = table(&results, "etcd", "balsa");
+        let log = t.lines().find(|l| l.starts_with("log-append ")).unwrap();
+        assert!(log.contains("3000") && !log.contains('x'), "balsa only, no ratio: {log}");
+        assert!(t.contains("etcd has no counterpart"), "{t}");
+        let memory = t.lines().find(|l| l.starts_with("memory")).unwrap();
+        assert!(memory.contains("1000000 keys"), "{memory}");
+        assert!(memory.contains("etcd 400/300") && memory.contains("balsa 600/600"), "{memory}");
+        assert!(memory.contains("1.50x"), "600 over 400: {memory}");
+        assert!(!t.lines().any(|l| l.starts_with("memory ") && l.contains(" - ")), "no throughput row");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use balsa_server::pb::balsapb::{log_client::LogClient, CreateStreamRequest};
 use balsa_server::pb::etcdserverpb::kv_client::KvClient;
 use indicatif::{ProgressBar, ProgressStyle};
 use tonic::transport::{Channel, Endpoint};
@@ -14,7 +15,7 @@ use crate::args::{LoadFlags, DEFAULT_DURATION};
 use crate::cpu::CpuMeter;
 use crate::report::RunResult;
 use crate::stats::{latency_from, Latencies, Schedule};
-use crate::workload::{ClientOp, Conn, Keys, Rng, Workload};
+use crate::workload::{ClientOp, Conn, KeyPick, Keys, LogStreams, Rng, Workload};
 use crate::{watch, BenchError};
 
 /// The longest a `--total` run may take before it stops anyway.
@@ -83,8 +84,8 @@ pub struct ClientSetup {
     pub keys: Arc<Keys>,
     /// The value written.
     pub value: Arc<Vec<u8>>,
-    /// Seed of its key choice.
-    pub seed: u64,
+    /// How it chooses keys.
+    pub pick: KeyPick,
     /// Keep write acknowledgements (watch workload).
     pub keep_acks: bool,
 }
@@ -96,8 +97,7 @@ pub async fn client(
     timing: Timing,
     shared: Arc<Shared>,
 ) -> ClientOutcome {
-    let ClientSetup { mut conn, keys, value, seed, keep_acks } = setup;
-    let mut rng = Rng::new(seed);
+    let ClientSetup { mut conn, keys, value, mut pick, keep_acks } = setup;
     let mut out = ClientOutcome {
         latencies: Latencies::new(),
         errors: 0,
@@ -125,7 +125,7 @@ pub async fn client(
                 }
             }
         }
-        let result = op.call(&mut conn, &keys, &value, &mut rng).await;
+        let result = op.call(&mut conn, &keys, &value, &mut pick).await;
         let done = Instant::now();
         shared.answered.fetch_add(1, Ordering::Relaxed);
         match result {
@@ -202,6 +202,32 @@ async fn preload(
     Ok(())
 }
 
+/// What a log-append run says when the server has no Log service (etcd, the no-op server).
+pub const NO_LOG_SERVICE: &str =
+    "the endpoint does not serve balsa's log streams (balsapb.Log): log-append runs against balsa only";
+
+/// Creates the streams of a log-append run (not measured). A stream that exists already is used
+/// as it is, whatever its retention: rerunning against the same cluster appends to it.
+async fn create_streams(channel: &Channel, streams: &LogStreams) -> Result<(), BenchError> {
+    let mut log = LogClient::new(channel.clone());
+    for name in &streams.names {
+        let create = CreateStreamRequest {
+            stream: name.clone(),
+            retention_bytes: Some(streams.retention_bytes),
+            retention_ms: Some(0),
+        };
+        match log.create_stream(create).await {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                return Err(BenchError::Usage(NO_LOG_SERVICE.into()))
+            }
+            Err(s) => return Err(BenchError::Connect(format!("creating stream {name:?}: {}", s.message()))),
+        }
+    }
+    Ok(())
+}
+
 /// A progress bar on a terminal (stderr), hidden otherwise; updated by a task until `stop`.
 fn progress(
     shared: Arc<Shared>,
@@ -239,13 +265,6 @@ fn progress(
 
 /// Runs `workload` with `load` and returns its result.
 pub async fn run(workload: Workload, load: &LoadFlags, preload_keys: bool) -> Result<RunResult, BenchError> {
-    if workload == Workload::LogAppend {
-        return Err(BenchError::Usage(
-            "log-append: balsa's log-stream service is not in this build yet; add it as a ClientOp \
-             variant in crates/bench/src/workload.rs once it is"
-                .into(),
-        ));
-    }
     if load.endpoints.is_empty() {
         return Err(BenchError::Usage("--endpoints: at least one".into()));
     }
@@ -259,6 +278,9 @@ pub async fn run(workload: Workload, load: &LoadFlags, preload_keys: bool) -> Re
     let channels = connect(&load.endpoints, load.connections).await?;
     if preload_keys {
         preload(&channels, &keys, &value, load.clients).await?;
+    }
+    if let Workload::LogAppend(streams) = &workload {
+        create_streams(&channels[0], streams).await?;
     }
     let meter = if load.pids.is_empty() {
         None
@@ -283,15 +305,20 @@ pub async fn run(workload: Workload, load: &LoadFlags, preload_keys: bool) -> Re
         }
     });
     let mut tasks = Vec::new();
+    let sequence = Arc::new(AtomicU64::new(0));
     for c in 0..load.clients as usize {
+        let pick = match load.sequential_keys {
+            true => KeyPick::Sequential(sequence.clone()),
+            false => KeyPick::Random(Rng::new(0x5eed_0000 + c as u64)),
+        };
         let setup = ClientSetup {
-            conn: Conn { kv: KvClient::new(channels[c % channels.len()].clone()) },
+            conn: Conn::new(channels[c % channels.len()].clone()),
             keys: keys.clone(),
             value: value.clone(),
-            seed: 0x5eed_0000 + c as u64,
+            pick,
             keep_acks: watchers.is_some(),
         };
-        tasks.push(tokio::spawn(client(setup, ClientOp::new(workload), timing, shared.clone())));
+        tasks.push(tokio::spawn(client(setup, ClientOp::new(&workload, c), timing, shared.clone())));
     }
     let mut outcomes = Vec::new();
     for task in tasks {
@@ -306,7 +333,10 @@ pub async fn run(workload: Workload, load: &LoadFlags, preload_keys: bool) -> Re
     stop_progress.notify_one();
     let _ = bar.await;
 
-    let mut result = RunResult::new(workload, load);
+    let mut result = RunResult::new(&workload, load);
+    if let Workload::LogAppend(streams) = &workload {
+        result.extra.insert("streams".into(), streams.names.len().into());
+    }
     let elapsed = finished.saturating_duration_since(timing.measure_from);
     result.fill(&outcomes, elapsed);
     if let (Some(before), Some(after)) = (cpu_start, cpu_end) {

@@ -1,13 +1,16 @@
 //! What one client sends: keys, values, and one operation per workload.
 //!
-//! **Extension point.** A new workload (balsa's log-stream append, once that service exists) is
-//! a variant of [`Workload`] and of [`ClientOp`], plus an arm in [`ClientOp::call`] that sends one
-//! request over the client's [`Conn`] and returns what the run needs (`Ok` with the write's
-//! revision, if any). The runner (`run.rs`) handles timing, warmup, rate, histograms and
-//! reporting for every workload alike.
+//! **Adding a workload.** A new workload is a variant of [`Workload`] and of [`ClientOp`], plus an
+//! arm in [`ClientOp::call`] that sends one request over the client's [`Conn`] and returns what
+//! the run needs (`Ok` with the write's revision, if any), and any setup it needs before the run
+//! in `run.rs` (log-append creates its streams there). The runner handles timing, warmup, rate,
+//! histograms and reporting for every workload alike.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use balsa_server::pb::balsapb::{log_client::LogClient, AppendRequest};
 use balsa_server::pb::etcdserverpb::{
     compare, kv_client::KvClient, request_op, response_op, Compare, PutRequest, RangeRequest, RequestOp,
     TxnRequest,
@@ -18,7 +21,7 @@ use tonic::Status;
 use crate::BenchError;
 
 /// A workload, as named in results.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Workload {
     /// Puts.
     Put,
@@ -34,8 +37,51 @@ pub enum Workload {
         /// Watch streams.
         watchers: usize,
     },
-    /// Log-stream append (balsa's service; not in this build yet).
-    LogAppend,
+    /// Appends to balsa's log streams (`balsapb.Log`).
+    LogAppend(LogStreams),
+}
+
+/// The streams of a log-append run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogStreams {
+    /// Their names; client `i` appends to `names[i % len]`. Never empty.
+    pub names: Vec<String>,
+    /// The retention they are created with (payload bytes per stream; 0: no limit).
+    pub retention_bytes: u64,
+}
+
+/// The longest stream name balsa takes, in bytes (balsa-kv's `MAX_STREAM_NAME_BYTES`).
+const MAX_STREAM_NAME_BYTES: usize = 256;
+
+impl LogStreams {
+    /// `count` streams named after `base` (`base` itself for one, `base-0` .. otherwise), or
+    /// after the key prefix without its trailing `/` when no base is given.
+    pub fn new(
+        base: Option<&str>,
+        prefix: &str,
+        count: u32,
+        retention_bytes: u64,
+    ) -> Result<Self, BenchError> {
+        let base = match base {
+            Some(b) => b.to_string(),
+            None => match prefix.trim_end_matches('/') {
+                "" => "bench".to_string(),
+                p => p.to_string(),
+            },
+        };
+        let names: Vec<String> = match count {
+            0 => return Err(BenchError::Usage("--streams: at least one".into())),
+            1 => vec![base],
+            n => (0..n).map(|i| format!("{base}-{i}")).collect(),
+        };
+        // The server's rule, checked here so that a bad name is a usage error before any load.
+        if let Some(bad) = names.iter().find(|n| n.is_empty() || n.len() > MAX_STREAM_NAME_BYTES) {
+            return Err(BenchError::Usage(format!(
+                "--stream: {bad:?} is not a stream name (1 to {MAX_STREAM_NAME_BYTES} bytes)"
+            )));
+        }
+        Ok(Self { names, retention_bytes })
+    }
 }
 
 impl Workload {
@@ -47,7 +93,7 @@ impl Workload {
             Workload::Get { serializable: true } => "get-serializable",
             Workload::Txn => "txn",
             Workload::Watch { .. } => "watch",
-            Workload::LogAppend => "log-append",
+            Workload::LogAppend(_) => "log-append",
         }
     }
 }
@@ -123,11 +169,39 @@ impl Rng {
     }
 }
 
+/// How a client chooses the key of its next operation.
+#[derive(Debug, Clone)]
+pub enum KeyPick {
+    /// At random from the key space (seeded per client).
+    Random(Rng),
+    /// The next number of a counter shared by every client (`--sequential-keys`).
+    Sequential(Arc<AtomicU64>),
+}
+
+impl KeyPick {
+    /// The number of the next key, below `space`.
+    pub fn next(&mut self, space: u64) -> u64 {
+        match self {
+            KeyPick::Random(rng) => rng.below(space),
+            KeyPick::Sequential(next) => next.fetch_add(1, Ordering::Relaxed) % space,
+        }
+    }
+}
+
 /// One client's gRPC stubs (cheap clones sharing one of the run's connections).
 #[derive(Clone)]
 pub struct Conn {
     /// etcd's KV service.
     pub kv: KvClient<Channel>,
+    /// balsa's Log service (log-append only).
+    pub log: LogClient<Channel>,
+}
+
+impl Conn {
+    /// The stubs over `channel`.
+    pub fn new(channel: Channel) -> Self {
+        Self { kv: KvClient::new(channel.clone()), log: LogClient::new(channel) }
+    }
 }
 
 /// What one client sends, with the state its workload keeps between operations.
@@ -146,18 +220,24 @@ pub enum ClientOp {
         /// Transactions whose compare held.
         succeeded: u64,
     },
-    /// Not available yet.
-    LogAppend,
+    /// An append of one record to a stream.
+    LogAppend {
+        /// The stream this client appends to.
+        stream: String,
+    },
 }
 
 impl ClientOp {
-    /// The operation of `workload` (the watch workload's writers put).
-    pub fn new(workload: Workload) -> Self {
+    /// The operation of `workload` for client number `client` (the watch workload's writers
+    /// put; log-append clients take the streams in turn).
+    pub fn new(workload: &Workload, client: usize) -> Self {
         match workload {
             Workload::Put | Workload::Watch { .. } => ClientOp::Put,
-            Workload::Get { serializable } => ClientOp::Get { serializable },
+            Workload::Get { serializable } => ClientOp::Get { serializable: *serializable },
             Workload::Txn => ClientOp::Txn { seen: HashMap::new(), succeeded: 0 },
-            Workload::LogAppend => ClientOp::LogAppend,
+            Workload::LogAppend(streams) => {
+                ClientOp::LogAppend { stream: streams.names[client % streams.names.len()].clone() }
+            }
         }
     }
 
@@ -168,22 +248,23 @@ impl ClientOp {
         conn: &mut Conn,
         keys: &Keys,
         value: &[u8],
-        rng: &mut Rng,
+        pick: &mut KeyPick,
     ) -> Result<Option<i64>, Status> {
-        let index = rng.below(keys.space);
         match self {
             ClientOp::Put => {
-                let put = PutRequest { key: keys.key(index), value: value.to_vec(), ..Default::default() };
+                let key = keys.key(pick.next(keys.space));
+                let put = PutRequest { key, value: value.to_vec(), ..Default::default() };
                 let response = conn.kv.put(put).await?.into_inner();
                 Ok(response.header.map(|h| h.revision))
             }
             ClientOp::Get { serializable } => {
-                let range =
-                    RangeRequest { key: keys.key(index), serializable: *serializable, ..Default::default() };
+                let key = keys.key(pick.next(keys.space));
+                let range = RangeRequest { key, serializable: *serializable, ..Default::default() };
                 conn.kv.range(range).await?;
                 Ok(None)
             }
             ClientOp::Txn { seen, succeeded } => {
+                let index = pick.next(keys.space);
                 let expected = seen.get(&index).copied().unwrap_or(0);
                 let (revision, current) = compare_and_swap(conn, keys.key(index), value, expected).await?;
                 match current {
@@ -197,7 +278,13 @@ impl ClientOp {
                 }
                 Ok(Some(revision))
             }
-            ClientOp::LogAppend => Err(Status::unimplemented("log-append is not available in this build")),
+            ClientOp::LogAppend { stream } => {
+                // No key: the record goes to the end of the stream. No revision either (offsets
+                // are the stream's own), so nothing for the run to match.
+                let append = AppendRequest { stream: stream.clone(), records: vec![value.to_vec()] };
+                conn.log.append(append).await?;
+                Ok(None)
+            }
         }
     }
 
@@ -278,6 +365,36 @@ mod tests {
     }
 
     #[test]
+    fn sequential_keys_are_shared_and_wrap() {
+        let counter = Arc::new(AtomicU64::new(0));
+        let (mut a, mut b) = (KeyPick::Sequential(counter.clone()), KeyPick::Sequential(counter));
+        let taken: Vec<u64> = (0..3).flat_map(|_| [a.next(5), b.next(5)]).collect();
+        assert_eq!(taken, [0, 1, 2, 3, 4, 0], "one sequence over both clients, modulo the space");
+        let mut random = KeyPick::Random(Rng::new(1));
+        assert!((0..100).all(|_| random.next(3) < 3));
+    }
+
+    #[test]
+    fn log_streams_are_named_after_the_stream_or_the_prefix() {
+        assert_eq!(LogStreams::new(None, "bench/", 1, 0).unwrap().names, ["bench"]);
+        assert_eq!(LogStreams::new(None, "/", 1, 0).unwrap().names, ["bench"], "never an empty name");
+        let many = LogStreams::new(Some("events"), "bench/", 3, 7).unwrap();
+        assert_eq!(many.names, ["events-0", "events-1", "events-2"]);
+        assert_eq!(many.retention_bytes, 7);
+        assert!(LogStreams::new(Some(""), "bench/", 1, 0).is_err());
+        assert!(LogStreams::new(Some(&"x".repeat(257)), "bench/", 1, 0).is_err());
+        assert!(LogStreams::new(None, "bench/", 0, 0).is_err());
+        let workload = Workload::LogAppend(many);
+        let streams: Vec<String> = (0..4)
+            .map(|c| match ClientOp::new(&workload, c) {
+                ClientOp::LogAppend { stream } => stream,
+                _ => panic!("a log append"),
+            })
+            .collect();
+        assert_eq!(streams, ["events-0", "events-1", "events-2", "events-0"], "clients take streams in turn");
+    }
+
+    #[test]
     fn workload_names() {
         let names: Vec<_> = [
             Workload::Put,
@@ -285,7 +402,7 @@ mod tests {
             Workload::Get { serializable: true },
             Workload::Txn,
             Workload::Watch { watchers: 1 },
-            Workload::LogAppend,
+            Workload::LogAppend(LogStreams::new(None, "b/", 1, 0).unwrap()),
         ]
         .iter()
         .map(Workload::name)

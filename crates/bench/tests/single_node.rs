@@ -92,10 +92,100 @@ async fn put_get_txn_watch_against_one_member() {
     assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
 }
 
-#[tokio::test]
-async fn log_append_says_it_is_not_available_yet() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_append_against_one_member() {
+    let dir = common::Dir::new("bench-log-append");
+    let (_node, addr) = common::single_node(&dir).await;
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let endpoint = addr.to_string();
+    let flags = ["--endpoints", &endpoint, "--clients", "6", "--connections", "2", "--warmup", "0s"];
+    let mut args = vec!["log-append", "--stream", "events", "--streams", "3", "--value-size", "100"];
+    args.extend(["--total", "300"]);
+    args.extend(flags);
+    let result = run(&args, &dir.0.join("log.json")).await;
+    assert_eq!((result.workload.as_str(), result.ops, result.errors), ("log-append", 300, 0), "{result:?}");
+    assert!(result.latency.p50_us > 0.0);
+    assert_eq!(result.extra["streams"], 3);
+
+    // What the streams hold: the run's 300 appends of 100 bytes, spread over the three streams by
+    // client (6 clients over 3 streams). Read back through the same Log service.
+    let mut log = balsa_server::pb::balsapb::log_client::LogClient::connect(format!("http://{endpoint}"))
+        .await
+        .unwrap();
+    let mut records = 0;
+    for name in ["events-0", "events-1", "events-2"] {
+        let request =
+            balsa_server::pb::balsapb::StreamInfoRequest { stream: name.into(), serializable: false };
+        let info = log.get_stream_info(request).await.unwrap().into_inner();
+        assert_eq!(info.bytes, info.records * 100, "{info:?}");
+        assert_eq!(info.retention_bytes, balsa_bench::args::DEFAULT_RETENTION_BYTES);
+        assert!(info.records > 0, "every stream got appends: {info:?}");
+        records += info.records;
+    }
+    assert_eq!(records, 300);
+
+    // A second run appends to the existing streams (their creation answers "exists" or succeeds).
     let args =
-        balsa_bench::args::BenchArgs { command: command(&["log-append", "--endpoints", "127.0.0.1:9"]) };
+        ["log-append", "--stream", "events", "--streams", "3", "--total", "30", "--retention-bytes", "5"];
+    let args: Vec<&str> = args.into_iter().chain(flags).collect();
+    let again = run(&args, &dir.0.join("log2.json")).await;
+    assert_eq!((again.ops, again.errors), (30, 0));
+}
+
+#[tokio::test]
+async fn log_append_against_a_server_without_log_streams_says_so() {
+    // The no-op server serves etcd's KV only, as etcd serves no balsapb.Log.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    tokio::spawn(balsa_bench::noop::serve(listener));
+    let args = balsa_bench::args::BenchArgs {
+        command: command(&["log-append", "--endpoints", &endpoint, "--total", "10"]),
+    };
     let error = balsa_bench::execute(args).await.unwrap_err().to_string();
-    assert!(error.contains("log-stream service is not in this build"), "{error}");
+    assert!(error.contains("does not serve balsa's log streams (balsapb.Log)"), "{error}");
+    assert!(error.contains("against balsa only"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_keys_write_every_key_once() {
+    let dir = common::Dir::new("bench-sequential");
+    let (_node, addr) = common::single_node(&dir).await;
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let endpoint = addr.to_string();
+    let args = ["put", "--endpoints", &endpoint, "--clients", "8", "--warmup", "0s", "--sequential-keys"];
+    let args: Vec<&str> = args.into_iter().chain(["--key-space", "500", "--total", "500"]).collect();
+    let result = run(&args, &dir.0.join("put.json")).await;
+    assert_eq!((result.ops, result.errors), (500, 0));
+    // Every key exists once at version 1: none was written twice, none skipped.
+    let mut kv = balsa_server::pb::etcdserverpb::kv_client::KvClient::connect(format!("http://{endpoint}"))
+        .await
+        .unwrap();
+    let range = balsa_server::pb::etcdserverpb::RangeRequest {
+        key: b"bench/".to_vec(),
+        range_end: b"bench0".to_vec(),
+        ..Default::default()
+    };
+    let kvs = kv.range(range).await.unwrap().into_inner().kvs;
+    assert_eq!(kvs.len(), 500);
+    assert!(kvs.iter().all(|kv| kv.version == 1), "each key written exactly once");
+}
+
+#[tokio::test]
+async fn memory_reads_this_process() {
+    let dir = common::Dir::new("bench-memory");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let json = dir.0.join("memory.json");
+    let pid = std::process::id().to_string();
+    let args = ["memory", "--pids", &pid, "--keys", "5", "--label", "me", "--json", json.to_str().unwrap()];
+    balsa_bench::execute(balsa_bench::args::BenchArgs { command: command(&args) }).await.unwrap();
+    let result = RunResult::load(&json).unwrap();
+    let (max, mean) = balsa_bench::memory::rss_of(&result).unwrap();
+    assert!(max > 1.0 && (max - mean).abs() < 1e-9, "one process: max = mean = {max} MiB");
+    assert_eq!((result.label.as_str(), result.key_space), ("me", 5));
+    let error = balsa_bench::execute(balsa_bench::args::BenchArgs {
+        command: command(&["memory", "--pids", &u32::MAX.to_string()]),
+    })
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("is process"), "{error}");
 }

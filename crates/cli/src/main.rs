@@ -5,6 +5,8 @@
 //! - `balsa dev` runs a local cluster of several members in this one process.
 //! - `balsa snapshot status|restore FILE` checks a snapshot file saved through Maintenance.Snapshot
 //!   (`etcdctl snapshot save`, `balsa snapshot save`), or founds a data dir from it.
+//! - `balsa bench WORKLOAD` is the load generator of `balsa-bench` (crates/bench), the same code
+//!   and flags: put, get, txn, watch, log-append against any etcd v3 endpoint (log-append: balsa).
 //! - The client commands (`put`, `get`, `del`, `txn`, `watch`, `lease`, `member`, `cluster status`,
 //!   `snapshot save`) talk to a cluster through balsa-client; see `client_cmd.rs`.
 
@@ -35,6 +37,9 @@ enum Command {
     /// Save, check or restore a snapshot file.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Load generator over etcd's v3 API (balsa and etcd alike): the workloads and tools of
+    /// `balsa-bench`, with the same flags (docs/BENCHMARKS.md).
+    Bench(balsa_bench::args::BenchArgs),
     #[command(flatten)]
     Client(client_cmd::ClientCommand),
 }
@@ -77,6 +82,7 @@ fn main() -> ExitCode {
         Command::Server(flags) => runtime.block_on(server(*flags)),
         Command::Snapshot(command) => snapshot(command, &runtime),
         Command::Client(command) => runtime.block_on(client_cmd::run(command)),
+        Command::Bench(args) => runtime.block_on(balsa_bench::execute(args)).map_err(|e| e.to_string()),
         Command::Dev(flags) => {
             let result = runtime.block_on(dev::run(flags));
             // The members' nodes stop when the runtime drops the tasks holding them; only then

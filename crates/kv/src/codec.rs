@@ -389,8 +389,11 @@ impl StateMachine {
         let mut keys = BTreeMap::new();
         for _ in 0..r.len()? {
             let key = r.bytes()?;
-            let mut versions = Vec::new();
-            for _ in 0..r.len()? {
+            // Exactly the room needed (see `Mvcc::put`); `len` has checked the count against
+            // the bytes left, so a hostile count cannot make this large.
+            let count = r.len()?;
+            let mut versions = Vec::with_capacity(count);
+            for _ in 0..count {
                 let rev = Revision { main: r.i64()?, sub: r.i64()? };
                 let kv = match r.u8()? {
                     0 => None,

@@ -11,6 +11,11 @@ use balsa_chaos::{Config, FaultKind};
 #[test]
 fn a_short_chaos_run_finds_no_anomaly() {
     if !balsa_chaos::net::Net::available() {
+        // CI sets BALSA_CHAOS_REQUIRED: there, not running is a failure, not a skip.
+        assert!(
+            std::env::var_os("BALSA_CHAOS_REQUIRED").is_none(),
+            "cannot create network namespaces (needs root and iproute2) but BALSA_CHAOS_REQUIRED is set"
+        );
         eprintln!("NOTE: cannot create network namespaces (needs root and iproute2); chaos test skipped");
         return;
     }

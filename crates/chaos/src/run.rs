@@ -316,7 +316,7 @@ pub async fn run(config: Config) -> Result<Summary, String> {
     anomalies.extend(watch::check(&seen_by_watchers, &acked, &attempted));
     let mut all_acked = acked.clone();
     all_acked.extend(take(&bank_rec.acked));
-    anomalies.extend(crate::lost::check(&reader, all_acked).await);
+    anomalies.extend(crate::lost::check(&reader, all_acked.clone()).await);
     let log_acked = take(&log_rec.acked);
     anomalies.extend(stream::check(&all, &log_acked, &take(&log_rec.attempted), &seen_by_subscribers));
 
@@ -351,6 +351,20 @@ pub async fn run(config: Config) -> Result<Summary, String> {
     drop(cluster);
     let write = |name: &str, text: String| std::fs::write(config.dir.join(name), text);
     let _ = write("register.jsonl", balsa_lincheck::to_json_lines(&ops));
+    // The other workloads' records, for the reader of a failing run.
+    let lines = |items: Vec<serde_json::Value>| items.iter().map(|v| format!("{v}\n")).collect::<String>();
+    let _ =
+        write("acknowledged-writes.jsonl", lines(all_acked.iter().map(|w| serde_json::json!(w)).collect()));
+    let _ = write("watchers.json", serde_json::json!(seen_by_watchers).to_string());
+    let _ = write(
+        "stream.json",
+        serde_json::json!({
+            "read_back": all,
+            "acknowledged": log_acked.iter().map(|a| (&a.record, a.offset)).collect::<Vec<_>>(),
+            "subscribers": seen_by_subscribers,
+        })
+        .to_string(),
+    );
     let _ = write("summary.json", serde_json::to_string_pretty(&summary).unwrap_or_default());
     if summary.passed() && !config.keep {
         let _ = std::fs::remove_dir_all(&config.dir);

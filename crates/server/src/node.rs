@@ -587,7 +587,11 @@ impl Driver {
                 let _ = self.out.send(m);
             }
             let batch = std::mem::take(&mut ready.persist);
+            let (rolls, start) = (self.store.wal().rolls(), Instant::now());
             self.store.write(&batch)?;
+            if self.store.wal().rolls() != rolls {
+                self.metrics.wal_roll_time(start.elapsed());
+            }
             self.metrics.time_fsync(|| self.store.sync())?;
             if let Some(s) = &batch.snapshot {
                 let before = self.sm.mvcc.revision();
@@ -877,10 +881,14 @@ impl Driver {
             last_included_term: term,
             membership: self.raft.membership_at(index),
         };
+        let start = Instant::now();
         let snapshot = Snapshot { meta, data: self.sm.encode() };
+        let encoded = Instant::now();
         self.store.save_snapshot(&snapshot)?;
+        self.metrics.snapshot_save_time(encoded.elapsed());
         self.metrics.snapshot_saved();
         self.raft.snapshot_taken(snapshot).expect("a snapshot of applied state");
+        self.metrics.snapshot_driver_time(start.elapsed(), encoded - start);
         Ok(())
     }
 

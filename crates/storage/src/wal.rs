@@ -106,6 +106,8 @@ pub struct Wal<V: Vfs> {
     /// A torn tail cut off during recovery, if any.
     torn_tail: Option<TornTail>,
     scratch: Vec<u8>,
+    /// Segments started since open (rolls), so a driver can tell which writes paid for one.
+    rolls: u64,
 }
 
 fn segment_name(seq: u64, first_index: Index) -> String {
@@ -157,6 +159,7 @@ impl<V: Vfs> Wal<V> {
             poisoned: false,
             torn_tail: torn,
             scratch: Vec::new(),
+            rolls: 0,
         })
     }
 
@@ -191,6 +194,11 @@ impl<V: Vfs> Wal<V> {
     /// A torn tail removed during recovery.
     pub fn torn_tail(&self) -> Option<&TornTail> {
         self.torn_tail.as_ref()
+    }
+
+    /// Segments started since open: by size, by a truncation, or by a snapshot's reset.
+    pub fn rolls(&self) -> u64 {
+        self.rolls
     }
 
     /// Number of segment files.
@@ -317,6 +325,7 @@ impl<V: Vfs> Wal<V> {
         }
         self.segments.push(segment);
         self.active = file;
+        self.rolls += 1;
         Ok(())
     }
 

@@ -28,6 +28,9 @@ pub struct DevFlags {
     /// One Raft tick in milliseconds; the election timeout is ten of them.
     #[arg(long, default_value_t = 100)]
     tick_ms: u64,
+    /// Snapshot after this many applied entries (etcd's `--snapshot-count`).
+    #[arg(long, default_value_t = 100_000)]
+    snapshot_count: u64,
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -102,6 +105,7 @@ pub async fn run(flags: DevFlags) -> Result<Cleanup, String> {
             initial_cluster: Some(cluster.clone()),
             initial_cluster_token: Some("balsa-dev".into()),
             tick_ms: Some(flags.tick_ms),
+            snapshot_count: Some(flags.snapshot_count),
             log_level: Some(flags.log_level.clone()),
             log_format: Some(flags.log_format.clone()),
             ..Default::default()

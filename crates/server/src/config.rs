@@ -57,6 +57,10 @@ pub struct ServerFlags {
     /// One Raft tick in milliseconds; the election timeout is ten of them [default: 100].
     #[arg(long, env = "BALSA_TICK_MS")]
     pub tick_ms: Option<u64>,
+    /// Take a snapshot (and compact the log behind it) after this many applied entries, as
+    /// etcd's flag of the same name [default: 100000].
+    #[arg(long, env = "BALSA_SNAPSHOT_COUNT")]
+    pub snapshot_count: Option<u64>,
     /// Log streams created without a retention keep at most this many bytes [default: 0, no
     /// limit].
     #[arg(long, env = "BALSA_STREAM_RETENTION_BYTES")]
@@ -99,6 +103,8 @@ pub struct FileConfig {
     pub initial_cluster_token: Option<String>,
     /// See [`ServerFlags::tick_ms`].
     pub tick_ms: Option<u64>,
+    /// See [`ServerFlags::snapshot_count`].
+    pub snapshot_count: Option<u64>,
     /// See [`ServerFlags::stream_retention_bytes`].
     pub stream_retention_bytes: Option<u64>,
     /// See [`ServerFlags::stream_retention_ms`].
@@ -143,6 +149,8 @@ pub struct ServerConfig {
     pub initial_cluster_token: String,
     /// One Raft tick in milliseconds.
     pub tick_ms: u64,
+    /// Applied entries between snapshots (etcd's `--snapshot-count`).
+    pub snapshot_count: u64,
     /// Default retention of log streams (0: no limit).
     pub stream_retention: balsa_kv::Retention,
     /// The tracing filter (a level, or any `EnvFilter` directive).
@@ -304,6 +312,9 @@ impl ServerFlags {
                 .or(file.initial_cluster_token)
                 .unwrap_or_else(|| "balsa-cluster".into()),
             tick_ms: f.tick_ms.or(file.tick_ms).unwrap_or(100),
+            // etcd's default. Snapshots are written off the driver thread, but the state is
+            // still encoded on it; at 10,000 a busy member stalled for hundreds of ms a second.
+            snapshot_count: f.snapshot_count.or(file.snapshot_count).unwrap_or(100_000),
             stream_retention: balsa_kv::Retention {
                 max_bytes: f.stream_retention_bytes.or(file.stream_retention_bytes).unwrap_or(0),
                 max_age_ms: f.stream_retention_ms.or(file.stream_retention_ms).unwrap_or(0),
@@ -311,6 +322,13 @@ impl ServerFlags {
             log_level,
             log_format,
         };
+        if config.snapshot_count == 0 {
+            return Err(ConfigError::BadValue {
+                key: "snapshot-count",
+                value: "0".into(),
+                expected: "at least 1 applied entry between snapshots",
+            });
+        }
         // Everything the node needs is checked now, before anything binds or touches the disk.
         config.node_config()?;
         config.client_addr()?;
@@ -396,9 +414,7 @@ impl ServerConfig {
             data_dir: self.data_dir.clone(),
             peers,
             tick: Duration::from_millis(self.tick_ms.max(1)),
-            // etcd's default (--snapshot-count 100000). Each snapshot encodes the whole state on
-            // the driver thread; at 10,000 a busy member stalled for hundreds of ms every second.
-            snapshot_entries: 100_000,
+            snapshot_entries: self.snapshot_count,
             join,
             name: self.name.clone(),
             client_urls,
@@ -445,6 +461,22 @@ mod tests {
         let flags = ServerFlags { stream_retention_bytes: Some(5), ..Default::default() };
         let c = flags.resolve_with(f).unwrap();
         assert_eq!(c.stream_retention, balsa_kv::Retention { max_bytes: 5, max_age_ms: 60_000 });
+    }
+
+    #[test]
+    fn snapshot_count_comes_from_flags_or_file_and_is_positive() {
+        let c = ServerFlags::default().resolve_with(FileConfig::default()).unwrap();
+        assert_eq!(c.snapshot_count, 100_000, "etcd's default");
+        assert_eq!(c.node_config().unwrap().snapshot_entries, 100_000);
+        let c = ServerFlags::default().resolve_with(file("snapshot-count = 5000\n")).unwrap();
+        assert_eq!(c.snapshot_count, 5000);
+        let flags = ServerFlags { snapshot_count: Some(7), ..Default::default() };
+        assert_eq!(flags.resolve_with(file("snapshot-count = 5000\n")).unwrap().snapshot_count, 7);
+        let zero = ServerFlags { snapshot_count: Some(0), ..Default::default() };
+        assert!(matches!(
+            zero.resolve_with(FileConfig::default()),
+            Err(ConfigError::BadValue { key: "snapshot-count", .. })
+        ));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! `balsa_` in place of `etcd_`.
 
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use balsa_raft::{NodeId, Role, Status, Term};
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
@@ -37,6 +37,15 @@ pub struct Metrics {
     commit_latency: Histogram,
     fsync_latency: Histogram,
     snapshots: IntCounter,
+    /// Driver-thread time per snapshot: everything the driver did for it while nothing else
+    /// progressed (encode, and before the save moved off the thread, the save too).
+    snapshot_driver: Histogram,
+    /// `StateMachine::encode()` alone (on the driver thread).
+    snapshot_encode: Histogram,
+    /// Writing and syncing the snapshot file (wherever that runs).
+    snapshot_save: Histogram,
+    /// Driver-thread time of a WAL write that rolled to a new segment.
+    wal_roll: Histogram,
     /// The driver thread stopped (storage failure or shutdown): the member is unhealthy.
     stopped: IntGauge,
     seen: Mutex<Option<Seen>>,
@@ -103,6 +112,26 @@ impl Metrics {
             ),
             fsync_latency: histogram(&r, "balsa_disk_wal_fsync_duration_seconds", "WAL syncs."),
             snapshots: counter(&r, "balsa_server_snapshots_saved_total", "Snapshots saved to disk."),
+            snapshot_driver: histogram(
+                &r,
+                "balsa_server_snapshot_duration_seconds",
+                "Driver-thread time spent on each snapshot (nothing else progresses meanwhile).",
+            ),
+            snapshot_encode: histogram(
+                &r,
+                "balsa_server_snapshot_encode_duration_seconds",
+                "Encoding the state machine for a snapshot (on the driver thread).",
+            ),
+            snapshot_save: histogram(
+                &r,
+                "balsa_server_snapshot_save_duration_seconds",
+                "Writing and syncing a snapshot file, temporary file to directory sync.",
+            ),
+            wal_roll: histogram(
+                &r,
+                "balsa_disk_wal_roll_duration_seconds",
+                "Driver-thread time of a WAL write that started a new segment (the roll plus the batch's write).",
+            ),
             stopped: gauge(&r, "balsa_server_stopped", "1 once the node stopped."),
             seen: Mutex::new(None),
             registry: r,
@@ -169,6 +198,22 @@ impl Metrics {
     /// A snapshot was saved.
     pub fn snapshot_saved(&self) {
         self.snapshots.inc();
+    }
+
+    /// The driver spent `driver` on a snapshot, `encode` of it encoding the state machine.
+    pub fn snapshot_driver_time(&self, driver: Duration, encode: Duration) {
+        self.snapshot_driver.observe(driver.as_secs_f64());
+        self.snapshot_encode.observe(encode.as_secs_f64());
+    }
+
+    /// A snapshot file took `took` to write and sync.
+    pub fn snapshot_save_time(&self, took: Duration) {
+        self.snapshot_save.observe(took.as_secs_f64());
+    }
+
+    /// A WAL write that rolled to a new segment took `took` on the driver thread.
+    pub fn wal_roll_time(&self, took: Duration) {
+        self.wal_roll.observe(took.as_secs_f64());
     }
 
     /// The node's driver stopped.

@@ -159,6 +159,9 @@ pub(crate) enum Input {
     },
     /// A request to the stream hub (`stream_hub.rs`).
     Streams(StreamHubCommand),
+    /// The background snapshot save finished: only a wake-up, so the driver collects it now
+    /// rather than at the next tick (the outcome travels in the thread's result).
+    SnapshotWritten,
 }
 
 /// This member's state machine at one applied index (Maintenance.Snapshot).
@@ -240,6 +243,9 @@ impl NodeHandle {
         let config_peers = config.peers.clone();
         let metrics = Arc::new(Metrics::new());
         let driver = Driver {
+            wake: input_tx.clone(),
+            snapshot_in_flight: None,
+            storage_failure: None,
             metrics: metrics.clone(),
             raft,
             store,
@@ -449,7 +455,58 @@ struct Driver {
     watch_hub: WatchHub,
     /// Log stream subscribers, caught up from the streams' records.
     stream_hub: StreamHub,
+    /// The driver's own input, for the snapshot writer to wake it when done.
+    wake: std_mpsc::Sender<Input>,
+    /// The snapshot being written on another thread; at most one at a time.
+    snapshot_in_flight: Option<SnapshotInFlight>,
+    /// A storage failure met outside `carry_out_readies`, which returns it (stopping the node).
+    storage_failure: Option<balsa_storage::StorageError>,
 }
+
+/// A snapshot whose file is being written and synced on a thread of its own, while the driver
+/// goes on. The core hears of it (and may compact its log) only once the file is durable.
+struct SnapshotInFlight {
+    /// The snapshot, handed to the store and the core once written.
+    snapshot: Snapshot,
+    /// Writes the file.
+    writing: Writing,
+    /// The writer said it is done (so collecting it waits for nothing).
+    written: bool,
+    /// Driver time spent on it so far, and the encode part of it (for the metrics).
+    driver_time: Duration,
+    encode_time: Duration,
+    /// Maintenance.Defragment's caller, answered once the snapshot is installed.
+    reply: Option<SnapshotNowReply>,
+}
+
+/// How long writing a snapshot file took, or why it failed.
+type WriteOutcome = Result<Duration, balsa_storage::StorageError>;
+
+/// A snapshot file's write: on its own thread, or (if no thread could be had) done already.
+enum Writing {
+    Thread(std::thread::JoinHandle<WriteOutcome>),
+    Done(WriteOutcome),
+}
+
+impl Writing {
+    fn is_finished(&self) -> bool {
+        match self {
+            Writing::Thread(thread) => thread.is_finished(),
+            Writing::Done(_) => true,
+        }
+    }
+
+    /// The outcome, waiting for the thread if it is still writing.
+    fn wait(self) -> WriteOutcome {
+        match self {
+            Writing::Thread(thread) => thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Writing::Done(outcome) => outcome,
+        }
+    }
+}
+
+/// Where the answer to `snapshot_now` goes.
+type SnapshotNowReply = oneshot::Sender<Result<Option<Index>, NodeError>>;
 
 impl Driver {
     fn run(mut self, input: std_mpsc::Receiver<Input>) {
@@ -457,9 +514,7 @@ impl Driver {
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match input.recv_timeout(wait) {
-                Ok(Input::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                    return self.metrics.node_stopped()
-                }
+                Ok(Input::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return self.stop(),
                 Ok(i) => {
                     self.handle(i);
                     // Take what else is waiting before carrying out the Ready: proposals (and
@@ -467,7 +522,7 @@ impl Driver {
                     // together, one fsync for many, instead of one round each.
                     for _ in 0..MAX_INPUTS_PER_READY {
                         match input.try_recv() {
-                            Ok(Input::Stop) => return self.metrics.node_stopped(),
+                            Ok(Input::Stop) => return self.stop(),
                             Ok(i) => self.handle(i),
                             Err(_) => break,
                         }
@@ -488,7 +543,7 @@ impl Driver {
                 // A storage failure (a failed fsync above all) stops the node: its disk can no
                 // longer be trusted, and continuing could acknowledge what is not durable.
                 tracing::error!(error = %e, "storage failed; the node stops");
-                return self.metrics.node_stopped();
+                return self.stop();
             }
             self.watch_hub.catch_up(&self.sm);
             self.stream_hub.catch_up(&self.sm.streams);
@@ -561,8 +616,11 @@ impl Driver {
             Input::TransferLeader(target, reply) => {
                 let _ = reply.send(self.transfer_leader(target));
             }
-            Input::SnapshotNow(reply) => {
-                let _ = reply.send(self.snapshot_now());
+            Input::SnapshotNow(reply) => self.snapshot_now(reply),
+            Input::SnapshotWritten => {
+                if let Some(f) = &mut self.snapshot_in_flight {
+                    f.written = true;
+                }
             }
             Input::ReadWith { linearizable: true, job } => self.read_index(job),
             Input::ReadWith { linearizable: false, job } => job(Ok(&self.sm)),
@@ -582,13 +640,21 @@ impl Driver {
     }
 
     fn carry_out_readies(&mut self) -> Result<(), balsa_storage::StorageError> {
+        if let Some(e) = self.storage_failure.take() {
+            return Err(e);
+        }
+        self.collect_snapshot(false)?;
         while self.raft.has_ready() {
             let mut ready = self.raft.ready();
             for m in std::mem::take(&mut ready.messages) {
                 let _ = self.out.send(m);
             }
             let batch = std::mem::take(&mut ready.persist);
+            let (rolls, start) = (self.store.wal().rolls(), Instant::now());
             self.store.write(&batch)?;
+            if self.store.wal().rolls() != rolls {
+                self.metrics.wal_roll_time(start.elapsed());
+            }
             self.metrics.time_fsync(|| self.store.sync())?;
             if let Some(s) = &batch.snapshot {
                 let before = self.sm.mvcc.revision();
@@ -616,7 +682,7 @@ impl Driver {
             }
             self.raft.advance(receipt);
             self.serve_reads();
-            self.maybe_snapshot()?;
+            self.maybe_snapshot();
         }
         self.finish_membership_changes();
         // Forwarded proposals can be lost on the way (a change of leader); answer them in time.
@@ -868,10 +934,23 @@ impl Driver {
         }
     }
 
-    fn maybe_snapshot(&mut self) -> Result<(), balsa_storage::StorageError> {
-        let Some(index) = self.raft.snapshot_due(self.config.snapshot_entries, 64 << 20) else {
-            return Ok(());
-        };
+    /// Starts a snapshot when the core says one is due and none is being written.
+    fn maybe_snapshot(&mut self) {
+        if self.snapshot_in_flight.is_some() {
+            return;
+        }
+        if let Some(index) = self.raft.snapshot_due(self.config.snapshot_entries, 64 << 20) {
+            self.start_snapshot(index, None);
+        }
+    }
+
+    /// Encodes the state at `index` (the last applied entry) here, where it is consistent, and
+    /// hands the file's write and sync to a thread of its own: encoding is the only part of a
+    /// snapshot the driver must wait for.
+    fn start_snapshot(&mut self, index: Index, reply: Option<SnapshotNowReply>) {
+        assert!(self.snapshot_in_flight.is_none(), "one snapshot at a time");
+        assert_eq!(index, self.raft.status().last_applied, "the state machine is at the snapshot's index");
+        let start = Instant::now();
         let term = self.raft.term_at(index).expect("applied entries are in the log");
         let meta = balsa_raft::SnapshotMeta {
             last_included_index: index,
@@ -879,10 +958,81 @@ impl Driver {
             membership: self.raft.membership_at(index),
         };
         let snapshot = Snapshot { meta, data: self.sm.encode() };
-        self.store.save_snapshot(&snapshot)?;
-        self.metrics.snapshot_saved();
-        self.raft.snapshot_taken(snapshot).expect("a snapshot of applied state");
+        let encode_time = start.elapsed();
+        let write = {
+            let (writer, snapshot) = (self.store.snapshot_writer(), snapshot.clone());
+            move || {
+                let begun = Instant::now();
+                writer.write(&snapshot).map(|()| begun.elapsed())
+            }
+        };
+        let wake = self.wake.clone();
+        let spawned = std::thread::Builder::new().name("balsa-snapshot".into()).spawn(move || {
+            let outcome = write();
+            let _ = wake.send(Input::SnapshotWritten);
+            outcome
+        });
+        let writing = match spawned {
+            Ok(thread) => Writing::Thread(thread),
+            Err(e) => {
+                // Without a thread the file is written here, as it was before it had one.
+                tracing::warn!(error = %e, "no thread for the snapshot; written on the driver");
+                let writer = self.store.snapshot_writer();
+                let begun = Instant::now();
+                Writing::Done(writer.write(&snapshot).map(|()| begun.elapsed()))
+            }
+        };
+        let driver_time = start.elapsed();
+        self.snapshot_in_flight =
+            Some(SnapshotInFlight { snapshot, writing, written: false, driver_time, encode_time, reply });
+    }
+
+    /// Once the snapshot file is durable (`wait`: waiting for it), installs it in the store,
+    /// which compacts the log, and hands it to the core, which compacts its own. A failed write
+    /// stops the node, as a failed write on the driver does. A snapshot overtaken meanwhile by
+    /// one from the leader is dropped (its file goes with the store's retention).
+    fn collect_snapshot(&mut self, wait: bool) -> Result<(), balsa_storage::StorageError> {
+        match &self.snapshot_in_flight {
+            Some(f) if wait || f.written || f.writing.is_finished() => {}
+            _ => return Ok(()),
+        }
+        let f = self.snapshot_in_flight.take().expect("checked above");
+        let save_time = match f.writing.wait() {
+            Ok(took) => took,
+            Err(e) => {
+                if let Some(reply) = f.reply {
+                    let _ = reply.send(Err(NodeError::Stopped));
+                }
+                return Err(e);
+            }
+        };
+        self.metrics.snapshot_save_time(save_time);
+        let start = Instant::now();
+        let index = f.snapshot.meta.last_included_index;
+        let latest = self.raft.latest_snapshot().map_or(0, |(meta, _)| meta.last_included_index);
+        if index > latest && self.store.install_snapshot(&f.snapshot)? {
+            self.metrics.snapshot_saved();
+            self.raft.snapshot_taken(f.snapshot).expect("a snapshot of applied state");
+        } else {
+            tracing::info!(index, latest, "snapshot overtaken by a newer one while it was written");
+        }
+        self.metrics.snapshot_driver_time(f.driver_time + start.elapsed(), f.encode_time);
+        if let Some(reply) = f.reply {
+            let _ = reply.send(Ok(Some(index)));
+        }
         Ok(())
+    }
+
+    /// Stops the driver: a snapshot still being written is waited for (its file is then
+    /// durable, and a restart finds it), so nothing of this node outlives it.
+    fn stop(&mut self) {
+        if let Some(f) = self.snapshot_in_flight.take() {
+            let _ = f.writing.wait();
+            if let Some(reply) = f.reply {
+                let _ = reply.send(Err(NodeError::Stopped));
+            }
+        }
+        self.metrics.node_stopped();
     }
 
     /// The applied state, encoded, with the index and term it stands at.
@@ -910,29 +1060,24 @@ impl Driver {
     }
 
     /// A snapshot at the last applied index, saved and handed to the core (which compacts the
-    /// log behind it, keeping its catch-up tail), whatever `snapshot_entries` says.
-    fn snapshot_now(&mut self) -> Result<Option<Index>, NodeError> {
+    /// log behind it, keeping its catch-up tail), whatever `snapshot_entries` says. `reply` gets
+    /// its index once it is installed (`None`: the latest snapshot already covers everything
+    /// applied). A snapshot being written is finished first.
+    fn snapshot_now(&mut self, reply: SnapshotNowReply) {
+        if let Err(e) = self.collect_snapshot(true) {
+            // The next round of carry_out_readies returns it, which stops the node.
+            self.storage_failure = Some(e);
+            let _ = reply.send(Err(NodeError::Stopped));
+            return;
+        }
         let status = self.raft.status();
         let index = status.last_applied;
-        if index <= status.snapshot_index {
-            return Ok(None);
+        let latest = self.raft.latest_snapshot().map_or(0, |(meta, _)| meta.last_included_index);
+        if index <= latest.max(status.snapshot_index) || self.raft.term_at(index).is_none() {
+            let _ = reply.send(Ok(None));
+            return;
         }
-        let Some(term) = self.raft.term_at(index) else { return Ok(None) };
-        let meta = balsa_raft::SnapshotMeta {
-            last_included_index: index,
-            last_included_term: term,
-            membership: self.raft.membership_at(index),
-        };
-        let snapshot = Snapshot { meta, data: self.sm.encode() };
-        if let Err(e) = self.store.save_snapshot(&snapshot) {
-            tracing::error!(error = %e, "snapshot not saved");
-            return Err(NodeError::Stopped);
-        }
-        self.metrics.snapshot_saved();
-        if let Err(e) = self.raft.snapshot_taken(snapshot) {
-            tracing::warn!(error = %e, "snapshot not taken by the core");
-        }
-        Ok(Some(index))
+        self.start_snapshot(index, Some(reply));
     }
 
     /// Asks the core for a read index; `job` runs once the state machine has applied up to it.

@@ -58,6 +58,6 @@ pub mod vfs;
 pub mod wal;
 
 pub use error::{Result, StorageError};
-pub use store::{DiskStore, LogStore, MemStore, StoreOptions};
-pub use vfs::{StdFs, Vfs, VfsFile};
+pub use store::{DiskStore, LogStore, MemStore, SnapshotWriter, StoreOptions};
+pub use vfs::{StdFs, Vfs, VfsFile, ZeroFill};
 pub use wal::{TornTail, Wal, WalOptions};

@@ -18,6 +18,7 @@ const MAGIC: &[u8; 8] = b"BALSASNP";
 const VERSION: u32 = 1;
 
 /// The snapshot directory.
+#[derive(Clone)]
 pub struct SnapshotStore<V: Vfs> {
     vfs: V,
     dir: PathBuf,
@@ -102,6 +103,16 @@ impl<V: Vfs> SnapshotStore<V> {
 
     /// Writes a snapshot durably, then removes all but the newest `keep`.
     pub fn save(&self, snapshot: &Snapshot) -> Result<PathBuf> {
+        let path = self.write(snapshot)?;
+        self.retain()?;
+        Ok(path)
+    }
+
+    /// Writes a snapshot durably (temporary file, sync, rename, directory sync) and removes
+    /// nothing, so it may run on another thread while the owner of the store goes on: a crash
+    /// at any point leaves the previous snapshots intact, and only the owner removes files
+    /// ([`SnapshotStore::retain`]).
+    pub fn write(&self, snapshot: &Snapshot) -> Result<PathBuf> {
         let name = snapshot_name(snapshot.meta.last_included_index, snapshot.meta.last_included_term);
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!("{name}.tmp"));
@@ -110,7 +121,6 @@ impl<V: Vfs> SnapshotStore<V> {
         file.sync_data().map_err(|source| StorageError::SyncFailed { path: tmp.clone(), source })?;
         self.vfs.rename(&tmp, &path).map_err(|e| StorageError::io("rename", &tmp, e))?;
         self.sync_dir()?;
-        self.retain()?;
         Ok(path)
     }
 
@@ -120,7 +130,8 @@ impl<V: Vfs> SnapshotStore<V> {
             .map_err(|source| StorageError::SyncFailed { path: self.dir.clone(), source })
     }
 
-    fn retain(&self) -> Result<()> {
+    /// Removes all but the newest `keep` snapshot files.
+    pub fn retain(&self) -> Result<()> {
         let all = self.list()?;
         if all.len() <= self.keep {
             return Ok(());

@@ -98,6 +98,54 @@ impl<V: Vfs + Clone> DiskStore<V> {
     pub fn hard_state(&self) -> HardState {
         self.wal.hard_state()
     }
+
+    /// A handle that writes snapshot files, for a driver that saves snapshots on another thread:
+    /// [`SnapshotWriter::write`] there, then [`DiskStore::install_snapshot`] here. Together they
+    /// are [`LogStore::save_snapshot`].
+    pub fn snapshot_writer(&self) -> SnapshotWriter<V> {
+        SnapshotWriter { snapshots: self.snapshots.clone() }
+    }
+
+    /// Makes a snapshot that [`SnapshotWriter::write`] has written durably the latest, and drops
+    /// the log prefix it covers (and snapshot files beyond the newest `keep`). Returns `false`,
+    /// changing nothing, if the store already holds a snapshot at or after its index (one from
+    /// the leader may have been installed while this one was written).
+    ///
+    /// The log is compacted only here, never before the snapshot file is durable: that is what
+    /// makes removing the entries safe.
+    pub fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<bool> {
+        let index = snapshot.meta.last_included_index;
+        if self.snapshot.as_ref().is_some_and(|s| s.meta.last_included_index >= index) {
+            return Ok(false);
+        }
+        let term = snapshot.meta.last_included_term;
+        if !self.snapshots.list()?.iter().any(|(i, t, _)| (*i, *t) == (index, term)) {
+            return Err(StorageError::Invalid(format!(
+                "snapshot at {index} (term {term}) installed before it was written"
+            )));
+        }
+        self.snapshots.retain()?;
+        self.wal.compact(index)?;
+        self.snapshot = Some(snapshot.clone());
+        Ok(true)
+    }
+}
+
+/// Writes snapshot files and nothing else (no log compaction, no removal of old files), so it
+/// can run on a thread of its own while the store's owner goes on. See
+/// [`DiskStore::snapshot_writer`].
+#[derive(Clone)]
+pub struct SnapshotWriter<V: Vfs + Clone> {
+    snapshots: SnapshotStore<V>,
+}
+
+impl<V: Vfs + Clone> SnapshotWriter<V> {
+    /// Writes `snapshot` durably: temporary file, sync, rename, directory sync. A crash at any
+    /// point leaves the previous snapshot intact (a temporary file left behind is removed when
+    /// the store is opened).
+    pub fn write(&self, snapshot: &Snapshot) -> Result<()> {
+        self.snapshots.write(snapshot).map(|_| ())
+    }
 }
 
 impl<V: Vfs + Clone> LogStore for DiskStore<V> {
@@ -121,9 +169,8 @@ impl<V: Vfs + Clone> LogStore for DiskStore<V> {
     }
 
     fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<()> {
-        self.snapshots.save(snapshot)?;
-        self.wal.compact(snapshot.meta.last_included_index)?;
-        self.snapshot = Some(snapshot.clone());
+        self.snapshot_writer().write(snapshot)?;
+        self.install_snapshot(snapshot)?;
         Ok(())
     }
 

@@ -38,6 +38,86 @@ pub trait Vfs {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creations, renames, removals) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Creates (or truncates) `path` and fills it with `len` zero bytes, synced (the directory
+    /// is not). The caller collects the outcome later with [`ZeroFill::wait`], so a file system
+    /// may do the work in the background: the real one runs it on a thread of its own. This
+    /// default does it at once, which keeps the simulator's disk deterministic.
+    fn zero_fill(&self, path: &Path, len: u64) -> ZeroFill
+    where
+        Self: Sized,
+    {
+        ZeroFill::done(zero_fill_now(self, path, len))
+    }
+}
+
+/// Creates `path` holding `len` zero bytes and syncs it, on the calling thread.
+pub fn zero_fill_now<V: Vfs>(vfs: &V, path: &Path, len: u64) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let mut file = vfs.create(path)?;
+    let zeros = vec![0u8; CHUNK];
+    let mut at = 0;
+    while at < len {
+        let n = ((len - at) as usize).min(CHUNK);
+        file.write_at(at, &zeros[..n])?;
+        at += n as u64;
+    }
+    file.sync_data()
+}
+
+/// A zero-fill started by [`Vfs::zero_fill`]: finished already, or running on a thread.
+/// Dropping it waits for the thread, so no fill outlives the store that started it (a store
+/// reopened on the same directory must not find a stale writer on its files).
+#[derive(Debug)]
+pub struct ZeroFill {
+    state: Option<FillState>,
+}
+
+#[derive(Debug)]
+enum FillState {
+    Done(io::Result<()>),
+    Running(std::thread::JoinHandle<io::Result<()>>),
+}
+
+impl ZeroFill {
+    /// A fill that has already ended with `result`.
+    pub fn done(result: io::Result<()>) -> Self {
+        Self { state: Some(FillState::Done(result)) }
+    }
+
+    /// Runs `fill` on a thread of its own.
+    pub fn spawn(fill: impl FnOnce() -> io::Result<()> + Send + 'static) -> Self {
+        match std::thread::Builder::new().name("balsa-zero-fill".into()).spawn(fill) {
+            Ok(thread) => Self { state: Some(FillState::Running(thread)) },
+            Err(e) => Self::done(Err(e)),
+        }
+    }
+
+    /// Whether [`ZeroFill::wait`] would return at once.
+    pub fn is_finished(&self) -> bool {
+        match &self.state {
+            Some(FillState::Running(thread)) => thread.is_finished(),
+            _ => true,
+        }
+    }
+
+    /// Waits for the fill to end and returns its outcome.
+    pub fn wait(mut self) -> io::Result<()> {
+        match self.state.take().expect("taken only here and in drop") {
+            FillState::Done(result) => result,
+            FillState::Running(thread) => match thread.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
+            },
+        }
+    }
+}
+
+impl Drop for ZeroFill {
+    fn drop(&mut self) {
+        if let Some(FillState::Running(thread)) = self.state.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The real file system.
@@ -114,6 +194,11 @@ impl Vfs for StdFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+
+    fn zero_fill(&self, path: &Path, len: u64) -> ZeroFill {
+        let path = path.to_path_buf();
+        ZeroFill::spawn(move || zero_fill_now(&StdFs, &path, len))
     }
 }
 

@@ -18,17 +18,25 @@ use bytes::{Buf, Bytes};
 use crate::codec;
 use crate::error::{Result, StorageError};
 use crate::record::{self, Decoded, RecordType, HEADER_BYTES};
-use crate::vfs::{Vfs, VfsFile};
+use crate::vfs::{Vfs, VfsFile, ZeroFill};
 
 const MAGIC: &[u8; 8] = b"BALSAWAL";
 const VERSION: u32 = 1;
+
+/// The next segment, zero-filled ahead of time so that a roll renames it into place instead of
+/// writing a whole segment of zeros on the append path. Not a segment name: recovery never
+/// reads it, and removes one left behind (half-filled, or holding a header written just before
+/// a crash cut the roll short).
+pub const SPARE_NAME: &str = "next-segment.spare";
 
 /// Tunables of the log.
 #[derive(Clone, Copy, Debug)]
 pub struct WalOptions {
     /// A segment is closed and a new one started once it reaches this size.
     pub segment_bytes: u64,
-    /// Zero-fill each new segment to `segment_bytes` (see [`preallocate`]).
+    /// Zero-fill each new segment to `segment_bytes` (see [`preallocate`]). The fill is done
+    /// ahead of time, on a spare file ([`SPARE_NAME`]) that the next roll renames into place;
+    /// the real file system fills it on a thread of its own ([`Vfs::zero_fill`]).
     pub preallocate: bool,
 }
 
@@ -106,6 +114,10 @@ pub struct Wal<V: Vfs> {
     /// A torn tail cut off during recovery, if any.
     torn_tail: Option<TornTail>,
     scratch: Vec<u8>,
+    /// Segments started since open (rolls), so a driver can tell which writes paid for one.
+    rolls: u64,
+    /// The spare segment being zero-filled (see [`SPARE_NAME`]); `None` without preallocation.
+    spare: Option<ZeroFill>,
 }
 
 fn segment_name(seq: u64, first_index: Index) -> String {
@@ -134,6 +146,13 @@ impl<V: Vfs> Wal<V> {
             recovery.load_segment(&vfs, seq, first_index, path, i + 1 == count)?;
         }
         check_contiguous(&recovery.segments, floor)?;
+        if names.iter().any(|n| n == SPARE_NAME) {
+            // Its contents are unknown (a crash may have cut the fill or the roll short); a
+            // fresh spare is made below. Whether the removal is durable does not matter: a spare
+            // that comes back after a crash is removed again.
+            let spare = dir.join(SPARE_NAME);
+            vfs.remove(&spare).map_err(|e| StorageError::io("remove", &spare, e))?;
+        }
         let Recovery { segments, hard_state, torn, .. } = recovery;
         let (active, segments) = match segments.last() {
             Some(last) => {
@@ -146,7 +165,9 @@ impl<V: Vfs> Wal<V> {
                 (file, vec![segment])
             }
         };
+        let spare = options.preallocate.then(|| vfs.zero_fill(&dir.join(SPARE_NAME), options.segment_bytes));
         Ok(Self {
+            spare,
             vfs,
             dir: dir.to_path_buf(),
             options,
@@ -157,6 +178,7 @@ impl<V: Vfs> Wal<V> {
             poisoned: false,
             torn_tail: torn,
             scratch: Vec::new(),
+            rolls: 0,
         })
     }
 
@@ -191,6 +213,11 @@ impl<V: Vfs> Wal<V> {
     /// A torn tail removed during recovery.
     pub fn torn_tail(&self) -> Option<&TornTail> {
         self.torn_tail.as_ref()
+    }
+
+    /// Segments started since open: by size, by a truncation, or by a snapshot's reset.
+    pub fn rolls(&self) -> u64 {
+        self.rolls
     }
 
     /// Number of segment files.
@@ -303,20 +330,32 @@ impl<V: Vfs> Wal<V> {
     fn roll(&mut self, first_index: Index) -> Result<()> {
         self.sync()?;
         let seq = self.active_segment().seq + 1;
-        let (file, segment) = create_segment(
-            &self.vfs,
-            &self.dir,
-            seq,
-            first_index,
-            &self.hard_state,
-            self.options.preallocate_bytes(),
-        )?;
+        let (file, segment) = match self.spare.take() {
+            Some(fill) => {
+                let spare = self.dir.join(SPARE_NAME);
+                // Normally long finished; if not, waiting for the rest is still less than a
+                // whole fill.
+                fill.wait().map_err(|e| StorageError::io("preallocate", &spare, e))?;
+                let made = install_spare(&self.vfs, &self.dir, &spare, seq, first_index, &self.hard_state)?;
+                self.spare = Some(self.vfs.zero_fill(&spare, self.options.segment_bytes));
+                made
+            }
+            None => create_segment(
+                &self.vfs,
+                &self.dir,
+                seq,
+                first_index,
+                &self.hard_state,
+                self.options.preallocate_bytes(),
+            )?,
+        };
         for seg in &mut self.segments {
             let keep = first_index.saturating_sub(seg.first_index).min(seg.slots.len() as u64);
             seg.slots.truncate(keep as usize);
         }
         self.segments.push(segment);
         self.active = file;
+        self.rolls += 1;
         Ok(())
     }
 
@@ -464,6 +503,18 @@ fn create_segment<V: Vfs>(
 ) -> Result<(V::File, Segment)> {
     let path = dir.join(segment_name(seq, first_index));
     let mut file = vfs.create(&path).map_err(|e| StorageError::io("create", &path, e))?;
+    let buf = segment_start(seq, first_index, hs);
+    file.write_at(0, &buf).map_err(|e| StorageError::io("write", &path, e))?;
+    preallocate(&mut file, buf.len() as u64, preallocate_bytes)
+        .map_err(|e| StorageError::io("preallocate", &path, e))?;
+    file.sync_data().map_err(|source| StorageError::SyncFailed { path: path.clone(), source })?;
+    sync_dir(vfs, dir)?;
+    let segment = Segment { seq, path, first_index, slots: Vec::new(), size: buf.len() as u64 };
+    Ok((file, segment))
+}
+
+/// The records a segment starts with: its header, then the current hard state.
+fn segment_start(seq: u64, first_index: Index, hs: &HardState) -> Vec<u8> {
     let mut buf = Vec::new();
     let mut header = Vec::with_capacity(28);
     header.extend_from_slice(MAGIC);
@@ -474,10 +525,27 @@ fn create_segment<V: Vfs>(
     let mut payload = Vec::with_capacity(24);
     codec::put_hard_state(&mut payload, hs);
     record::encode(&mut buf, RecordType::HardState, &payload);
-    file.write_at(0, &buf).map_err(|e| StorageError::io("write", &path, e))?;
-    preallocate(&mut file, buf.len() as u64, preallocate_bytes)
-        .map_err(|e| StorageError::io("preallocate", &path, e))?;
-    file.sync_data().map_err(|source| StorageError::SyncFailed { path: path.clone(), source })?;
+    buf
+}
+
+/// Turns the zero-filled spare into segment `seq`: its first records are written and synced
+/// while it still has the spare's name, then it is renamed and the directory synced. A crash
+/// before the rename is durable leaves a spare (which recovery removes) and no new segment; a
+/// crash after it leaves a segment whose header is already durable, as [`create_segment`] does.
+fn install_spare<V: Vfs>(
+    vfs: &V,
+    dir: &Path,
+    spare: &Path,
+    seq: u64,
+    first_index: Index,
+    hs: &HardState,
+) -> Result<(V::File, Segment)> {
+    let path = dir.join(segment_name(seq, first_index));
+    let mut file = vfs.open_write(spare).map_err(|e| StorageError::io("open", spare, e))?;
+    let buf = segment_start(seq, first_index, hs);
+    file.write_at(0, &buf).map_err(|e| StorageError::io("write", spare, e))?;
+    file.sync_data().map_err(|source| StorageError::SyncFailed { path: spare.to_path_buf(), source })?;
+    vfs.rename(spare, &path).map_err(|e| StorageError::io("rename", spare, e))?;
     sync_dir(vfs, dir)?;
     let segment = Segment { seq, path, first_index, slots: Vec::new(), size: buf.len() as u64 };
     Ok((file, segment))

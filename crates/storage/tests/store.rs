@@ -189,6 +189,48 @@ fn snapshots_are_verified_and_only_the_newest_are_kept() {
     }
 }
 
+/// A driver writes snapshot files on another thread and installs them afterwards. Until it
+/// installs one the store and its log are untouched; a crash in between finds the snapshot
+/// durable and the log after it intact; installing compacts the log; an older snapshot than
+/// the store's is refused without a change, and one never written is an error.
+#[test]
+fn a_snapshot_written_on_another_thread_counts_once_installed() {
+    let d = TempDir::new("split");
+    {
+        let mut disk = DiskStore::open(&d.0, options(1 << 20)).unwrap();
+        disk.write(&batch(None, None, entries(1, 40, 1))).unwrap();
+        disk.sync().unwrap();
+        disk.save_snapshot(&snapshot(10, 1)).unwrap();
+        let writer = disk.snapshot_writer();
+        std::thread::spawn(move || writer.write(&snapshot(30, 1))).join().unwrap().unwrap();
+        assert_eq!(disk.snapshot().unwrap().meta.last_included_index, 10, "written, not installed");
+        assert_eq!(disk.wal().first_index(), 11);
+        // A crash now.
+    }
+    let mut disk = DiskStore::open(&d.0, options(1 << 20)).unwrap();
+    assert_eq!(disk.snapshot().unwrap().meta.last_included_index, 30, "the written snapshot is durable");
+    assert_eq!(disk.entries(31, 40).unwrap(), entries(31, 40, 1));
+    disk.write(&batch(None, None, entries(41, 60, 1))).unwrap();
+    disk.sync().unwrap();
+    let writer = disk.snapshot_writer();
+    writer.write(&snapshot(50, 1)).unwrap();
+    assert_eq!(disk.wal().first_index(), 31, "nothing compacted before the install");
+    assert!(disk.install_snapshot(&snapshot(50, 1)).unwrap());
+    assert_eq!(disk.snapshot().unwrap().meta.last_included_index, 50);
+    assert_eq!(disk.wal().first_index(), 51);
+    assert_eq!(disk.entries(51, 60).unwrap(), entries(51, 60, 1));
+    // Overtaken (say by a leader's snapshot installed while this one was written): no change.
+    writer.write(&snapshot(45, 1)).unwrap();
+    assert!(!disk.install_snapshot(&snapshot(45, 1)).unwrap());
+    assert_eq!(disk.snapshot().unwrap().meta.last_included_index, 50);
+    assert!(matches!(disk.install_snapshot(&snapshot(55, 1)), Err(StorageError::Invalid(_))));
+    assert_eq!(disk.wal().first_index(), 51, "a refused install compacts nothing");
+    drop(disk);
+    let disk = DiskStore::open(&d.0, options(1 << 20)).unwrap();
+    assert_eq!(disk.snapshot().unwrap().meta.last_included_index, 50);
+    assert_eq!(disk.entries(51, 60).unwrap(), entries(51, 60, 1));
+}
+
 /// Snapshots stream from the file in chunks, resumable at any offset, and damage is caught when
 /// the reader opens.
 #[test]

@@ -5,6 +5,7 @@ mod common;
 use std::fs;
 
 use balsa_raft::HardState;
+use balsa_storage::wal::SPARE_NAME;
 use balsa_storage::{StdFs, StorageError, Wal, WalOptions};
 use common::{entries, entry, TempDir};
 
@@ -274,4 +275,91 @@ fn appends_that_leave_gaps_or_go_below_the_floor_are_refused() {
     assert!(matches!(wal.append(&[entry(11, 1), entry(13, 1)]), Err(StorageError::Invalid(_))));
     wal.append(&[entry(11, 1)]).unwrap();
     assert_eq!(wal.last_index(), 11);
+}
+
+/// Segments are zero-filled ahead of time (a spare file), so a roll renames the spare into
+/// place rather than writing a whole segment of zeros on the append path. Every segment still
+/// has the full preallocated length, and a fresh spare follows each roll.
+#[test]
+fn rolls_take_the_spare_made_ahead_of_time() {
+    let d = TempDir::new("spare-roll");
+    let spare = d.0.join(SPARE_NAME);
+    {
+        let mut wal = open(&d.0, 4_096).unwrap();
+        for lo in (1..=300).step_by(10) {
+            wal.append(&entries(lo, lo + 9, 1)).unwrap();
+        }
+        wal.sync().unwrap();
+        assert!(wal.rolls() >= 3, "rolled {} times", wal.rolls());
+        // Dropping the log waits for the fill under way.
+    }
+    let data = fs::read(&spare).unwrap();
+    assert_eq!(data.len(), 4_096, "the next spare is filled to a segment's length");
+    assert!(data.iter().all(|&b| b == 0));
+    for path in segment_files(&d.0) {
+        assert!(fs::metadata(&path).unwrap().len() >= 4_096, "{} preallocated", path.display());
+    }
+    let wal = open(&d.0, 4_096).unwrap();
+    assert_eq!((wal.first_index(), wal.last_index()), (1, 300));
+    assert_eq!(wal.entries(1, 300).unwrap(), entries(1, 300, 1));
+    assert!(wal.torn_tail().is_none());
+}
+
+/// A crash can leave the spare half-filled, or holding the first records of the next segment
+/// (written and synced just before the rename that a crash cut off). It is not a segment:
+/// recovery ignores and replaces it, and the log is intact and keeps growing through it.
+#[test]
+fn a_spare_left_by_a_crash_is_ignored_and_replaced() {
+    let d = TempDir::new("spare-crash");
+    let spare = d.0.join(SPARE_NAME);
+    {
+        let mut wal = open(&d.0, 4_096).unwrap();
+        wal.append(&entries(1, 100, 1)).unwrap();
+        wal.set_hard_state(HardState { current_term: 1, voted_for: Some(1), commit_index: 100 }).unwrap();
+        wal.sync().unwrap();
+    }
+    let newest = segment_files(&d.0).pop().unwrap();
+    let mut head = fs::read(&newest).unwrap();
+    head.truncate(logical_len(&head).min(200));
+    let leftovers: [(&str, Vec<u8>); 3] = [
+        ("half-filled", vec![0; 2_048]),
+        ("empty", Vec::new()),
+        ("the next segment's first records", head.into_iter().chain(std::iter::repeat_n(0, 1_000)).collect()),
+    ];
+    let mut last = 100;
+    for (what, bytes) in leftovers {
+        fs::write(&spare, &bytes).unwrap();
+        let mut wal = open(&d.0, 4_096).unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
+        assert!(wal.torn_tail().is_none(), "{what}: the spare is not part of the log");
+        assert_eq!((wal.first_index(), wal.last_index()), (1, last), "{what}");
+        assert_eq!(wal.entries(1, last).unwrap(), entries(1, last, 1), "{what}");
+        assert_eq!(wal.hard_state().commit_index, 100, "{what}");
+        // The log goes on, through rolls into fresh spares.
+        wal.append(&entries(last + 1, last + 60, 1)).unwrap();
+        wal.sync().unwrap();
+        last += 60;
+        drop(wal);
+        assert_eq!(fs::read(&spare).unwrap(), vec![0; 4_096], "{what}: a fresh spare replaced it");
+    }
+    let wal = open(&d.0, 4_096).unwrap();
+    assert_eq!(wal.entries(1, last).unwrap(), entries(1, last, 1));
+}
+
+/// Without preallocation there is no spare, and one left from before is removed.
+#[test]
+fn without_preallocation_no_spare_is_kept() {
+    let d = TempDir::new("spare-off");
+    let spare = d.0.join(SPARE_NAME);
+    fs::write(&spare, vec![0; 100]).unwrap();
+    let options = WalOptions { segment_bytes: 2_000, preallocate: false };
+    let mut wal = Wal::open(StdFs, &d.0, options, 0).unwrap();
+    for lo in (1..=100).step_by(10) {
+        wal.append(&entries(lo, lo + 9, 1)).unwrap();
+    }
+    wal.sync().unwrap();
+    assert!(wal.rolls() > 0);
+    drop(wal);
+    assert!(!spare.exists());
+    let wal = Wal::open(StdFs, &d.0, options, 0).unwrap();
+    assert_eq!(wal.entries(1, 100).unwrap(), entries(1, 100, 1));
 }

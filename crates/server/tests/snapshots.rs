@@ -1,0 +1,112 @@
+//! Snapshots are written off the driver thread: the node goes on meanwhile, the log is
+//! compacted only once a snapshot is durable, and a failed write stops the node as a failed
+//! write on the driver does.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use balsa_kv::{Command, KeyRange, PutRequest, RangeRequest};
+use balsa_raft::Role;
+use balsa_server::{NodeConfig, NodeError, NodeHandle};
+use bytes::Bytes;
+use common::Dir;
+use tokio::net::TcpListener;
+
+async fn start(dir: &Dir, snapshot_entries: u64) -> NodeHandle {
+    let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = NodeConfig {
+        id: 1,
+        cluster_id: 5,
+        data_dir: dir.0.clone(),
+        peers: BTreeMap::from([(1, peer.local_addr().unwrap())]),
+        tick: Duration::from_millis(10),
+        snapshot_entries,
+        join: false,
+        name: String::new(),
+        client_urls: Vec::new(),
+    };
+    let node = NodeHandle::start(config, peer).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.status().await.unwrap().role != Role::Leader {
+        assert!(Instant::now() < deadline, "a single node elects itself");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    node
+}
+
+async fn put(node: &NodeHandle, i: u64) -> Result<(), NodeError> {
+    let req = PutRequest {
+        key: Bytes::from(format!("k/{i:04}")),
+        value: Bytes::from(vec![b'v'; 100]),
+        ..Default::default()
+    };
+    node.propose(Command::Put(req)).await.map(|_| ())
+}
+
+fn metric(node: &NodeHandle, name: &str) -> f64 {
+    let text = node.metrics().encode();
+    let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+fn snapshot_files(dir: &Dir) -> usize {
+    std::fs::read_dir(dir.0.join("snap"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".snap"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_written_off_the_driver_and_survive_a_restart() {
+    let dir = Dir::new("snapshots-off-driver");
+    let node = start(&dir, 20).await;
+    for i in 0..200 {
+        put(&node, i).await.unwrap();
+    }
+    // The last snapshot may still be in flight; it is installed once written.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&node, "balsa_server_snapshots_saved_total") < 5.0 {
+        assert!(Instant::now() < deadline, "snapshots were taken");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(metric(&node, "balsa_server_snapshot_duration_seconds_count") >= 5.0);
+    assert!(metric(&node, "balsa_server_snapshot_save_duration_seconds_count") >= 5.0);
+    // Defragment's path: a snapshot now, answered once installed.
+    put(&node, 200).await.unwrap();
+    let index = node.snapshot_now().await.unwrap().expect("something applied since the last one");
+    assert!(index >= 201, "{index}");
+    assert_eq!(node.snapshot_now().await.unwrap(), None, "nothing new to snapshot");
+    drop(node);
+    assert!((1..=2).contains(&snapshot_files(&dir)), "the newest two are kept");
+    let node = start(&dir, 20).await;
+    let kvs = node.read(RangeRequest::of(KeyRange::prefix("k/"))).await.unwrap().kvs;
+    assert_eq!(kvs.len(), 201, "every write survives the restart, from the snapshot and the log");
+}
+
+/// A snapshot file that cannot be written (here: its directory replaced by a file) stops the
+/// node, as a failed write on the driver thread did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_snapshot_write_stops_the_node() {
+    let dir = Dir::new("snapshots-fail");
+    let node = start(&dir, 20).await;
+    for i in 0..5 {
+        put(&node, i).await.unwrap();
+    }
+    std::fs::remove_dir_all(dir.0.join("snap")).unwrap();
+    std::fs::write(dir.0.join("snap"), b"not a directory").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut i = 5;
+    loop {
+        match put(&node, i).await {
+            Ok(()) => i += 1,
+            Err(NodeError::Stopped) => break,
+            Err(e) => panic!("unexpected {e}"),
+        }
+        assert!(Instant::now() < deadline, "the node kept going after {i} writes");
+    }
+    assert!(i >= 10, "it stopped at the snapshot, after {i} writes");
+    assert_eq!(metric(&node, "balsa_server_stopped"), 1.0);
+    assert!(matches!(node.status().await, Err(NodeError::Stopped)));
+}

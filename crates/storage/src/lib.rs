@@ -43,6 +43,9 @@
 //! let state = store.initial_state(&members).unwrap();
 //! assert_eq!(state.hard_state.voted_for, Some(1));
 //! assert_eq!(state.entries.len(), 1);
+//! // Dropping the store waits for its background work (the next segment's zero fill), so the
+//! // folder can then be removed.
+//! drop(store);
 //! std::fs::remove_dir_all(&dir).unwrap();
 //! ```
 

@@ -24,8 +24,8 @@ use crate::types::{
 pub struct InitialState {
     /// Term, vote and commit index as last persisted.
     pub hard_state: HardState,
-    /// The latest snapshot (its data stays with the driver; the core keeps the bytes only to
-    /// send it to followers that need it).
+    /// The latest snapshot. Its data is a handle ([`crate::SnapshotData`]): the core reads from
+    /// it only to send chunks to followers that need it; a driver passes its file.
     pub snapshot: Option<Snapshot>,
     /// Durable entries after the snapshot, contiguous.
     pub entries: Vec<Entry>,

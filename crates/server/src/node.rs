@@ -553,6 +553,7 @@ impl Driver {
             self.watch_hub.catch_up(&self.sm);
             self.stream_hub.catch_up(&self.sm.streams);
             self.metrics.observe(&self.raft.status(), self.proposals.len());
+            self.metrics.snapshot_read_errors(self.raft.snapshot_read_errors());
         }
     }
 

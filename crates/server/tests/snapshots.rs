@@ -138,7 +138,17 @@ async fn start_member(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_catches_up_from_the_snapshot_file_after_the_leader_restarts() {
     let (dir1, dir2) = (Dir::new("snapfile-leader"), Dir::new("snapfile-learner"));
-    let node = start(&dir1, 50).await;
+    // The leader keeps its peer address across the restart: the member table records it, and a
+    // member that changed it would need a MemberUpdate first.
+    let (p1, p2) =
+        (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let peers = BTreeMap::from([(1, p1.local_addr().unwrap()), (2, p2.local_addr().unwrap())]);
+    let node = start_member(&dir1, 1, p1, BTreeMap::from([(1, peers[&1])]), false).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.status().await.unwrap().role != Role::Leader {
+        assert!(Instant::now() < deadline, "a single node elects itself");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for i in 0..300 {
         put(&node, i).await.unwrap();
     }
@@ -149,9 +159,17 @@ async fn a_learner_catches_up_from_the_snapshot_file_after_the_leader_restarts()
     }
     drop(node);
     // Restart: the core and the store now hold the recovered snapshot as a file handle.
-    let (p1, p2) =
-        (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
-    let peers = BTreeMap::from([(1, p1.local_addr().unwrap()), (2, p2.local_addr().unwrap())]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let p1 = loop {
+        match TcpListener::bind(peers[&1]).await {
+            Ok(l) => break l,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the leader's peer address stays busy: {e}"),
+        }
+    };
     // The learner is reachable through the flags (no member table entry for it).
     let leader = start_member(&dir1, 1, p1, peers.clone(), false).await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -169,7 +187,10 @@ async fn a_learner_catches_up_from_the_snapshot_file_after_the_leader_restarts()
         if kvs == Ok(300) {
             break;
         }
-        assert!(Instant::now() < deadline, "the learner did not catch up: {kvs:?}");
+        if Instant::now() >= deadline {
+            let (l, f) = (leader.status().await, learner.status().await);
+            panic!("the learner did not catch up: {kvs:?}\nleader {l:?}\nlearner {f:?}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let status = learner.status().await.unwrap();

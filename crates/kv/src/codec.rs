@@ -47,8 +47,10 @@ impl W {
     }
 }
 
-/// Reads the encoding (shared with `streams.rs`).
-pub(crate) struct R(Bytes);
+/// Reads the encoding (shared with `streams.rs`). The flag says whether byte strings are copied
+/// out (restoring a snapshot: keys and values must not share, and so keep alive, the whole
+/// snapshot buffer for as long as any one of them lives) or shared with the input (a command).
+pub(crate) struct R(Bytes, bool);
 pub(crate) use R as Reader;
 
 fn bad(what: &'static str) -> KvError {
@@ -92,7 +94,8 @@ impl R {
     }
     pub(crate) fn bytes(&mut self) -> Result<Bytes, KvError> {
         let n = self.len()?;
-        Ok(self.0.split_to(n))
+        let b = self.0.split_to(n);
+        Ok(if self.1 { Bytes::copy_from_slice(&b) } else { b })
     }
     pub(crate) fn string(&mut self) -> Result<String, KvError> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| bad("text that is not UTF-8"))
@@ -270,7 +273,7 @@ impl Command {
 
     /// Parses a log entry's payload.
     pub fn decode(data: Bytes) -> Result<Self, KvError> {
-        let mut r = R(data);
+        let mut r = R(data, false);
         let cmd = match r.u8()? {
             1 => Command::Put(get_put(&mut r)?),
             2 => Command::DeleteRange(DeleteRangeRequest { range: get_range(&mut r)?, prev_kv: r.bool()? }),
@@ -382,9 +385,10 @@ impl StateMachine {
         w.0.freeze()
     }
 
-    /// Restores a state serialized by [`StateMachine::encode`].
+    /// Restores a state serialized by [`StateMachine::encode`]. Keys and values are copied out
+    /// of `data`, so the state keeps nothing of it alive once restored.
     pub fn decode(data: Bytes) -> Result<Self, KvError> {
-        let mut r = R(data);
+        let mut r = R(data, true);
         let (current, compacted) = (r.i64()?, r.i64()?);
         let mut keys = BTreeMap::new();
         for _ in 0..r.len()? {

@@ -376,7 +376,9 @@ impl Cluster {
                 last_included_term: term,
                 membership: self.membership.clone(),
             };
-            node.raft.snapshot_taken(Snapshot { meta, data: Bytes::new() }).expect("snapshot accepted");
+            node.raft
+                .snapshot_taken(Snapshot { meta, data: Bytes::new().into() })
+                .expect("snapshot accepted");
             node.snapshot_index = index;
             self.snapshots += 1;
         }

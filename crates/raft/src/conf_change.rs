@@ -8,8 +8,6 @@
 
 use std::collections::BTreeSet;
 
-use bytes::Bytes;
-
 use crate::error::ConfChangeError;
 use crate::membership::Membership;
 use crate::progress::Progress;
@@ -303,7 +301,7 @@ impl Raft {
     }
 
     /// The latest snapshot's data, for drivers that stream it to a catching-up peer.
-    pub fn latest_snapshot(&self) -> Option<(&crate::types::SnapshotMeta, &Bytes)> {
+    pub fn latest_snapshot(&self) -> Option<(&crate::types::SnapshotMeta, &crate::types::SnapshotData)> {
         self.snapshot.as_ref().map(|s| (&s.meta, &s.data))
     }
 }

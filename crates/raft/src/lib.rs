@@ -103,6 +103,6 @@ pub use progress::{Progress, ProgressState};
 pub use raft::{InitialState, Raft, Status};
 pub use ready::{Durable, GatedMessages, PersistBatch, ReadState, Ready};
 pub use types::{
-    Entry, EntryKind, HardState, Index, NodeId, Role, Snapshot, SnapshotMeta, SoftState, Term,
-    ENTRY_OVERHEAD_BYTES,
+    Entry, EntryKind, HardState, Index, NodeId, Role, Snapshot, SnapshotData, SnapshotMeta, SnapshotSource,
+    SoftState, Term, ENTRY_OVERHEAD_BYTES,
 };

@@ -15,15 +15,17 @@ use crate::progress::Progress;
 use crate::read_index::ReadIndexState;
 use crate::ready::{Durable, GatedMessages, PersistBatch, ReadState, Ready};
 use crate::rng::SplitMix64;
-use crate::types::{Entry, EntryKind, HardState, Index, NodeId, Role, Snapshot, SoftState, Term};
+use crate::types::{
+    Entry, EntryKind, HardState, Index, NodeId, Role, Snapshot, SnapshotData, SnapshotMeta, SoftState, Term,
+};
 
 /// What a server recovered from its disk at start-up.
 #[derive(Clone, Debug, Default)]
 pub struct InitialState {
     /// Term, vote and commit index as last persisted.
     pub hard_state: HardState,
-    /// The latest snapshot (its data stays with the driver; the core keeps the bytes only to
-    /// send it to followers that need it).
+    /// The latest snapshot. Its data is a handle ([`crate::SnapshotData`]): the core reads from
+    /// it only to send chunks to followers that need it; a driver passes its file.
     pub snapshot: Option<Snapshot>,
     /// Durable entries after the snapshot, contiguous.
     pub entries: Vec<Entry>,
@@ -95,6 +97,8 @@ pub struct Raft {
     pub(crate) incoming_snapshot: Option<crate::snapshot::IncomingSnapshot>,
     /// Snapshots this follower streams to catching-up servers on the leader's behalf.
     pub(crate) helper_streams: crate::snapshot::HelperStreams,
+    /// Reads of the snapshot's data that failed while building chunks (each retried later).
+    pub(crate) snapshot_read_errors: u64,
     /// Current role.
     pub(crate) role: Role,
     /// The leader this server follows.
@@ -162,6 +166,7 @@ impl Raft {
             applied_bytes_since_snapshot: 0,
             snapshot: initial.snapshot,
             snapshot_to_install: None,
+            snapshot_read_errors: 0,
             incoming_snapshot: None,
             helper_streams: Default::default(),
             role: Role::Follower,
@@ -347,6 +352,27 @@ impl Raft {
         self.snapshot = Some(snapshot);
         self.check_invariants();
         Ok(())
+    }
+
+    /// The driver stored the current snapshot (the one `meta` describes) and offers `data`, a
+    /// handle on the stored copy — typically its file — to read chunks from instead of the one
+    /// the core holds now (a snapshot received from the leader is assembled in memory). Returns
+    /// whether it was taken: `false` if the core's snapshot is another one or the lengths differ.
+    pub fn replace_snapshot_data(&mut self, meta: &SnapshotMeta, data: SnapshotData) -> bool {
+        let Some(s) = self.snapshot.as_mut().filter(|s| s.meta == *meta && s.data.len() == data.len()) else {
+            return false;
+        };
+        s.data = data.clone();
+        for stream in self.helper_streams.values_mut() {
+            stream.replace_data(meta, &data);
+        }
+        true
+    }
+
+    /// Reads of the snapshot's data that failed while building InstallSnapshot chunks. Each
+    /// failure skips that round of the transfer, which is retried by its resend timeout.
+    pub fn snapshot_read_errors(&self) -> u64 {
+        self.snapshot_read_errors
     }
 
     /// Index of the latest snapshot (the log may keep entries before it).

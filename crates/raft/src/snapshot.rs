@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use crate::message::{CatchUp, ConflictHint, InstallSnapshot, InstallSnapshotResponse, MessageBody};
 use crate::progress::ProgressState;
 use crate::raft::Raft;
-use crate::types::{NodeId, Role, Snapshot, SnapshotMeta};
+use crate::types::{NodeId, Role, Snapshot, SnapshotData, SnapshotMeta};
 
 /// A snapshot being received, chunk by chunk. Kept across a change of leader: a new leader
 /// sending the same snapshot resumes where the old one stopped.
@@ -24,12 +24,21 @@ pub(crate) struct IncomingSnapshot {
 #[derive(Debug)]
 pub(crate) struct OutgoingSnapshot {
     meta: SnapshotMeta,
-    data: Bytes,
+    data: SnapshotData,
     sent: u64,
     acked: u64,
     done_sent: bool,
     /// Ticks without progress; a stalled stream is dropped.
     idle_ticks: u64,
+}
+
+impl OutgoingSnapshot {
+    /// Reads on from `data` (the same snapshot, stored elsewhere) if this stream sends `meta`.
+    pub(crate) fn replace_data(&mut self, meta: &SnapshotMeta, data: &SnapshotData) {
+        if self.meta == *meta && self.data.len() == data.len() {
+            self.data = data.clone();
+        }
+    }
 }
 
 /// Cursor of one transfer: what was sent and confirmed.
@@ -40,27 +49,48 @@ struct Cursor<'a> {
 }
 
 /// The chunks that may go out now: from `sent`, while fewer than `window` bytes are unconfirmed.
+/// Each chunk is read from the snapshot's source only now. A read that fails ends the round: the
+/// cursor stays before the chunk, so the transfer's own retry (the resend timeout, or the next
+/// progress report) reads it again; the error is returned for counting.
 fn next_chunks(
-    data: &Bytes,
+    data: &SnapshotData,
     cursor: &mut Cursor<'_>,
     chunk_bytes: usize,
     window_bytes: u64,
-) -> Vec<(u64, Bytes, bool)> {
-    let total = data.len() as u64;
+) -> (Vec<(u64, Bytes, bool)>, Option<std::io::Error>) {
+    let total = data.len();
     let mut out = Vec::new();
     assert!(*cursor.acked <= *cursor.sent, "confirmed bytes beyond the sent ones");
     while !*cursor.done_sent && *cursor.sent - *cursor.acked < window_bytes.max(1) {
         let offset = *cursor.sent;
         let len = (total - offset).min(chunk_bytes as u64);
+        let bytes = match data.read(offset, len as usize) {
+            Ok(b) if b.len() as u64 == len => b,
+            Ok(b) => {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("snapshot read at {offset}: {} of {len} bytes", b.len()),
+                );
+                return (out, Some(e));
+            }
+            Err(e) => return (out, Some(e)),
+        };
         let done = offset + len == total;
-        out.push((offset, data.slice(offset as usize..(offset + len) as usize), done));
+        out.push((offset, bytes, done));
         *cursor.sent += len;
         *cursor.done_sent = done;
     }
-    out
+    (out, None)
 }
 
 impl Raft {
+    /// Counts a failed read of our snapshot's data (the transfer retries later by itself).
+    fn note_snapshot_read_error(&mut self, error: Option<std::io::Error>) {
+        if error.is_some() {
+            self.snapshot_read_errors += 1;
+        }
+    }
+
     fn window_bytes(&self) -> u64 {
         (self.config.snapshot_chunk_bytes * self.config.max_inflight_msgs) as u64
     }
@@ -120,7 +150,8 @@ impl Raft {
             acked: &mut pr.snapshot_acked,
             done_sent: &mut pr.snapshot_done_sent,
         };
-        let chunks = next_chunks(&snapshot.data, &mut cursor, chunk, window);
+        let (chunks, error) = next_chunks(&snapshot.data, &mut cursor, chunk, window);
+        self.note_snapshot_read_error(error);
         let sent_any = !chunks.is_empty();
         for (offset, data, done) in chunks {
             let body = InstallSnapshot { leader: me, meta: snapshot.meta.clone(), offset, data, done };
@@ -152,8 +183,9 @@ impl Raft {
         let Some(leader) = self.leader_id else { return };
         let Some(s) = self.helper_streams.get_mut(&to) else { return };
         let mut cursor = Cursor { sent: &mut s.sent, acked: &mut s.acked, done_sent: &mut s.done_sent };
-        let chunks = next_chunks(&s.data, &mut cursor, chunk, window);
+        let (chunks, error) = next_chunks(&s.data, &mut cursor, chunk, window);
         let meta = s.meta.clone();
+        self.note_snapshot_read_error(error);
         for (offset, data, done) in chunks {
             let body = InstallSnapshot { leader, meta: meta.clone(), offset, data, done };
             self.send(to, MessageBody::InstallSnapshot(body));
@@ -198,7 +230,7 @@ impl Raft {
                 s.idle_ticks = 0;
             }
             advance_cursor(&mut s.sent, &mut s.acked, &mut s.done_sent, &r);
-            if s.acked >= s.data.len() as u64 && s.done_sent {
+            if s.acked >= s.data.len() && s.done_sent {
                 self.helper_streams.remove(&from);
             } else {
                 self.stream_helper_chunks(from);
@@ -252,7 +284,7 @@ impl Raft {
         if chunk.done && end == received {
             let inc = self.incoming_snapshot.take().expect("present");
             self.reply_snapshot_progress(from, &inc.meta, received, false);
-            self.install_snapshot(leader, inc.meta, Some(inc.data.freeze()));
+            self.install_snapshot(leader, inc.meta, Some(inc.data.freeze().into()));
         } else {
             self.reply_snapshot_progress(from, &chunk.meta, received, false);
         }
@@ -270,7 +302,7 @@ impl Raft {
 
     /// Installs a complete snapshot, or, if `data` is `None`, acknowledges one this server does
     /// not need, and tells the leader how far its log now matches.
-    fn install_snapshot(&mut self, leader: NodeId, meta: SnapshotMeta, data: Option<Bytes>) {
+    fn install_snapshot(&mut self, leader: NodeId, meta: SnapshotMeta, data: Option<SnapshotData>) {
         let (index, term) = (meta.last_included_index, meta.last_included_term);
         let match_index = if index <= self.log.commit_index {
             // Already have all of it; our committed prefix matches the leader's.
@@ -323,23 +355,50 @@ mod tests {
 
     #[test]
     fn chunks_respect_the_window_and_end_with_done() {
-        let data = Bytes::from(vec![7u8; 10]);
+        let data = SnapshotData::from(vec![7u8; 10]);
         let (mut sent, mut acked, mut done) = (0, 0, false);
         let mut c = Cursor { sent: &mut sent, acked: &mut acked, done_sent: &mut done };
-        let first = next_chunks(&data, &mut c, 3, 6);
+        let (first, _) = next_chunks(&data, &mut c, 3, 6);
         assert_eq!(first.iter().map(|(o, d, _)| (*o, d.len())).collect::<Vec<_>>(), vec![(0, 3), (3, 3)]);
         assert!(first.iter().all(|(_, _, done)| !done));
         *c.acked = 6;
-        let rest = next_chunks(&data, &mut c, 3, 6);
+        let (rest, _) = next_chunks(&data, &mut c, 3, 6);
         assert_eq!(
             rest.iter().map(|(o, d, done)| (*o, d.len(), *done)).collect::<Vec<_>>(),
             vec![(6, 3, false), (9, 1, true)]
         );
-        assert!(next_chunks(&data, &mut c, 3, 6).is_empty(), "nothing after the last chunk");
+        assert!(next_chunks(&data, &mut c, 3, 6).0.is_empty(), "nothing after the last chunk");
         // An empty snapshot is one empty, final chunk.
         let (mut s2, mut a2, mut d2) = (0, 0, false);
         let mut c2 = Cursor { sent: &mut s2, acked: &mut a2, done_sent: &mut d2 };
-        assert_eq!(next_chunks(&Bytes::new(), &mut c2, 3, 6).len(), 1);
+        assert_eq!(next_chunks(&SnapshotData::default(), &mut c2, 3, 6).0.len(), 1);
+    }
+
+    /// A source whose reads fail from a given offset on.
+    #[derive(Debug)]
+    struct FailsFrom(Bytes, u64);
+
+    impl crate::types::SnapshotSource for FailsFrom {
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
+            if offset >= self.1 {
+                return Err(std::io::Error::other("injected"));
+            }
+            Ok(self.0.slice(offset as usize..offset as usize + len))
+        }
+    }
+
+    #[test]
+    fn a_failed_read_stops_the_round_without_moving_the_cursor() {
+        let data = SnapshotData::from_source(std::sync::Arc::new(FailsFrom(Bytes::from(vec![1u8; 10]), 3)));
+        let (mut sent, mut acked, mut done) = (0, 0, false);
+        let mut c = Cursor { sent: &mut sent, acked: &mut acked, done_sent: &mut done };
+        let (chunks, error) = next_chunks(&data, &mut c, 3, 9);
+        assert_eq!(chunks.len(), 1, "the chunk before the failure goes");
+        assert!(error.is_some());
+        assert_eq!((*c.sent, *c.done_sent), (3, false), "the failed chunk is read again next time");
     }
 
     #[test]
@@ -422,7 +481,7 @@ mod transfer_tests {
         f.step(chunk(2, 2, 2, &meta, &data[4..8], 4, false)).unwrap();
         f.step(chunk(2, 2, 2, &meta, &data[8..12], 8, true)).unwrap();
         let installed = f.snapshot_to_install.clone().expect("installed once complete");
-        assert_eq!(&installed.data[..], &data[..]);
+        assert_eq!(&installed.data.to_bytes().unwrap()[..], &data[..]);
         assert_eq!(f.status().commit_index, 50);
         let acks: Vec<_> = f
             .outbox

@@ -1,5 +1,9 @@
 //! The vocabulary of the Raft paper: terms, indexes, log entries, hard state and snapshots.
 
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::membership::Membership;
@@ -85,9 +89,132 @@ pub struct SnapshotMeta {
 pub struct Snapshot {
     /// What the snapshot covers.
     pub meta: SnapshotMeta,
-    /// The serialized state machine.
-    pub data: Bytes,
+    /// The serialized state machine, behind a handle: the core reads it only chunk by chunk,
+    /// when it streams the snapshot to a peer.
+    pub data: SnapshotData,
 }
+
+/// Where a snapshot's bytes can be read from. The core never holds a snapshot's data itself: it
+/// holds a [`SnapshotData`] handle and reads a chunk when it sends one. A driver backs it with
+/// the durable snapshot file (reads are `pread`s); tests and the simulator with bytes in memory.
+pub trait SnapshotSource: Send + Sync + fmt::Debug {
+    /// Length of the data in bytes.
+    fn len(&self) -> u64;
+    /// Whether the data is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Exactly `len` bytes from `offset`; the core only asks within `0..self.len()`.
+    fn read(&self, offset: u64, len: usize) -> io::Result<Bytes>;
+    /// The whole data, if it is in memory already (so reading it whole costs no copy).
+    fn in_memory(&self) -> Option<&Bytes> {
+        None
+    }
+}
+
+/// A cheap, shareable handle on a snapshot's data ([`SnapshotSource`]). Cloning it clones an
+/// `Arc`; the bytes are read only through [`SnapshotData::read`].
+#[derive(Clone)]
+pub struct SnapshotData(Arc<dyn SnapshotSource>);
+
+struct InMemory(Bytes);
+
+impl fmt::Debug for InMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes in memory", self.0.len())
+    }
+}
+
+impl SnapshotSource for InMemory {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        let end = offset.checked_add(len as u64).filter(|&end| end <= self.len());
+        let end =
+            end.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the snapshot"))?;
+        Ok(self.0.slice(offset as usize..end as usize))
+    }
+    fn in_memory(&self) -> Option<&Bytes> {
+        Some(&self.0)
+    }
+}
+
+impl SnapshotData {
+    /// Data read from `source`.
+    pub fn from_source(source: Arc<dyn SnapshotSource>) -> Self {
+        Self(source)
+    }
+
+    /// Length of the data in bytes.
+    pub fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// Whether the data is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `len` bytes from `offset` (fewer at the end of the data; none past it).
+    pub fn read(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        let total = self.len();
+        if offset >= total {
+            return Ok(Bytes::new());
+        }
+        self.0.read(offset, ((total - offset).min(len as u64)) as usize)
+    }
+
+    /// The whole data: shared if it is in memory, read into memory otherwise. For restoring a
+    /// state machine; the caller drops it once restored.
+    pub fn to_bytes(&self) -> io::Result<Bytes> {
+        match self.0.in_memory() {
+            Some(b) => Ok(b.clone()),
+            None => self.0.read(0, self.len() as usize),
+        }
+    }
+
+    /// Whether the data is held in memory (rather than read from a file when needed).
+    pub fn is_in_memory(&self) -> bool {
+        self.0.in_memory().is_some()
+    }
+}
+
+impl From<Bytes> for SnapshotData {
+    fn from(data: Bytes) -> Self {
+        Self(Arc::new(InMemory(data)))
+    }
+}
+
+impl From<Vec<u8>> for SnapshotData {
+    fn from(data: Vec<u8>) -> Self {
+        Bytes::from(data).into()
+    }
+}
+
+impl Default for SnapshotData {
+    fn default() -> Self {
+        Bytes::new().into()
+    }
+}
+
+impl fmt::Debug for SnapshotData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SnapshotData({:?})", self.0)
+    }
+}
+
+/// Equal when the contents are equal (read whole; meant for tests). A read error is unequal.
+impl PartialEq for SnapshotData {
+    fn eq(&self, other: &Self) -> bool {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return true;
+        }
+        self.len() == other.len() && matches!((self.to_bytes(), other.to_bytes()), (Ok(a), Ok(b)) if a == b)
+    }
+}
+
+impl Eq for SnapshotData {}
 
 /// The role a server plays (paper Figure 4), with PreCandidate for thesis section 9.6.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

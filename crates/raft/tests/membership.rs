@@ -1085,7 +1085,7 @@ fn a_snapshot_carries_the_configuration_in_effect_at_its_index() {
     let term = c.raft(1).term_at(j2).expect("in the log");
     let snapshot = |membership: Membership| Snapshot {
         meta: SnapshotMeta { last_included_index: j2, last_included_term: term, membership },
-        data: cmd(""),
+        data: cmd("").into(),
     };
     for wrong in [new.clone(), learner.clone(), old.clone()] {
         assert_eq!(

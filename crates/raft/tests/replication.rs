@@ -423,7 +423,7 @@ fn snapshot_taken_rejects_unapplied_stale_and_mismatched_snapshots() {
             last_included_term: term,
             membership: Membership::new(1..=3),
         },
-        data: cmd(""),
+        data: cmd("").into(),
     };
     assert_eq!(
         c.raft_mut(1).snapshot_taken(snapshot(applied + 1, term)),
@@ -495,4 +495,81 @@ fn lost_snapshot_is_sent_again() {
         assert_eq!(c.node(3).commands(), c.node(1).commands());
         assert_eq!(c.node(3).disk.snapshot_index(), c.raft(1).status().snapshot_index);
     }
+}
+
+/// A snapshot source over bytes that counts its reads and can be made to fail.
+#[derive(Debug)]
+struct CountingSource {
+    data: bytes::Bytes,
+    reads: std::sync::atomic::AtomicU64,
+    bytes_read: std::sync::atomic::AtomicU64,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl balsa_raft::SnapshotSource for CountingSource {
+    fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
+    fn read(&self, offset: u64, len: usize) -> std::io::Result<bytes::Bytes> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.failing.load(SeqCst) {
+            return Err(std::io::Error::other("injected read error"));
+        }
+        self.reads.fetch_add(1, SeqCst);
+        self.bytes_read.fetch_add(len as u64, SeqCst);
+        Ok(self.data.slice(offset as usize..offset as usize + len))
+    }
+}
+
+/// The core holds no snapshot data of its own: once the driver hands it a handle on the stored
+/// copy (`replace_snapshot_data`), the leader reads chunks from it only while it sends them, and
+/// a read that fails sends nothing that round (no panic, counted) and is retried by the
+/// transfer's own resend timeout.
+#[test]
+fn the_leader_reads_snapshot_chunks_from_its_source_only_when_sending() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut c = Cluster::new(3);
+    c.crash(3);
+    c.elect(1);
+    for i in 0..10 {
+        c.propose(1, &format!("c{i}")).expect("leader");
+    }
+    c.run(2);
+    let applied = c.node(1).applied_index;
+    c.compact(1, applied).expect("applied");
+    let (meta, data) = c.raft(1).latest_snapshot().map(|(m, d)| (m.clone(), d.clone())).expect("taken");
+    assert!(data.is_in_memory());
+    let source = std::sync::Arc::new(CountingSource {
+        data: data.to_bytes().expect("in memory"),
+        reads: Default::default(),
+        bytes_read: Default::default(),
+        failing: Default::default(),
+    });
+    let len = source.data.len() as u64;
+    let wrong = SnapshotMeta { last_included_index: meta.last_included_index + 1, ..meta.clone() };
+    let handle = balsa_raft::SnapshotData::from_source(source.clone());
+    assert!(!c.raft_mut(1).replace_snapshot_data(&wrong, handle.clone()), "only for the same snapshot");
+    assert!(c.raft_mut(1).replace_snapshot_data(&meta, handle));
+    drop(data);
+    assert!(!c.raft(1).latest_snapshot().expect("kept").1.is_in_memory(), "no bytes left in the core");
+
+    // Nobody needs the snapshot: nothing is read.
+    c.run(3 * T);
+    assert_eq!(source.reads.load(SeqCst), 0);
+
+    // Node 3 comes back needing it, but the source fails: nothing is sent, nothing panics.
+    source.failing.store(true, SeqCst);
+    c.restart(3);
+    c.run(3 * T);
+    assert_eq!(count_snapshots_to(&c, 3), 0, "no chunk without its data");
+    let errors = c.raft(1).snapshot_read_errors();
+    assert!(errors >= 1, "the failed reads are counted");
+
+    // The source recovers: the transfer goes on by itself, reading each chunk once.
+    source.failing.store(false, SeqCst);
+    c.run(4 * T);
+    c.assert_converged(1, &[2, 3]);
+    assert_eq!(c.node(3).commands(), c.node(1).commands());
+    assert!(source.reads.load(SeqCst) >= 1);
+    assert_eq!(source.bytes_read.load(SeqCst), len, "each byte read once, when sent");
 }

@@ -37,6 +37,8 @@ pub struct Metrics {
     commit_latency: Histogram,
     fsync_latency: Histogram,
     snapshots: IntCounter,
+    /// Reads of the snapshot file that failed while the core built InstallSnapshot chunks.
+    snapshot_read_errors: IntCounter,
     /// Driver-thread time per snapshot: everything the driver did for it while nothing else
     /// progressed (encode, and before the save moved off the thread, the save too).
     snapshot_driver: Histogram,
@@ -112,6 +114,11 @@ impl Metrics {
             ),
             fsync_latency: histogram(&r, "balsa_disk_wal_fsync_duration_seconds", "WAL syncs."),
             snapshots: counter(&r, "balsa_server_snapshots_saved_total", "Snapshots saved to disk."),
+            snapshot_read_errors: counter(
+                &r,
+                "balsa_server_snapshot_read_errors_total",
+                "Failed reads of the snapshot file while sending InstallSnapshot chunks (each retried).",
+            ),
             snapshot_driver: histogram(
                 &r,
                 "balsa_server_snapshot_duration_seconds",
@@ -135,6 +142,16 @@ impl Metrics {
             stopped: gauge(&r, "balsa_server_stopped", "1 once the node stopped."),
             seen: Mutex::new(None),
             registry: r,
+        }
+    }
+
+    /// The core's count of failed snapshot reads (`Raft::snapshot_read_errors`, monotone for the
+    /// node's life): counted, and logged when it grows.
+    pub fn snapshot_read_errors(&self, total: u64) {
+        let seen = self.snapshot_read_errors.get();
+        if total > seen {
+            self.snapshot_read_errors.inc_by(total - seen);
+            tracing::warn!(failed_reads = total, "reading the snapshot file for a follower failed; retrying");
         }
     }
 

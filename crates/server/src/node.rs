@@ -208,8 +208,13 @@ impl NodeHandle {
         let members =
             if config.join { Membership::default() } else { Membership::new(config.peers.keys().copied()) };
         let initial = store.initial_state(&members).map_err(|e| e.to_string())?;
+        // The snapshot's data is read into memory only to restore the state machine (which copies
+        // what it keeps) and dropped after; the core and the store keep a handle on the file.
         let sm = match &initial.snapshot {
-            Some(s) => StateMachine::decode(s.data.clone()).map_err(|e| e.to_string())?,
+            Some(s) => {
+                let data = s.data.to_bytes().map_err(|e| format!("reading the snapshot: {e}"))?;
+                StateMachine::decode(data).map_err(|e| e.to_string())?
+            }
             None => StateMachine::default(),
         };
         let mut rc = Config::new(config.id);
@@ -548,6 +553,7 @@ impl Driver {
             self.watch_hub.catch_up(&self.sm);
             self.stream_hub.catch_up(&self.sm.streams);
             self.metrics.observe(&self.raft.status(), self.proposals.len());
+            self.metrics.snapshot_read_errors(self.raft.snapshot_read_errors());
         }
     }
 
@@ -658,8 +664,14 @@ impl Driver {
             self.metrics.time_fsync(|| self.store.sync())?;
             if let Some(s) = &batch.snapshot {
                 let before = self.sm.mvcc.revision();
-                self.sm = StateMachine::decode(s.data.clone())
+                let data = s.data.to_bytes().expect("a snapshot from the leader is assembled in memory");
+                self.sm = StateMachine::decode(data)
                     .unwrap_or_else(|e| panic!("a snapshot from the leader does not decode: {e}"));
+                // The core assembled it in memory; from now on it reads chunks from the file, so
+                // the bytes go with this batch.
+                if let Some(stored) = self.store.snapshot().filter(|stored| stored.meta == s.meta) {
+                    self.raft.replace_snapshot_data(&stored.meta, stored.data.clone());
+                }
                 self.lease_clock.restart_all(&self.sm.leases, Instant::now());
                 self.watch_hub.state_replaced(before);
             }
@@ -957,7 +969,7 @@ impl Driver {
             last_included_term: term,
             membership: self.raft.membership_at(index),
         };
-        let snapshot = Snapshot { meta, data: self.sm.encode() };
+        let snapshot = Snapshot { meta, data: self.sm.encode().into() };
         let encode_time = start.elapsed();
         let write = {
             let (writer, snapshot) = (self.store.snapshot_writer(), snapshot.clone());
@@ -1012,7 +1024,10 @@ impl Driver {
         let latest = self.raft.latest_snapshot().map_or(0, |(meta, _)| meta.last_included_index);
         if index > latest && self.store.install_snapshot(&f.snapshot)? {
             self.metrics.snapshot_saved();
-            self.raft.snapshot_taken(f.snapshot).expect("a snapshot of applied state");
+            // The core gets the store's handle on the file, not the encoded bytes, which go
+            // with `f` here: the state is then held once, by the state machine.
+            let stored = self.store.snapshot().cloned().expect("just installed");
+            self.raft.snapshot_taken(stored).expect("a snapshot of applied state");
         } else {
             tracing::info!(index, latest, "snapshot overtaken by a newer one while it was written");
         }

@@ -175,7 +175,7 @@ pub fn restore(file: &Path, config: &ServerConfig) -> Result<Restored, String> {
     let membership = Membership::new(node.peers.keys().copied());
     let snapshot = Snapshot {
         meta: SnapshotMeta { last_included_index: index, last_included_term: term, membership },
-        data: sm.encode(),
+        data: sm.encode().into(),
     };
     let mut store = DiskStore::open(dir, StoreOptions::default()).map_err(|e| io(&e))?;
     let mut batch = PersistBatch::default();

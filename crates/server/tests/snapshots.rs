@@ -110,3 +110,90 @@ async fn a_failed_snapshot_write_stops_the_node() {
     assert_eq!(metric(&node, "balsa_server_stopped"), 1.0);
     assert!(matches!(node.status().await, Err(NodeError::Stopped)));
 }
+
+async fn start_member(
+    dir: &Dir,
+    id: u64,
+    peer: TcpListener,
+    peers: BTreeMap<u64, std::net::SocketAddr>,
+    join: bool,
+) -> NodeHandle {
+    let config = NodeConfig {
+        id,
+        cluster_id: 5,
+        data_dir: dir.0.clone(),
+        peers,
+        tick: Duration::from_millis(10),
+        snapshot_entries: 50,
+        join,
+        name: String::new(),
+        client_urls: Vec::new(),
+    };
+    NodeHandle::start(config, peer).await.unwrap()
+}
+
+/// The leader's snapshot data lives in its file, not in memory: after a restart (which recovers
+/// the snapshot as a handle on the file) a learner that joins behind the compacted log is
+/// brought up by InstallSnapshot chunks read from that file, and serves every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_catches_up_from_the_snapshot_file_after_the_leader_restarts() {
+    let (dir1, dir2) = (Dir::new("snapfile-leader"), Dir::new("snapfile-learner"));
+    // The leader keeps its peer address across the restart: the member table records it, and a
+    // member that changed it would need a MemberUpdate first.
+    let (p1, p2) =
+        (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let peers = BTreeMap::from([(1, p1.local_addr().unwrap()), (2, p2.local_addr().unwrap())]);
+    let node = start_member(&dir1, 1, p1, BTreeMap::from([(1, peers[&1])]), false).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.status().await.unwrap().role != Role::Leader {
+        assert!(Instant::now() < deadline, "a single node elects itself");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 0..300 {
+        put(&node, i).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&node, "balsa_server_snapshots_saved_total") < 3.0 {
+        assert!(Instant::now() < deadline, "snapshots were taken");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(node);
+    // Restart: the core and the store now hold the recovered snapshot as a file handle.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let p1 = loop {
+        match TcpListener::bind(peers[&1]).await {
+            Ok(l) => break l,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the leader's peer address stays busy: {e}"),
+        }
+    };
+    // The learner is reachable through the flags (no member table entry for it).
+    let leader = start_member(&dir1, 1, p1, peers.clone(), false).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leader.status().await.unwrap().role != Role::Leader {
+        assert!(Instant::now() < deadline, "the restarted node leads again");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = leader.status().await.unwrap();
+    assert!(status.snapshot_index >= 150, "the log is compacted behind a snapshot: {status:?}");
+    leader.change_membership(balsa_raft::MembershipChange::AddLearner(2)).await.unwrap();
+    let learner = start_member(&dir2, 2, p2, peers, true).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let kvs = learner.read_local(RangeRequest::of(KeyRange::prefix("k/"))).await.map(|r| r.kvs.len());
+        if kvs == Ok(300) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let (l, f) = (leader.status().await, learner.status().await);
+            panic!("the learner did not catch up: {kvs:?}\nleader {l:?}\nlearner {f:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = learner.status().await.unwrap();
+    assert!(status.snapshot_index > 0, "it came up through a snapshot: {status:?}");
+    assert!(snapshot_files(&dir2) >= 1, "which it keeps on disk");
+}

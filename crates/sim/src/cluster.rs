@@ -480,7 +480,7 @@ impl Cluster {
             }
         };
         node.kv = match &initial.snapshot {
-            Some(s) => KvStore::decode(&s.data),
+            Some(s) => KvStore::decode(&s.data.to_bytes().expect("the simulator keeps snapshots in memory")),
             None => KvStore::default(),
         };
         let torn = match &store {
@@ -586,12 +586,20 @@ impl Cluster {
         store.log_store().sync().map_err(|e| format!("n{id}: sync failed: {e}"))?;
         node.durable.synced(&write.batch);
         let installed = write.batch.snapshot.as_ref().map(|s| {
-            node.kv = KvStore::decode(&s.data);
-            s.meta.last_included_index
+            let data = s.data.to_bytes().expect("the simulator keeps snapshots in memory");
+            node.kv = KvStore::decode(&data);
+            // As the server does, hand the core the stored copy in place of the one it
+            // assembled (here: another buffer with the same bytes), mid-transfer or not.
+            (s.meta.clone(), bytes::Bytes::copy_from_slice(&data))
         });
         let receipt = write.batch.durable();
         let gated = write.gated.release(&receipt);
         let raft = node.raft.as_mut().expect("running");
+        let installed = installed.map(|(meta, stored)| {
+            // (Refused if the core has moved on to a newer snapshot meanwhile.)
+            raft.replace_snapshot_data(&meta, stored.into());
+            meta.last_included_index
+        });
         for m in &gated {
             node.durable.check_send(raft, m).map_err(|e| format!("Persistence contract: {e}"))?;
         }
@@ -686,7 +694,7 @@ impl Cluster {
             last_included_term: term,
             membership: raft.membership_at(applied),
         };
-        let snapshot = Snapshot { meta, data: node.kv.encode() };
+        let snapshot = Snapshot { meta, data: node.kv.encode().into() };
         // The snapshot is durable before the core drops the log prefix it covers.
         let store = node.store.as_mut().expect("a running server has its store");
         if let Err(e) = store.log_store().save_snapshot(&snapshot) {

@@ -5,9 +5,12 @@
 //! Layout: `"BALSASNP"`, version (u32), metadata length (u32), metadata, data length (u64), data,
 //! CRC32C of everything before it (u32).
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use balsa_raft::{Index, Snapshot, Term};
+use balsa_raft::{Index, Snapshot, SnapshotData, SnapshotMeta, SnapshotSource, Term};
 use bytes::{Buf, Bytes};
 
 use crate::codec;
@@ -16,6 +19,9 @@ use crate::vfs::{Vfs, VfsFile};
 
 const MAGIC: &[u8; 8] = b"BALSASNP";
 const VERSION: u32 = 1;
+
+/// Bytes written per step when a snapshot file is written.
+const WRITE_STEP: usize = 4 << 20;
 
 /// The snapshot directory.
 #[derive(Clone)]
@@ -35,20 +41,57 @@ fn parse_name(name: &str) -> Option<(Index, Term)> {
     Some((u64::from_str_radix(i, 16).ok()?, u64::from_str_radix(t, 16).ok()?))
 }
 
-/// Serializes a snapshot into the file layout.
-pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
-    let mut meta = Vec::new();
-    codec::put_snapshot_meta(&mut meta, &snapshot.meta);
-    let mut out = Vec::with_capacity(32 + meta.len() + snapshot.data.len());
+/// The file's bytes before the data: magic, version, metadata, data length.
+fn header(meta: &SnapshotMeta, data_len: u64) -> Vec<u8> {
+    let mut encoded = Vec::new();
+    codec::put_snapshot_meta(&mut encoded, meta);
+    let mut out = Vec::with_capacity(24 + encoded.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-    out.extend_from_slice(&meta);
-    out.extend_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
-    out.extend_from_slice(&snapshot.data);
+    out.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+    out.extend_from_slice(&encoded);
+    out.extend_from_slice(&data_len.to_le_bytes());
+    out
+}
+
+/// Serializes a snapshot into the file layout (whole, in memory: for tests and tools; the store
+/// writes files piece by piece).
+pub fn encode(snapshot: &Snapshot) -> std::io::Result<Vec<u8>> {
+    let mut out = header(&snapshot.meta, snapshot.data.len());
+    out.extend_from_slice(&snapshot.data.to_bytes()?);
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
-    out
+    Ok(out)
+}
+
+/// A snapshot's data read from its file by `pread` on a handle kept open, so it stays readable
+/// even after retention removes the file. This is what the Raft core reads InstallSnapshot
+/// chunks from: the data is never held in memory for the snapshot's life.
+#[derive(Debug)]
+pub struct FileSource {
+    file: File,
+    path: PathBuf,
+    data_offset: u64,
+    data_len: u64,
+}
+
+impl SnapshotSource for FileSource {
+    fn len(&self) -> u64 {
+        self.data_len
+    }
+
+    fn read(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
+        let mut buf = vec![0; len];
+        self.file.read_exact_at(&mut buf, self.data_offset + offset)?;
+        Ok(Bytes::from(buf))
+    }
+}
+
+impl FileSource {
+    /// The file read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// Parses and verifies a snapshot file's bytes.
@@ -76,7 +119,7 @@ pub fn decode(bytes: Bytes, path: &Path) -> Result<Snapshot> {
     if b.len() != data_len {
         return Err(bad("data length does not match the file"));
     }
-    Ok(Snapshot { meta, data: b })
+    Ok(Snapshot { meta, data: b.into() })
 }
 
 impl<V: Vfs> SnapshotStore<V> {
@@ -117,7 +160,22 @@ impl<V: Vfs> SnapshotStore<V> {
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!("{name}.tmp"));
         let mut file = self.vfs.create(&tmp).map_err(|e| StorageError::io("create", &tmp, e))?;
-        file.write_at(0, &encode(snapshot)).map_err(|e| StorageError::io("write", &tmp, e))?;
+        // Piece by piece, so that writing never makes a second copy of the whole state.
+        let head = header(&snapshot.meta, snapshot.data.len());
+        file.write_at(0, &head).map_err(|e| StorageError::io("write", &tmp, e))?;
+        let mut crc = crc32c::crc32c(&head);
+        let mut at = 0u64;
+        while at < snapshot.data.len() {
+            let piece = snapshot.data.read(at, WRITE_STEP).map_err(|e| StorageError::io("read", &tmp, e))?;
+            if piece.is_empty() {
+                return Err(StorageError::Invalid(format!("snapshot data ended at {at}")));
+            }
+            file.write_at(head.len() as u64 + at, &piece).map_err(|e| StorageError::io("write", &tmp, e))?;
+            crc = crc32c::crc32c_append(crc, &piece);
+            at += piece.len() as u64;
+        }
+        file.write_at(head.len() as u64 + at, &crc.to_le_bytes())
+            .map_err(|e| StorageError::io("write", &tmp, e))?;
         file.sync_data().map_err(|source| StorageError::SyncFailed { path: tmp.clone(), source })?;
         self.vfs.rename(&tmp, &path).map_err(|e| StorageError::io("rename", &tmp, e))?;
         self.sync_dir()?;
@@ -144,8 +202,21 @@ impl<V: Vfs> SnapshotStore<V> {
 
     /// The newest snapshot. If it fails verification that is an error, not a reason to fall
     /// back: the log before it may already be gone.
-    pub fn latest(&self) -> Result<Option<Snapshot>> {
-        let Some((_, _, path)) = self.list()?.pop() else { return Ok(None) };
+    ///
+    /// On a file system with shareable handles ([`Vfs::open_shared`]) the snapshot's data is
+    /// verified by streaming it once and then left in the file ([`FileSource`]); elsewhere it is
+    /// read into memory.
+    pub fn latest(&self) -> Result<Option<Snapshot>>
+    where
+        V: Clone,
+    {
+        let Some((index, term, path)) = self.list()?.pop() else { return Ok(None) };
+        if self.vfs.open_shared(&path).map_err(|e| StorageError::io("open", &path, e))?.is_some() {
+            // A failed verification is retried once with a fresh read (a transient read error).
+            let reader = self.reader(index, term).or_else(|_| self.reader(index, term))?;
+            let data = self.shared_data(&path, reader.data_offset, reader.data_len)?;
+            return Ok(Some(Snapshot { meta: reader.meta, data: data.expect("shareable, checked above") }));
+        }
         // A failed verification is retried with a fresh read: only damage that reads back the
         // same way twice is reported.
         let mut previous: Option<Vec<u8>> = None;
@@ -157,6 +228,28 @@ impl<V: Vfs> SnapshotStore<V> {
                 Err(_) => previous = Some(bytes),
             }
         }
+    }
+}
+
+impl<V: Vfs> SnapshotStore<V> {
+    fn shared_data(&self, path: &Path, data_offset: u64, data_len: u64) -> Result<Option<SnapshotData>> {
+        let Some(file) = self.vfs.open_shared(path).map_err(|e| StorageError::io("open", path, e))? else {
+            return Ok(None);
+        };
+        let source = FileSource { file, path: path.to_path_buf(), data_offset, data_len };
+        Ok(Some(SnapshotData::from_source(Arc::new(source))))
+    }
+
+    /// The data of `snapshot`, whose file [`SnapshotStore::write`] has written, as the store
+    /// keeps it: read from the file if the file system can share a handle on it, else the
+    /// snapshot's own handle. Not verified again: the file was just written and synced.
+    pub fn stored_data(&self, snapshot: &Snapshot) -> Result<SnapshotData> {
+        let (index, term) = (snapshot.meta.last_included_index, snapshot.meta.last_included_term);
+        let path = self.dir.join(snapshot_name(index, term));
+        let data_offset = header(&snapshot.meta, snapshot.data.len()).len() as u64;
+        Ok(self
+            .shared_data(&path, data_offset, snapshot.data.len())?
+            .unwrap_or_else(|| snapshot.data.clone()))
     }
 }
 
@@ -238,9 +331,9 @@ pub struct Chunks {
 }
 
 impl Chunks {
-    /// Chunks of a snapshot's data.
-    pub fn new(snapshot: &Snapshot, chunk_bytes: usize) -> Self {
-        Self { data: snapshot.data.clone(), chunk_bytes: chunk_bytes.max(1), offset: 0 }
+    /// Chunks of a snapshot's data (read whole into memory first).
+    pub fn new(snapshot: &Snapshot, chunk_bytes: usize) -> std::io::Result<Self> {
+        Ok(Self { data: snapshot.data.to_bytes()?, chunk_bytes: chunk_bytes.max(1), offset: 0 })
     }
 }
 

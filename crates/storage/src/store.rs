@@ -89,7 +89,9 @@ impl<V: Vfs + Clone> DiskStore<V> {
         self.wal.entries(lo, hi)
     }
 
-    /// The latest snapshot.
+    /// The latest snapshot. Its data is a handle on the file (on the real file system; in the
+    /// simulator's, the bytes), so that a driver can give it to the core after installing a
+    /// snapshot, in place of the copy in memory.
     pub fn snapshot(&self) -> Option<&Snapshot> {
         self.snapshot.as_ref()
     }
@@ -126,7 +128,8 @@ impl<V: Vfs + Clone> DiskStore<V> {
         }
         self.snapshots.retain()?;
         self.wal.compact(index)?;
-        self.snapshot = Some(snapshot.clone());
+        let data = self.snapshots.stored_data(snapshot)?;
+        self.snapshot = Some(Snapshot { meta: snapshot.meta.clone(), data });
         Ok(true)
     }
 }
@@ -153,7 +156,8 @@ impl<V: Vfs + Clone> LogStore for DiskStore<V> {
         if let Some(s) = &batch.snapshot {
             self.snapshots.save(s)?;
             self.wal.reset(s.meta.last_included_index)?;
-            self.snapshot = Some(s.clone());
+            let data = self.snapshots.stored_data(s)?;
+            self.snapshot = Some(Snapshot { meta: s.meta.clone(), data });
         }
         // Hard state before entries: a write torn by a crash may then lose entries (never
         // acknowledged), but never leave entries of a term the hard state has not reached.

@@ -30,6 +30,13 @@ pub trait Vfs {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// `len` bytes at `offset`.
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// An open, read-only OS file handle on `path` that may move to other threads and keeps
+    /// reading the file even after it is removed — if this file system has one. The real one
+    /// does; the simulator's does not (it returns `None`), so there snapshots stay in memory.
+    fn open_shared(&self, path: &Path) -> io::Result<Option<File>> {
+        let _ = path;
+        Ok(None)
+    }
     /// Cuts a file to `len` bytes and syncs it.
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     /// Renames a file. The caller syncs the directory.
@@ -176,6 +183,10 @@ impl Vfs for StdFs {
         let mut buf = vec![0; len];
         file.read_exact(&mut buf)?;
         Ok(buf)
+    }
+
+    fn open_shared(&self, path: &Path) -> io::Result<Option<File>> {
+        File::open(path).map(Some)
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {

@@ -37,7 +37,7 @@ fn snapshot(index: u64, term: u64) -> Snapshot {
         last_included_term: term,
         membership: Membership::new([1, 2, 3]),
     };
-    Snapshot { meta, data: Bytes::from(format!("state up to {index}")) }
+    Snapshot { meta, data: Bytes::from(format!("state up to {index}")).into() }
 }
 
 #[derive(Clone, Debug)]
@@ -238,7 +238,7 @@ fn snapshot_files_are_read_in_chunks() {
     let d = TempDir::new("snapread");
     let store = balsa_storage::snapshot::SnapshotStore::open(StdFs, &d.0, 2).unwrap();
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-    let s = Snapshot { data: Bytes::from(data.clone()), ..snapshot(77, 4) };
+    let s = Snapshot { data: Bytes::from(data.clone()).into(), ..snapshot(77, 4) };
     let path = store.save(&s).unwrap();
     let reader = store.reader(77, 4).unwrap();
     assert_eq!(reader.meta, s.meta);
@@ -267,12 +267,12 @@ fn snapshot_files_are_read_in_chunks() {
 
 #[test]
 fn snapshot_chunks_reassemble() {
-    let s = Snapshot { data: Bytes::from(vec![7u8; 10_001]), ..snapshot(5, 1) };
-    let chunks: Vec<_> = balsa_storage::snapshot::Chunks::new(&s, 4096).collect();
+    let s = Snapshot { data: Bytes::from(vec![7u8; 10_001]).into(), ..snapshot(5, 1) };
+    let chunks: Vec<_> = balsa_storage::snapshot::Chunks::new(&s, 4096).unwrap().collect();
     assert_eq!(chunks.len(), 3);
     assert_eq!(chunks[2].0, 8192);
     let joined: Vec<u8> = chunks.iter().flat_map(|(_, b)| b.iter().copied()).collect();
-    assert_eq!(joined, s.data.to_vec());
+    assert_eq!(joined, s.data.to_bytes().unwrap().to_vec());
 }
 
 /// A file system that runs out of space after a byte budget, or fails syncs on demand.
@@ -423,4 +423,35 @@ fn a_failed_sync_poisons_the_store() {
     fs.fail_sync.store(false, Ordering::SeqCst);
     assert!(matches!(disk.sync(), Err(StorageError::Poisoned)), "no retry after a failed fsync");
     assert!(matches!(disk.write(&batch(None, None, entries(7, 7, 1))), Err(StorageError::Poisoned)));
+}
+
+/// The disk store keeps no snapshot bytes in memory: the snapshot it holds — after a local
+/// snapshot, a leader's, and recovery — reads its data from the file, even once retention has
+/// removed that file.
+#[test]
+fn the_disk_store_keeps_snapshot_data_in_its_file() {
+    let d = TempDir::new("snapfile");
+    let mut disk = DiskStore::open(&d.0, options(1 << 20)).unwrap();
+    disk.write(&batch(None, None, entries(1, 40, 1))).unwrap();
+    disk.sync().unwrap();
+    let local = snapshot(10, 1);
+    disk.save_snapshot(&local).unwrap();
+    let stored = disk.snapshot().unwrap().clone();
+    assert!(!stored.data.is_in_memory(), "read from the file");
+    assert_eq!(stored, local);
+    let leader = snapshot(60, 2);
+    disk.write(&batch(None, Some(leader.clone()), vec![])).unwrap();
+    assert!(!disk.snapshot().unwrap().data.is_in_memory());
+    assert_eq!(disk.snapshot().unwrap(), &leader);
+    drop(disk);
+    let disk = DiskStore::open(&d.0, options(1 << 20)).unwrap();
+    let recovered = disk.initial_state(&Membership::new([1, 2, 3])).unwrap().snapshot.unwrap();
+    assert!(!recovered.data.is_in_memory(), "recovery leaves the data in the file");
+    assert_eq!(recovered, leader);
+    assert_eq!(&recovered.data.read(3, 5).unwrap()[..], &b"state up to 60"[3..8]);
+    // Retention removes the first file; a handle on it still reads.
+    let mut disk = disk;
+    disk.write(&batch(None, Some(snapshot(70, 2)), vec![])).unwrap();
+    disk.write(&batch(None, Some(snapshot(80, 2)), vec![])).unwrap();
+    assert_eq!(stored.data.to_bytes().unwrap(), Bytes::from("state up to 10"));
 }

@@ -399,7 +399,12 @@ impl Cluster {
             applied_index: node.disk.snapshot_index(),
             membership: node.bootstrap.clone(),
         };
-        node.state = node.disk.snapshot.as_ref().map(|s| decode_state(&s.data)).unwrap_or_default();
+        node.state = node
+            .disk
+            .snapshot
+            .as_ref()
+            .map(|s| decode_state(&s.data.to_bytes().expect("in memory")))
+            .unwrap_or_default();
         node.applied_index = node.disk.snapshot_index();
         node.read_states.clear();
         node.raft = Some(Raft::new(node.config.clone(), initial).expect("valid config"));
@@ -487,7 +492,7 @@ impl Cluster {
         let batch = std::mem::take(&mut ready.persist);
         node.disk.write(&batch);
         if let Some(s) = &batch.snapshot {
-            node.state = decode_state(&s.data);
+            node.state = decode_state(&s.data.to_bytes().expect("in memory"));
             node.applied_index = s.meta.last_included_index;
             for (index, data) in &node.state {
                 if let Some((_, _, applied)) = self.applied.get(index) {
@@ -726,7 +731,7 @@ impl Cluster {
                 last_included_term: raft.term_at(index).unwrap_or(0),
                 membership: raft.membership_at(index),
             },
-            data: encode_state(&state),
+            data: encode_state(&state).into(),
         };
         raft.snapshot_taken(snapshot.clone())?;
         node.disk.entries.retain(|e| e.index > index);

@@ -226,7 +226,13 @@ impl NodeHandle {
         let (input_tx, input_rx) = std_mpsc::channel();
         let (inbox_tx, mut inbox_rx) = mpsc::channel(4096);
         let mut transport_config = TransportConfig::new(config.id, config.cluster_id);
-        transport_config.peer_timeout = election_timeout.max(Duration::from_millis(500));
+        // Five election timeouts: long enough that a receiver merely slow to read (a busy
+        // driver closes the TCP window, and zero-window probes count against TCP_USER_TIMEOUT)
+        // keeps its connection; short enough that a link cut silently is redialled soon after
+        // it heals. One election timeout was too short: on a saturated machine connections
+        // were reset every few seconds, messages lost with them, and elections failed for
+        // minutes (balsa-chaos, `--duration 12m --seed 2026`).
+        transport_config.peer_timeout = (election_timeout * 5).max(Duration::from_secs(2));
         let transport = Transport::start(transport_config, peer_listener, config.peers.clone(), inbox_tx);
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<balsa_raft::Message>();
         // Forward peers' messages into the driver, and the driver's messages to the transport.

@@ -44,7 +44,7 @@ pub struct TransportConfig {
 
 impl TransportConfig {
     /// Defaults: 64 MiB frames, 4096 queued messages, back-off up to 500 ms, peers dead after
-    /// 2 s without acknowledgement (the server sets it to its election timeout).
+    /// 2 s without acknowledgement (the server sets five election timeouts, at least 2 s).
     pub fn new(id: NodeId, cluster_id: u64) -> Self {
         Self {
             id,

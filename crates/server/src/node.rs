@@ -229,9 +229,8 @@ impl NodeHandle {
         // Five election timeouts: long enough that a receiver merely slow to read (a busy
         // driver closes the TCP window, and zero-window probes count against TCP_USER_TIMEOUT)
         // keeps its connection; short enough that a link cut silently is redialled soon after
-        // it heals. One election timeout was too short: on a saturated machine connections
-        // were reset every few seconds, messages lost with them, and elections failed for
-        // minutes (balsa-chaos, `--duration 12m --seed 2026`).
+        // it heals. With one election timeout, connections to slow readers on a saturated
+        // machine were reset every few seconds, losing the messages queued on them.
         transport_config.peer_timeout = (election_timeout * 5).max(Duration::from_secs(2));
         let transport = Transport::start(transport_config, peer_listener, config.peers.clone(), inbox_tx);
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<balsa_raft::Message>();

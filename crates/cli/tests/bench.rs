@@ -21,16 +21,7 @@ fn text(bytes: &[u8]) -> String {
 /// A single-member `balsa server` (20 ms ticks); its client endpoint once a put goes through.
 fn start_single(dir: &TempDir) -> (Proc, String) {
     let (client, peer) = (free_port(), free_port());
-    let child = balsa()
-        .args(["server", "--name", "solo", "--tick-ms", "20"])
-        .args(["--data-dir", dir.join("data").to_str().unwrap()])
-        .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Proc(child);
+    let server = spawn_single(&dir.join("data"), client, peer);
     let endpoint = format!("127.0.0.1:{client}");
     let ready = ["put", "--endpoints", &endpoint, "--total", "1", "--clients", "1", "--warmup", "0s"];
     eventually(Duration::from_secs(20), "the member takes a put", || {

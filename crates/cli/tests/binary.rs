@@ -46,15 +46,7 @@ fn bad_configuration_gives_clear_errors() {
 }
 
 fn start(dir: &std::path::Path, client: u16, peer: u16) -> Proc {
-    let child = balsa()
-        .args(["server", "--name", "solo", "--data-dir", dir.to_str().unwrap(), "--tick-ms", "20"])
-        .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Proc(child)
+    common::spawn_single(dir, client, peer)
 }
 
 #[test]

@@ -46,18 +46,10 @@ fn ok(endpoints: &str, args: &[&str]) -> String {
 
 fn start_single(dir: &TempDir) -> (Proc, String) {
     let (client, peer) = (free_port(), free_port());
-    let child = balsa()
-        .args(["server", "--name", "solo", "--tick-ms", "20"])
-        .args(["--data-dir", dir.join("data").to_str().unwrap()])
-        .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let server = spawn_single(&dir.join("data"), client, peer);
     let endpoint = format!("127.0.0.1:{client}");
     wait_for_leader(&endpoint, 1);
-    (Proc(child), endpoint)
+    (server, endpoint)
 }
 
 /// Polls `balsa cluster status -w json` until it shows a leader and `n` answering members.

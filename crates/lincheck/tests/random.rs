@@ -52,20 +52,29 @@ fn search_agrees_with_brute_force_on_small_random_histories() {
     for case in 0..4_000 {
         let len = 1 + rng.below(8) as usize;
         let history = random_small_history(&mut rng, len, 15);
-        let expected = brute_force(&Register, &history);
-        let verdict = check(&Register, &history, BUDGET);
-        match (&verdict, expected) {
-            (Verdict::Ok, true) => ok += 1,
-            (Verdict::Illegal(_), false) => illegal += 1,
-            _ => panic!(
-                "case {case}: search says {verdict}, brute force says linearizable={expected}\n{}",
-                balsa_lincheck::to_json_lines(&history)
-            ),
+        if agrees_with_brute_force(case, &history) {
+            ok += 1;
+        } else {
+            illegal += 1;
         }
     }
     println!("{ok} linearizable, {illegal} not");
     // Both kinds must be well represented, or the test proves little.
     assert!(ok > 800 && illegal > 800, "{ok} ok, {illegal} illegal");
+}
+
+/// Whether `history` is linearizable, after checking that the search and brute force agree
+/// (a disagreement fails the test, printing the history).
+fn agrees_with_brute_force(case: usize, history: &[Operation<Input, Output>]) -> bool {
+    let expected = brute_force(&Register, history);
+    let verdict = check(&Register, history, BUDGET);
+    match (&verdict, expected) {
+        (Verdict::Ok, true) | (Verdict::Illegal(_), false) => expected,
+        _ => panic!(
+            "case {case}: search says {verdict}, brute force says linearizable={expected}\n{}",
+            balsa_lincheck::to_json_lines(history)
+        ),
+    }
 }
 
 /// Half the operations with unknown outcomes, on one key: the memo's sets of optional
@@ -84,15 +93,10 @@ fn search_agrees_with_brute_force_when_half_the_outcomes_are_unknown() {
                 Input::Read { key } | Input::Write { key, .. } | Input::Cas { key, .. } => *key = "x".into(),
             }
         }
-        let expected = brute_force(&Register, &history);
-        let verdict = check(&Register, &history, BUDGET);
-        match (&verdict, expected) {
-            (Verdict::Ok, true) => ok += 1,
-            (Verdict::Illegal(_), false) => illegal += 1,
-            _ => panic!(
-                "case {case}: search says {verdict}, brute force says linearizable={expected}\n{}",
-                balsa_lincheck::to_json_lines(&history)
-            ),
+        if agrees_with_brute_force(case, &history) {
+            ok += 1;
+        } else {
+            illegal += 1;
         }
     }
     println!("{ok} linearizable, {illegal} not");

@@ -159,6 +159,21 @@ impl Cluster {
     }
 }
 
+/// A single-member `balsa server` named `solo` (20 ms ticks) on loopback with its data in
+/// `data_dir`, its output discarded. Not waited for: callers know what "ready" means to them.
+pub fn spawn_single(data_dir: &Path, client: u16, peer: u16) -> Proc {
+    let child = balsa()
+        .args(["server", "--name", "solo", "--tick-ms", "20"])
+        .args(["--data-dir", data_dir.to_str().unwrap()])
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
 /// etcd's etcdctl (3.4, Debian's etcd-client), if installed (CI installs it).
 pub fn etcdctl_path() -> Option<String> {
     ["/usr/bin/etcdctl", "/usr/local/bin/etcdctl"]

@@ -70,3 +70,12 @@ pub struct Counts {
     /// No answer: the operation may or may not have taken effect.
     pub unknown: u64,
 }
+
+/// Sleeps until `deadline`, or forever without one: the end-of-run limit of the watchers and
+/// subscribers, which only starts once they are told what to wait for.
+pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -86,12 +86,7 @@ pub async fn subscriber(
             }
             deadline.get_or_insert_with(|| tokio::time::Instant::now() + limit);
         }
-        let wait = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
+        let wait = crate::history::sleep_until(deadline);
         tokio::select! {
             r = sub.next() => match r {
                 Ok(r) => seen.push((r.offset, String::from_utf8_lossy(&r.data).into_owned())),

@@ -36,12 +36,7 @@ pub async fn watcher(
             }
             deadline.get_or_insert_with(|| tokio::time::Instant::now() + limit);
         }
-        let wait = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
+        let wait = crate::history::sleep_until(deadline);
         tokio::select! {
             event = w.next() => match event {
                 Ok(e) => {

@@ -1043,14 +1043,12 @@ impl Driver {
         Ok(())
     }
 
-    /// Stops the driver: a snapshot still being written is waited for (its file is then
-    /// durable, and a restart finds it), so nothing of this node outlives it.
+    /// Stops the driver: a snapshot still being written is waited for and installed (its file
+    /// is then durable and older ones pruned, as in a running node), so nothing of this node
+    /// outlives it and a stopped node's directory looks like a running one's.
     fn stop(&mut self) {
-        if let Some(f) = self.snapshot_in_flight.take() {
-            let _ = f.writing.wait();
-            if let Some(reply) = f.reply {
-                let _ = reply.send(Err(NodeError::Stopped));
-            }
+        if let Err(e) = self.collect_snapshot(true) {
+            tracing::error!(error = %e, "the snapshot being written when the node stopped failed");
         }
         self.metrics.node_stopped();
     }

@@ -2,7 +2,8 @@
 //! next main revision; each key keeps its versions, so reads at an old revision and watches
 //! from an old revision work until compaction.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -28,6 +29,17 @@ impl Default for Mvcc {
     fn default() -> Self {
         Self { keys: BTreeMap::new(), current: 1, compacted: 0 }
     }
+}
+
+/// A page of a range's history, from [`Mvcc::history`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct History {
+    /// The events, in revision order.
+    pub events: Vec<(Revision, Event)>,
+    /// Whether they reach the current revision (false: more follow after the last one).
+    pub complete: bool,
+    /// Keys of the range looked at to find them: with the events, the page's cost.
+    pub keys_visited: usize,
 }
 
 /// A write transaction in progress: its main revision and the next sub-revision.
@@ -213,25 +225,52 @@ impl Mvcc {
     /// Every change to keys in `range` at or after `start` (etcd's watch history), in revision
     /// order, with the previous value where history still holds it.
     pub fn events_since(&self, range: &KeyRange, start: i64) -> Result<Vec<(Revision, Event)>, KvError> {
+        self.history(range, start, usize::MAX).map(|h| h.events)
+    }
+
+    /// A page of the history of `range` from revision `start` on, in revision order: at most
+    /// `limit` events, unless the last revision's events run past it (a revision's events are
+    /// never split, as etcd sends them). The work is one binary search per key in `range` plus the
+    /// events returned, not the whole history: a watcher catching up on a long history pages
+    /// through it without the driver rescanning it for every page.
+    pub fn history(&self, range: &KeyRange, start: i64, limit: usize) -> Result<History, KvError> {
         if start < self.compacted {
             return Err(KvError::Compacted { compact_revision: self.compacted });
         }
-        let mut out = Vec::new();
+        // One cursor per key with versions at or after `start`, merged by revision.
+        let mut cursors: Vec<(&Bytes, &[Version], usize)> = Vec::new();
+        let mut heap = BinaryHeap::new();
+        let mut keys_visited = 0;
         for (key, versions) in self.keys.range(bounds(range)) {
-            for (i, (rev, kv)) in versions.iter().enumerate() {
-                if rev.main < start {
-                    continue;
-                }
-                let prev_kv = i.checked_sub(1).and_then(|j| versions[j].1.clone());
-                let event = match kv {
-                    Some(kv) => Event { kind: EventKind::Put, kv: kv.clone(), prev_kv },
-                    None => delete_event(key.clone(), rev.main, prev_kv),
-                };
-                out.push((*rev, event));
+            keys_visited += 1;
+            if versions.last().is_none_or(|(rev, _)| rev.main < start) {
+                continue;
+            }
+            let at = versions.partition_point(|(rev, _)| rev.main < start);
+            heap.push(Reverse((versions[at].0, cursors.len())));
+            cursors.push((key, versions, at));
+        }
+        let mut events = Vec::new();
+        while let Some(&Reverse((rev, c))) = heap.peek() {
+            if events.len() >= limit
+                && events.last().is_some_and(|(last, _): &(Revision, Event)| last.main != rev.main)
+            {
+                return Ok(History { events, complete: false, keys_visited });
+            }
+            heap.pop();
+            let (key, versions, at) = &mut cursors[c];
+            let prev_kv = at.checked_sub(1).and_then(|j| versions[j].1.clone());
+            let event = match &versions[*at].1 {
+                Some(kv) => Event { kind: EventKind::Put, kv: kv.clone(), prev_kv },
+                None => delete_event((*key).clone(), rev.main, prev_kv),
+            };
+            events.push((rev, event));
+            *at += 1;
+            if let Some((next, _)) = versions.get(*at) {
+                heap.push(Reverse((*next, c)));
             }
         }
-        out.sort_by_key(|(rev, _)| *rev);
-        Ok(out)
+        Ok(History { events, complete: true, keys_visited })
     }
 
     /// A CRC-32C of the keyspace's history up to `revision` (0: the current revision), for etcd's
@@ -296,6 +335,61 @@ mod tests {
         let everything = KeyRange { key: b("a"), range_end: b("\0") };
         assert_eq!(m.range(&everything, -7).unwrap().len(), 2);
         assert_eq!(m.check_revision(-1), Ok(m.revision()));
+    }
+
+    /// A keyspace with multi-key transactions, deletes and a compaction: the history pages
+    /// `history` hands out, joined, are exactly the unpaged history, every page but the last
+    /// ends at a revision boundary, and no page goes past `limit` but to finish a revision.
+    #[test]
+    fn history_pages_join_to_the_whole_history_and_never_split_a_revision() {
+        let mut m = Mvcc::default();
+        for i in 0..300u32 {
+            let mut ctx = m.begin();
+            // Transactions of 1 to 3 writes over 7 keys; every fifth deletes one.
+            for j in 0..=(i % 3) {
+                let key = b(&format!("k{}", (i * 3 + j * 5) % 7));
+                if i % 5 == 0 && j == 0 {
+                    m.delete(&mut ctx, &key);
+                } else {
+                    m.put(&mut ctx, key, b(&format!("{i}.{j}")), 0);
+                }
+            }
+            m.finish(ctx);
+        }
+        m.compact(40).unwrap();
+        let outside = KeyRange::single("other");
+        for range in [KeyRange::prefix("k"), KeyRange::single("k3"), outside] {
+            for start in [40, 41, 150, m.revision(), m.revision() + 1] {
+                let whole = m.events_since(&range, start).unwrap();
+                for limit in [1, 2, 7, 1000] {
+                    let (mut joined, mut next) = (Vec::new(), start);
+                    loop {
+                        let page = m.history(&range, next, limit).unwrap();
+                        // Past `limit` only to finish the revision it reached.
+                        let last = page.events.last().map(|(r, _)| r.main);
+                        let before_last = page.events.iter().filter(|(r, _)| Some(r.main) != last).count();
+                        assert!(page.events.len() <= limit || before_last < limit, "an overlong page");
+                        assert!(
+                            page.complete || !page.events.is_empty(),
+                            "an empty page that is not the last"
+                        );
+                        next = page.events.last().map_or(next, |(r, _)| r.main + 1);
+                        joined.extend(page.events);
+                        if page.complete {
+                            break;
+                        }
+                    }
+                    assert_eq!(joined, whole, "range {range:?} from {start}, pages of {limit}");
+                }
+            }
+        }
+        let all = m.events_since(&KeyRange::prefix("k"), 40).unwrap();
+        assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "revision order");
+        assert_eq!(all.last().unwrap().0.main, m.revision());
+        assert_eq!(
+            m.history(&KeyRange::prefix("k"), 39, 1),
+            Err(KvError::Compacted { compact_revision: 40 })
+        );
     }
 
     #[test]

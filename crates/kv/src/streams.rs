@@ -335,7 +335,7 @@ impl Streams {
         let mut records = Vec::new();
         let mut bytes = 0usize;
         let start = (from - s.first_offset) as usize;
-        for (i, r) in s.records.iter().enumerate().skip(start) {
+        for (i, r) in (start..).zip(s.records.range(start..)) {
             if records.len() >= max_records || (!records.is_empty() && bytes + r.data.len() > max_bytes) {
                 break;
             }

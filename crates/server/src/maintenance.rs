@@ -51,7 +51,7 @@ impl MaintenanceService {
     /// A header with the current revision and term.
     async fn current_header(&self) -> Result<Option<pb::ResponseHeader>, Status> {
         let s = self.node.status().await.map_err(status_of)?;
-        let (_, revision) = self.node.state_size().await.map_err(status_of)?;
+        let revision = self.node.revision().await.map_err(status_of)?;
         Ok(self.header(revision, s.current_term))
     }
 }
@@ -63,7 +63,12 @@ pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse,
 impl Maintenance for MaintenanceService {
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let s = self.node.status().await.map_err(status_of)?;
-        let (size, revision) = self.node.state_size().await.map_err(status_of)?;
+        let revision = self.node.revision().await.map_err(status_of)?;
+        let disk = self
+            .node
+            .disk_usage()
+            .await
+            .map_err(|e| Status::internal(format!("etcdserver: sizing the data directory: {e}")))?;
         let (_, members) = self.node.members().await.map_err(status_of)?;
         let is_learner = members.iter().any(|m| m.attrs.id == self.member_id && m.is_learner);
         let header = pb::ResponseHeader {
@@ -75,13 +80,13 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(pb::StatusResponse {
             header: Some(header),
             version: format!("balsa-{}", env!("CARGO_PKG_VERSION")),
-            db_size: size as i64,
+            db_size: disk.total_bytes as i64,
             leader: s.leader_id.unwrap_or(0),
             raft_index: s.commit_index,
             raft_term: s.current_term,
             raft_applied_index: s.last_applied,
             errors: Vec::new(),
-            db_size_in_use: size as i64,
+            db_size_in_use: disk.in_use_bytes as i64,
             is_learner,
         }))
     }

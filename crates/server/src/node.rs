@@ -135,7 +135,7 @@ pub(crate) enum Input {
     Read(RangeRequest, ReadReply),
     ReadLocal(RangeRequest, ReadReply),
     Status(oneshot::Sender<Status>),
-    StateSize(oneshot::Sender<(usize, i64)>),
+    Revision(oneshot::Sender<i64>),
     Stop,
     LeaseTimeToLive(i64, oneshot::Sender<Option<LeaseInfo>>),
     Leases(oneshot::Sender<Vec<i64>>),
@@ -194,6 +194,8 @@ pub struct NodeHandle {
     /// The shortest lease TTL granted, seconds: a lease must outlive a change of leader, or it
     /// could expire while the cluster elects one (etcd's rule: 1.5 election timeouts).
     min_lease_ttl_secs: i64,
+    /// Where the store's files are, for sizing them (etcd's `dbSize`) off the driver thread.
+    data_dir: std::path::PathBuf,
     thread: Option<std::thread::JoinHandle<()>>,
     _transport: Transport,
     metrics: Arc<Metrics>,
@@ -203,6 +205,7 @@ impl NodeHandle {
     /// Starts a node: recovers its disk, binds nothing itself (the peer listener is given), and
     /// begins ticking.
     pub async fn start(config: NodeConfig, peer_listener: TcpListener) -> Result<Self, String> {
+        let data_dir = config.data_dir.clone();
         let store = DiskStore::open(&config.data_dir, StoreOptions::default()).map_err(|e| e.to_string())?;
         // A joining server knows no configuration until the leader's log or snapshot brings it.
         let members =
@@ -282,7 +285,14 @@ impl NodeHandle {
             .name("balsa-node".into())
             .spawn(move || driver.run(input_rx))
             .map_err(|e| e.to_string())?;
-        Ok(Self { input: input_tx, min_lease_ttl_secs, thread: Some(thread), _transport: transport, metrics })
+        Ok(Self {
+            input: input_tx,
+            min_lease_ttl_secs,
+            data_dir,
+            thread: Some(thread),
+            _transport: transport,
+            metrics,
+        })
     }
 
     /// Proposes a write and waits until it is applied (or fails).
@@ -307,11 +317,22 @@ impl NodeHandle {
         rx.await.map_err(|_| NodeError::Stopped)?
     }
 
-    /// Size of the state machine's serialized state, and its revision (for etcd's Status).
-    pub async fn state_size(&self) -> Result<(usize, i64), NodeError> {
+    /// The keyspace's current revision on this member (for response headers).
+    pub async fn revision(&self) -> Result<i64, NodeError> {
         let (tx, rx) = oneshot::channel();
-        self.input.send(Input::StateSize(tx)).map_err(|_| NodeError::Stopped)?;
+        self.input.send(Input::Revision(tx)).map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// What this member's files take on disk (etcd's `dbSize` and `dbSizeInUse`). Read from
+    /// the directory on a blocking thread, never on the driver: `Status` is what clients ask
+    /// every member when they look for a leader, so it must cost the driver nothing (it used to
+    /// encode the whole state machine, which stalled every member during elections).
+    pub async fn disk_usage(&self) -> std::io::Result<balsa_storage::DiskUsage> {
+        let dir = self.data_dir.clone();
+        tokio::task::spawn_blocking(move || balsa_storage::disk_usage(&dir))
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     /// The shortest TTL a lease is granted, seconds.
@@ -518,12 +539,56 @@ impl Writing {
 /// Where the answer to `snapshot_now` goes.
 type SnapshotNowReply = oneshot::Sender<Result<Option<Index>, NodeError>>;
 
+/// A driver round longer than this is logged with where its time went: while it runs, no
+/// message is stepped and no tick taken, so a few in a row can cost the leader its lease.
+const SLOW_ROUND: Duration = Duration::from_millis(100);
+
+/// Times one round of the driver loop, in phases.
+struct RoundTimer {
+    start: Instant,
+}
+
+impl RoundTimer {
+    fn start() -> Self {
+        Self { start: Instant::now() }
+    }
+
+    /// Time since the round began.
+    fn lap(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Logs the round if it was slow; the laps were taken after handling inputs, after the
+    /// tick and Ready, and after watch catch-up (the rest is log-stream catch-up).
+    fn report_if_slow(&self, inputs: Duration, ready: Duration, watches: Duration) {
+        let total = self.start.elapsed();
+        if total >= SLOW_ROUND {
+            tracing::warn!(
+                took_ms = total.as_millis() as u64,
+                inputs_ms = inputs.as_millis() as u64,
+                tick_and_ready_ms = (ready - inputs).as_millis() as u64,
+                watch_catch_up_ms = (watches - ready).as_millis() as u64,
+                stream_catch_up_ms = (total - watches).as_millis() as u64,
+                "a slow driver round held up Raft"
+            );
+        }
+    }
+}
+
 impl Driver {
     fn run(mut self, input: std_mpsc::Receiver<Input>) {
         let mut next_tick = Instant::now() + self.config.tick;
+        let mut catching_up = false;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            match input.recv_timeout(wait) {
+            // Catch-up work left over (a budget ran out) is resumed at once, not after a tick.
+            let wait = if catching_up {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
+            let received = input.recv_timeout(wait);
+            let round = RoundTimer::start();
+            match received {
                 Ok(Input::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return self.stop(),
                 Ok(i) => {
                     self.handle(i);
@@ -540,6 +605,7 @@ impl Driver {
                 }
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             }
+            let inputs = round.lap();
             if Instant::now() >= next_tick {
                 self.raft.tick();
                 next_tick += self.config.tick;
@@ -555,8 +621,11 @@ impl Driver {
                 tracing::error!(error = %e, "storage failed; the node stops");
                 return self.stop();
             }
-            self.watch_hub.catch_up(&self.sm);
+            let ready = round.lap();
+            catching_up = self.watch_hub.catch_up(&self.sm);
+            let watches = round.lap();
             self.stream_hub.catch_up(&self.sm.streams);
+            round.report_if_slow(inputs, ready, watches);
             self.metrics.observe(&self.raft.status(), self.proposals.len());
             self.metrics.snapshot_read_errors(self.raft.snapshot_read_errors());
         }
@@ -591,8 +660,8 @@ impl Driver {
             Input::ReadLocal(request, reply) => {
                 let _ = reply.send(self.sm.range(&request).map_err(NodeError::from));
             }
-            Input::StateSize(reply) => {
-                let _ = reply.send((self.sm.encode().len(), self.sm.mvcc.revision()));
+            Input::Revision(reply) => {
+                let _ = reply.send(self.sm.mvcc.revision());
             }
             Input::Status(reply) => {
                 let _ = reply.send(self.raft.status());

@@ -34,6 +34,11 @@ pub const FEED_CAPACITY: usize = 256;
 /// events always travel together, as etcd sends them.
 pub const CATCH_UP_EVENTS: usize = 1000;
 
+/// Work one driver round spends on catch-up at most, across all feeds, in events sent plus keys
+/// looked at: a long history is paged out over many rounds, so Raft's messages and ticks never
+/// wait behind a watcher replaying it.
+pub const CATCH_UP_BUDGET: usize = 8 * CATCH_UP_EVENTS;
+
 /// etcd's reason for a watch whose start revision is compacted away.
 pub const COMPACTED_REASON: &str = "etcdserver: mvcc: required revision has been compacted";
 
@@ -178,7 +183,7 @@ impl WatchHub {
                 f.watchers.insert(watch, Watcher { spec, floor, next: floor, synced: false });
                 // Answer first: the stream announces the watch before its first events.
                 let _ = reply.send(current);
-                self.catch_up_feed(feed, sm);
+                self.catch_up_feed(feed, sm, &mut CATCH_UP_BUDGET.clone());
             }
             HubCommand::Cancel { feed, watch, reply } => {
                 if let Some(f) = self.feeds.get_mut(&feed) {
@@ -186,7 +191,7 @@ impl WatchHub {
                 }
                 let _ = reply.send(current);
                 // A pending feed-wide progress may have been waiting for just this watcher.
-                self.catch_up_feed(feed, sm);
+                self.catch_up_feed(feed, sm, &mut CATCH_UP_BUDGET.clone());
             }
             HubCommand::Progress { feed, watch: Some(watch) } => {
                 let Some(f) = self.feeds.get(&feed) else { return };
@@ -201,7 +206,7 @@ impl WatchHub {
             HubCommand::Progress { feed, watch: None } => {
                 let Some(f) = self.feeds.get_mut(&feed) else { return };
                 f.progress_pending = true;
-                self.catch_up_feed(feed, sm);
+                self.catch_up_feed(feed, sm, &mut CATCH_UP_BUDGET.clone());
             }
             HubCommand::Revision { reply } => {
                 let _ = reply.send(current);
@@ -254,32 +259,43 @@ impl WatchHub {
         }
     }
 
-    /// Catches lagging watchers up as far as their feeds have room (called by the driver after
-    /// each round of work; cheap when nobody lags).
-    pub(crate) fn catch_up(&mut self, sm: &StateMachine) {
+    /// Catches lagging watchers up as far as their feeds have room and [`CATCH_UP_BUDGET`]
+    /// allows (called by the driver after each round of work; cheap when nobody lags). Returns
+    /// whether the budget ran out with work left, so the driver comes back without waiting.
+    pub(crate) fn catch_up(&mut self, sm: &StateMachine) -> bool {
         let lagging: Vec<u64> = self
             .feeds
             .iter()
             .filter(|(_, f)| f.progress_pending || f.watchers.values().any(|w| !w.synced))
             .map(|(id, _)| *id)
             .collect();
+        let mut budget = CATCH_UP_BUDGET;
+        let mut more = false;
         for feed in lagging {
-            self.catch_up_feed(feed, sm);
+            more |= self.catch_up_feed(feed, sm, &mut budget);
         }
         self.feeds.retain(|_, f| !f.tx.is_closed());
+        more
     }
 
-    fn catch_up_feed(&mut self, feed: u64, sm: &StateMachine) {
-        let Some(f) = self.feeds.get_mut(&feed) else { return };
+    /// One feed's catch-up, a page per watcher at a time while the feed has room and `budget`
+    /// lasts. Returns whether the budget ran out first.
+    fn catch_up_feed(&mut self, feed: u64, sm: &StateMachine, budget: &mut usize) -> bool {
+        let Some(f) = self.feeds.get_mut(&feed) else { return false };
         let current = sm.mvcc.revision();
         let mut canceled = Vec::new();
+        let mut out_of_budget = false;
         'watchers: for (watch, w) in f.watchers.iter_mut().filter(|(_, w)| !w.synced) {
             while !w.synced {
                 if f.tx.capacity() == 0 {
                     break 'watchers;
                 }
-                let history = match sm.mvcc.events_since(&w.spec.range, w.next) {
-                    Ok(h) => h,
+                if *budget == 0 {
+                    out_of_budget = true;
+                    break 'watchers;
+                }
+                let page = match sm.mvcc.history(&w.spec.range, w.next, CATCH_UP_EVENTS) {
+                    Ok(page) => page,
                     Err(e) => {
                         let compact_revision = match e {
                             KvError::Compacted { compact_revision } => compact_revision,
@@ -300,23 +316,19 @@ impl WatchHub {
                         continue 'watchers;
                     }
                 };
-                // Cut after CATCH_UP_EVENTS, at a revision boundary.
-                let mut cut = history.len();
-                if cut > CATCH_UP_EVENTS {
-                    let last = history[CATCH_UP_EVENTS - 1].0.main;
-                    cut = history.iter().position(|(r, _)| r.main > last).unwrap_or(history.len());
-                }
-                let complete = cut == history.len();
-                let upto = if complete { current } else { history[cut - 1].0.main };
-                let mine = select(&w.spec, history[..cut].iter());
-                if let Some(last) = history[..cut].last().filter(|_| !mine.is_empty()) {
-                    let update = WatchUpdate::Events { watch: *watch, revision: last.0.main, events: mine };
+                *budget = budget.saturating_sub(page.events.len() + page.keys_visited);
+                // An unfinished page is never empty: it stops after a revision's events.
+                let last = page.events.last().map(|(r, _)| r.main);
+                let upto = if page.complete { current } else { last.expect("an unfinished page has events") };
+                let mine = select(&w.spec, page.events.iter());
+                if let Some(last) = last.filter(|_| !mine.is_empty()) {
+                    let update = WatchUpdate::Events { watch: *watch, revision: last, events: mine };
                     if try_send(&f.tx, update).is_err() {
                         break 'watchers;
                     }
                 }
                 w.next = upto + 1;
-                w.synced = complete;
+                w.synced = page.complete;
             }
         }
         for watch in canceled {
@@ -328,6 +340,7 @@ impl WatchHub {
                 f.progress_pending = false;
             }
         }
+        out_of_budget
     }
 }
 
@@ -528,6 +541,40 @@ mod tests {
         seen.extend(revisions(&mut rx));
         let expected: Vec<i64> = (2..=sm.mvcc.revision()).collect();
         assert_eq!(seen, expected, "every revision once, in order");
+    }
+
+    /// A watcher replaying a long history gets it a budget per driver round, not all at once:
+    /// each round sends at most `CATCH_UP_BUDGET` events and says whether more is due, and the
+    /// rounds together deliver every revision once, in order.
+    #[test]
+    fn a_long_replay_is_paged_out_over_rounds_within_the_budget() {
+        let mut hub = WatchHub::default();
+        let mut sm = StateMachine::default();
+        let total = 3 * CATCH_UP_BUDGET;
+        for i in 0..total {
+            apply(&mut hub, &mut sm, put(&format!("k{}", i % 5), "v")); // 2..=total+1
+        }
+        let mut rx = open(&mut hub, &sm, FEED_CAPACITY);
+        let spec = WatchSpec { start_revision: 1, ..WatchSpec::new(KeyRange::prefix("k")) };
+        add(&mut hub, &sm, 1, spec);
+        let mut seen = revisions(&mut rx);
+        assert!(seen.len() <= CATCH_UP_BUDGET, "registration replayed {} events at once", seen.len());
+        let mut rounds = 0;
+        loop {
+            let more = hub.catch_up(&sm);
+            let round = revisions(&mut rx);
+            assert!(!round.is_empty() && round.len() <= CATCH_UP_BUDGET, "a round sent {}", round.len());
+            seen.extend(round);
+            rounds += 1;
+            assert!(rounds <= total, "the replay never ends");
+            if !more {
+                break;
+            }
+        }
+        assert!(rounds >= 2, "{rounds} rounds after registration: the budget did not page the replay");
+        let expected: Vec<i64> = (2..=sm.mvcc.revision()).collect();
+        assert_eq!(seen, expected, "every revision once, in order");
+        assert!(!hub.catch_up(&sm), "nothing left once synced");
     }
 
     #[test]

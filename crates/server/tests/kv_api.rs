@@ -115,6 +115,15 @@ async fn etcdctl_puts_gets_and_deletes() {
     assert!(status.contains("\"version\":\"balsa-0.1.0\""), "{status}");
     assert!(status.contains("\"leader\":1,"), "the single member leads: {status}");
     assert!(status.contains("\"raft_term\":") || status.contains("\"raftTerm\":"), "{status}");
+    // The header's revision (three writes after revision 1), and the files' size on disk.
+    let number = |field: &str| -> i64 {
+        let at = status.find(&format!("\"{field}\":")).unwrap_or_else(|| panic!("{field} in {status}"));
+        let digits: String =
+            status[at + field.len() + 3..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        digits.parse().unwrap_or_else(|_| panic!("{field} in {status}"))
+    };
+    assert_eq!(number("revision"), 4, "{status}");
+    assert!(number("dbSize") > 0, "the WAL and any snapshot take room: {status}");
 }
 
 fn which_etcdctl() -> Result<String, ()> {

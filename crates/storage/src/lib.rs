@@ -61,6 +61,6 @@ pub mod vfs;
 pub mod wal;
 
 pub use error::{Result, StorageError};
-pub use store::{DiskStore, LogStore, MemStore, SnapshotWriter, StoreOptions};
+pub use store::{disk_usage, DiskStore, DiskUsage, LogStore, MemStore, SnapshotWriter, StoreOptions};
 pub use vfs::{StdFs, Vfs, VfsFile, ZeroFill};
 pub use wal::{TornTail, Wal, WalOptions};

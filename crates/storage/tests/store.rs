@@ -189,6 +189,35 @@ fn snapshots_are_verified_and_only_the_newest_are_kept() {
     }
 }
 
+/// `disk_usage` sizes the files from outside the store: the total counts every file, "in use"
+/// only what recovery reads (log segments and the newest snapshot).
+#[test]
+fn disk_usage_counts_every_file_and_what_recovery_reads() {
+    let d = TempDir::new("usage");
+    let mut disk = DiskStore::open(&d.0, options(1 << 16)).unwrap();
+    disk.write(&batch(None, None, entries(1, 40, 1))).unwrap();
+    disk.sync().unwrap();
+    disk.save_snapshot(&snapshot(10, 1)).unwrap();
+    disk.save_snapshot(&snapshot(30, 1)).unwrap();
+    let size = |sub: &str, pick: &dyn Fn(&str) -> bool| -> u64 {
+        std::fs::read_dir(d.0.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| pick(&e.file_name().to_string_lossy()))
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    };
+    let segments = size("wal", &|n| n.ends_with(".wal"));
+    let all_wal = size("wal", &|_| true);
+    let newest = size("snap", &|n| n.starts_with("000000000000001e-"));
+    let all_snaps = size("snap", &|_| true);
+    assert!(segments > 0 && newest > 0 && all_snaps > newest, "two snapshots and a log on disk");
+    let usage = balsa_storage::disk_usage(&d.0).unwrap();
+    assert_eq!(usage.total_bytes, all_wal + all_snaps);
+    assert_eq!(usage.in_use_bytes, segments + newest);
+    assert!(balsa_storage::disk_usage(&d.0.join("missing")).is_err(), "no store there");
+}
+
 /// A driver writes snapshot files on another thread and installs them afterwards. Until it
 /// installs one the store and its log are untouched; a crash in between finds the snapshot
 /// durable and the log after it intact; installing compacts the log; an older snapshot than

@@ -164,6 +164,33 @@ pub(crate) enum Input {
     SnapshotWritten,
 }
 
+impl Input {
+    /// The variant's name (and a peer message's kind), for the slow-round log.
+    fn kind(&self) -> &'static str {
+        match self {
+            Input::Peer(m) => m.kind_name(),
+            Input::Propose(..) => "propose",
+            Input::Read(..) => "read",
+            Input::ReadLocal(..) => "read-local",
+            Input::Status(_) => "status",
+            Input::Revision(_) => "revision",
+            Input::Stop => "stop",
+            Input::LeaseTimeToLive(..) => "lease-ttl",
+            Input::Leases(_) => "leases",
+            Input::ChangeMembership(..) => "change-membership",
+            Input::Members(_) => "members",
+            Input::Watch(_) => "watch",
+            Input::Snapshot(_) => "snapshot-image",
+            Input::HashKv(..) => "hash-kv",
+            Input::TransferLeader(..) => "transfer-leader",
+            Input::SnapshotNow(_) => "snapshot-now",
+            Input::ReadWith { .. } => "read-with",
+            Input::Streams(_) => "streams",
+            Input::SnapshotWritten => "snapshot-written",
+        }
+    }
+}
+
 /// This member's state machine at one applied index (Maintenance.Snapshot).
 #[derive(Clone, Debug)]
 pub struct SnapshotImage {
@@ -543,14 +570,33 @@ type SnapshotNowReply = oneshot::Sender<Result<Option<Index>, NodeError>>;
 /// message is stepped and no tick taken, so a few in a row can cost the leader its lease.
 const SLOW_ROUND: Duration = Duration::from_millis(100);
 
-/// Times one round of the driver loop, in phases.
+/// Times one round of the driver loop, in phases, and its slowest input.
 struct RoundTimer {
     start: Instant,
+    /// Inputs handled this round.
+    inputs: usize,
+    /// Time and count per kind of input (a handful of kinds: a list is enough).
+    by_kind: Vec<(&'static str, Duration, usize)>,
 }
 
 impl RoundTimer {
     fn start() -> Self {
-        Self { start: Instant::now() }
+        Self { start: Instant::now(), inputs: 0, by_kind: Vec::new() }
+    }
+
+    /// Handles one input of kind `kind` with `handle`, noting its time.
+    fn time(&mut self, kind: &'static str, handle: impl FnOnce()) {
+        let begun = Instant::now();
+        handle();
+        let took = begun.elapsed();
+        self.inputs += 1;
+        match self.by_kind.iter_mut().find(|(k, ..)| *k == kind) {
+            Some((_, total, count)) => {
+                *total += took;
+                *count += 1;
+            }
+            None => self.by_kind.push((kind, took, 1)),
+        }
     }
 
     /// Time since the round began.
@@ -563,9 +609,18 @@ impl RoundTimer {
     fn report_if_slow(&self, inputs: Duration, ready: Duration, watches: Duration) {
         let total = self.start.elapsed();
         if total >= SLOW_ROUND {
+            let mut by_kind = self.by_kind.clone();
+            by_kind.sort_by_key(|(_, took, _)| std::cmp::Reverse(*took));
+            let costliest: Vec<String> = by_kind
+                .iter()
+                .take(3)
+                .map(|(kind, took, count)| format!("{kind} x{count} {}ms", took.as_millis()))
+                .collect();
             tracing::warn!(
                 took_ms = total.as_millis() as u64,
                 inputs_ms = inputs.as_millis() as u64,
+                inputs = self.inputs,
+                costliest_inputs = costliest.join(", "),
                 tick_and_ready_ms = (ready - inputs).as_millis() as u64,
                 watch_catch_up_ms = (watches - ready).as_millis() as u64,
                 stream_catch_up_ms = (total - watches).as_millis() as u64,
@@ -587,18 +642,18 @@ impl Driver {
                 next_tick.saturating_duration_since(Instant::now())
             };
             let received = input.recv_timeout(wait);
-            let round = RoundTimer::start();
+            let mut round = RoundTimer::start();
             match received {
                 Ok(Input::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return self.stop(),
                 Ok(i) => {
-                    self.handle(i);
+                    round.time(i.kind(), || self.handle(i));
                     // Take what else is waiting before carrying out the Ready: proposals (and
                     // peers' messages) that arrive together are appended, written and synced
                     // together, one fsync for many, instead of one round each.
                     for _ in 0..MAX_INPUTS_PER_READY {
                         match input.try_recv() {
                             Ok(Input::Stop) => return self.stop(),
-                            Ok(i) => self.handle(i),
+                            Ok(i) => round.time(i.kind(), || self.handle(i)),
                             Err(_) => break,
                         }
                     }

@@ -19,6 +19,7 @@ pub mod member;
 pub mod metrics;
 pub mod node;
 pub mod ops;
+mod round_timer;
 pub mod session;
 pub mod snapshot_file;
 pub mod stream_hub;

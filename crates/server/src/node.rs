@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::lease_clock::LeaseClock;
 use crate::metrics::Metrics;
+use crate::round_timer::RoundTimer;
 use crate::stream_hub::{StreamHub, StreamHubCommand};
 use crate::transport::{Transport, TransportConfig};
 use crate::watch_hub::{HubCommand, WatchHub};
@@ -565,70 +566,6 @@ impl Writing {
 
 /// Where the answer to `snapshot_now` goes.
 type SnapshotNowReply = oneshot::Sender<Result<Option<Index>, NodeError>>;
-
-/// A driver round longer than this is logged with where its time went: while it runs, no
-/// message is stepped and no tick taken, so a few in a row can cost the leader its lease.
-const SLOW_ROUND: Duration = Duration::from_millis(100);
-
-/// Times one round of the driver loop, in phases, and its slowest input.
-struct RoundTimer {
-    start: Instant,
-    /// Inputs handled this round.
-    inputs: usize,
-    /// Time and count per kind of input (a handful of kinds: a list is enough).
-    by_kind: Vec<(&'static str, Duration, usize)>,
-}
-
-impl RoundTimer {
-    fn start() -> Self {
-        Self { start: Instant::now(), inputs: 0, by_kind: Vec::new() }
-    }
-
-    /// Handles one input of kind `kind` with `handle`, noting its time.
-    fn time(&mut self, kind: &'static str, handle: impl FnOnce()) {
-        let begun = Instant::now();
-        handle();
-        let took = begun.elapsed();
-        self.inputs += 1;
-        match self.by_kind.iter_mut().find(|(k, ..)| *k == kind) {
-            Some((_, total, count)) => {
-                *total += took;
-                *count += 1;
-            }
-            None => self.by_kind.push((kind, took, 1)),
-        }
-    }
-
-    /// Time since the round began.
-    fn lap(&self) -> Duration {
-        self.start.elapsed()
-    }
-
-    /// Logs the round if it was slow; the laps were taken after handling inputs, after the
-    /// tick and Ready, and after watch catch-up (the rest is log-stream catch-up).
-    fn report_if_slow(&self, inputs: Duration, ready: Duration, watches: Duration) {
-        let total = self.start.elapsed();
-        if total >= SLOW_ROUND {
-            let mut by_kind = self.by_kind.clone();
-            by_kind.sort_by_key(|(_, took, _)| std::cmp::Reverse(*took));
-            let costliest: Vec<String> = by_kind
-                .iter()
-                .take(3)
-                .map(|(kind, took, count)| format!("{kind} x{count} {}ms", took.as_millis()))
-                .collect();
-            tracing::warn!(
-                took_ms = total.as_millis() as u64,
-                inputs_ms = inputs.as_millis() as u64,
-                inputs = self.inputs,
-                costliest_inputs = costliest.join(", "),
-                tick_and_ready_ms = (ready - inputs).as_millis() as u64,
-                watch_catch_up_ms = (watches - ready).as_millis() as u64,
-                stream_catch_up_ms = (total - watches).as_millis() as u64,
-                "a slow driver round held up Raft"
-            );
-        }
-    }
-}
 
 impl Driver {
     fn run(mut self, input: std_mpsc::Receiver<Input>) {

@@ -27,6 +27,7 @@
 //!   explored first and the supersets it subsumes are skipped.
 
 use crate::bitset::Bitset;
+use crate::fingerprint::{self, Fingerprint, Keys};
 use crate::{Model, Operation};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -164,20 +165,47 @@ impl EntryList {
     }
 }
 
-/// The memo: for each (required set, state), the optional sets it was reached with.
-struct Memo<S> {
-    seen: HashMap<(Bitset, S), Vec<Bitset>>,
+/// The memo: for each (required set, state), the optional sets it was reached with. The required
+/// set and the state are known by their fingerprints (see `fingerprint.rs`: an entry's size does
+/// not grow with the history, and no state is cloned into it); optional sets are bitsets over the
+/// optional operations only, which are few.
+struct Memo {
+    seen: HashMap<(Fingerprint, u128), OptionalSets>,
 }
 
-impl<S: Clone + Eq + std::hash::Hash> Memo<S> {
+/// The optional sets of one memo entry: nearly always one (often empty), so no list for it.
+enum OptionalSets {
+    One(Bitset),
+    Many(Vec<Bitset>),
+}
+
+impl Memo {
     /// Records the node; false if it (or a node that subsumes it) was seen before.
-    fn insert(&mut self, required: &Bitset, optional: &Bitset, state: &S) -> bool {
-        let sets = self.seen.entry((required.clone(), state.clone())).or_default();
-        if sets.iter().any(|seen| seen.is_subset_of(optional)) {
-            return false;
+    fn insert<S: std::hash::Hash>(&mut self, required: Fingerprint, optional: &Bitset, state: &S) -> bool {
+        use std::collections::hash_map::Entry;
+        match self.seen.entry((required, fingerprint::of_state(state))) {
+            Entry::Vacant(v) => {
+                v.insert(OptionalSets::One(optional.clone()));
+                true
+            }
+            Entry::Occupied(mut o) => {
+                let sets = o.get_mut();
+                let subsumed = match &*sets {
+                    OptionalSets::One(seen) => seen.is_subset_of(optional),
+                    OptionalSets::Many(all) => all.iter().any(|seen| seen.is_subset_of(optional)),
+                };
+                if subsumed {
+                    return false;
+                }
+                match sets {
+                    OptionalSets::One(seen) => {
+                        *sets = OptionalSets::Many(vec![seen.clone(), optional.clone()])
+                    }
+                    OptionalSets::Many(all) => all.push(optional.clone()),
+                }
+                true
+            }
         }
-        sets.push(optional.clone());
-        true
     }
 }
 
@@ -191,13 +219,30 @@ pub(crate) fn search<M: Model>(
     let optional: Vec<bool> = ops.iter().map(|op| op.return_ns.is_none()).collect();
     let required_total = optional.iter().filter(|&&o| !o).count();
     let mut required_done = 0;
-    let mut required_set = Bitset::new(ops.len());
-    let mut optional_set = Bitset::new(ops.len());
+    // Optional operations get their own dense numbering for the optional sets' bitsets.
+    let mut optional_count = 0;
+    let optional_slot: Vec<usize> = optional
+        .iter()
+        .map(|&o| {
+            if !o {
+                return usize::MAX;
+            }
+            optional_count += 1;
+            optional_count - 1
+        })
+        .collect();
+    let keys = Keys::new(ops.len());
+    let mut required_set = Fingerprint::default();
+    let mut optional_set = Bitset::new(optional_count);
     let mut memo = Memo { seen: HashMap::new() };
     let mut state = model.init();
     // (operation lifted, the state before it)
     let mut stack: Vec<(usize, M::State)> = Vec::new();
+    // The deepest dead end so far, for the report: its prefix (the stack then) and frontier.
+    // `unchanged` is how much of the stack has not been popped since: only the rest is copied
+    // at the next deeper dead end, so recording costs O(pushes) in all, not O(depth) each time.
     let mut best: Option<(Vec<usize>, Vec<usize>)> = None;
+    let mut unchanged = 0;
     // Two passes over the frontier: required calls first, then optional ones.
     let mut optional_pass = false;
     let mut entry = list.next[HEAD];
@@ -220,18 +265,23 @@ pub(crate) fn search<M: Model>(
         if at_frontier_end {
             // No candidate fits: this node is a dead end. Remember the deepest one for the report.
             if best.as_ref().is_none_or(|(prefix, _)| stack.len() > prefix.len()) {
-                let prefix = stack.iter().map(|&(op, _)| op).collect();
-                best = Some((prefix, list.frontier()));
+                let (prefix, frontier) = best.get_or_insert_with(Default::default);
+                prefix.truncate(unchanged);
+                prefix.extend(stack[unchanged..].iter().map(|&(op, _)| op));
+                *frontier = list.frontier();
+                unchanged = stack.len();
             }
-            let Some((op, previous)) = stack.pop() else {
+            let popped = stack.pop();
+            unchanged = unchanged.min(stack.len());
+            let Some((op, previous)) = popped else {
                 let (prefix, stuck) = best.unwrap_or_default();
                 return Outcome::Illegal { prefix, stuck };
             };
             state = previous;
             if optional[op] {
-                optional_set.remove(op);
+                optional_set.remove(optional_slot[op]);
             } else {
-                required_set.remove(op);
+                required_set.toggle(&keys, op);
                 required_done -= 1;
             }
             list.unlift(op);
@@ -245,9 +295,14 @@ pub(crate) fn search<M: Model>(
                 // An optional operation that changes nothing is never worth placing: the node it
                 // leads to is subsumed by this one.
                 if !(optional[op] && next == state) {
-                    let set = if optional[op] { &mut optional_set } else { &mut required_set };
-                    set.insert(op);
-                    if memo.insert(&required_set, &optional_set, &next) {
+                    let mut required_next = required_set;
+                    if optional[op] {
+                        optional_set.insert(optional_slot[op]);
+                    } else {
+                        required_next.toggle(&keys, op);
+                    }
+                    if memo.insert(required_next, &optional_set, &next) {
+                        required_set = required_next;
                         stack.push((op, std::mem::replace(&mut state, next)));
                         if !optional[op] {
                             required_done += 1;
@@ -257,8 +312,9 @@ pub(crate) fn search<M: Model>(
                         entry = list.next[HEAD];
                         continue;
                     }
-                    let set = if optional[op] { &mut optional_set } else { &mut required_set };
-                    set.remove(op);
+                    if optional[op] {
+                        optional_set.remove(optional_slot[op]);
+                    }
                 }
             }
         }

@@ -28,6 +28,11 @@ impl Bitset {
         self.words[index / 64] & (1 << (index % 64)) != 0
     }
 
+    /// Whether the set has no member.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.words.iter().all(|&w| w == 0)
+    }
+
     /// Whether every member of `self` is in `other` (both made with the same `len`).
     pub(crate) fn is_subset_of(&self, other: &Bitset) -> bool {
         self.words.iter().zip(&other.words).all(|(mine, theirs)| mine & !theirs == 0)

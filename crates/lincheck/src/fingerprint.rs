@@ -40,6 +40,13 @@ impl Fingerprint {
     pub(crate) fn toggle(&mut self, keys: &Keys, index: usize) {
         self.0 ^= keys.keys[index];
     }
+
+    /// One fingerprint for (this set, a state's fingerprint): the state's is mixed (multiplied
+    /// by an odd constant, then rotated) before the XOR, so that a set and a state that happen
+    /// to carry equal fingerprints do not cancel into a common value.
+    pub(crate) fn with_state(self, state: u128) -> u128 {
+        self.0 ^ state.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835).rotate_left(61)
+    }
 }
 
 /// A 128-bit fingerprint of a model state (two independent 64-bit hashes of it), so the memo

@@ -29,7 +29,7 @@
 use crate::bitset::Bitset;
 use crate::fingerprint::{self, Fingerprint, Keys};
 use crate::{Model, Operation};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -166,46 +166,34 @@ impl EntryList {
 }
 
 /// The memo: for each (required set, state), the optional sets it was reached with. The required
-/// set and the state are known by their fingerprints (see `fingerprint.rs`: an entry's size does
-/// not grow with the history, and no state is cloned into it); optional sets are bitsets over the
-/// optional operations only, which are few.
+/// set and the state are known by one 128-bit fingerprint (see `fingerprint.rs`: an entry's size
+/// does not grow with the history, and no state is cloned into it). Nodes reached with no
+/// optional operation placed — nearly all of them — are a plain set of fingerprints (16 bytes
+/// each: an empty optional set subsumes every other); the others keep their optional sets, as
+/// bitsets over the optional operations only, which are few.
+#[derive(Default)]
 struct Memo {
-    seen: HashMap<(Fingerprint, u128), OptionalSets>,
-}
-
-/// The optional sets of one memo entry: nearly always one (often empty), so no list for it.
-enum OptionalSets {
-    One(Bitset),
-    Many(Vec<Bitset>),
+    plain: HashSet<u128>,
+    with_optional: HashMap<u128, Vec<Bitset>>,
 }
 
 impl Memo {
     /// Records the node; false if it (or a node that subsumes it) was seen before.
     fn insert<S: std::hash::Hash>(&mut self, required: Fingerprint, optional: &Bitset, state: &S) -> bool {
-        use std::collections::hash_map::Entry;
-        match self.seen.entry((required, fingerprint::of_state(state))) {
-            Entry::Vacant(v) => {
-                v.insert(OptionalSets::One(optional.clone()));
-                true
-            }
-            Entry::Occupied(mut o) => {
-                let sets = o.get_mut();
-                let subsumed = match &*sets {
-                    OptionalSets::One(seen) => seen.is_subset_of(optional),
-                    OptionalSets::Many(all) => all.iter().any(|seen| seen.is_subset_of(optional)),
-                };
-                if subsumed {
-                    return false;
-                }
-                match sets {
-                    OptionalSets::One(seen) => {
-                        *sets = OptionalSets::Many(vec![seen.clone(), optional.clone()])
-                    }
-                    OptionalSets::Many(all) => all.push(optional.clone()),
-                }
-                true
-            }
+        let key = required.with_state(fingerprint::of_state(state));
+        if self.plain.contains(&key) {
+            return false;
         }
+        if optional.is_empty() {
+            self.with_optional.remove(&key);
+            return self.plain.insert(key);
+        }
+        let sets = self.with_optional.entry(key).or_default();
+        if sets.iter().any(|seen| seen.is_subset_of(optional)) {
+            return false;
+        }
+        sets.push(optional.clone());
+        true
     }
 }
 
@@ -234,7 +222,7 @@ pub(crate) fn search<M: Model>(
     let keys = Keys::new(ops.len());
     let mut required_set = Fingerprint::default();
     let mut optional_set = Bitset::new(optional_count);
-    let mut memo = Memo { seen: HashMap::new() };
+    let mut memo = Memo::default();
     let mut state = model.init();
     // (operation lifted, the state before it)
     let mut stack: Vec<(usize, M::State)> = Vec::new();

@@ -15,11 +15,14 @@ pub(crate) struct RoundTimer {
     inputs: usize,
     /// Time and count per kind of input (a handful of kinds: a list is enough).
     by_kind: Vec<(&'static str, Duration, usize)>,
+    /// The slowest single input: one that took most of a slow round points at that input (or
+    /// at the process being stopped while it ran, as SIGSTOP does), many cheap ones at a backlog.
+    slowest: (&'static str, Duration),
 }
 
 impl RoundTimer {
     pub(crate) fn start() -> Self {
-        Self { start: Instant::now(), inputs: 0, by_kind: Vec::new() }
+        Self { start: Instant::now(), inputs: 0, by_kind: Vec::new(), slowest: ("none", Duration::ZERO) }
     }
 
     /// Handles one input of kind `kind` with `handle`, noting its time.
@@ -28,6 +31,9 @@ impl RoundTimer {
         handle();
         let took = begun.elapsed();
         self.inputs += 1;
+        if took > self.slowest.1 {
+            self.slowest = (kind, took);
+        }
         match self.by_kind.iter_mut().find(|(k, ..)| *k == kind) {
             Some((_, total, count)) => {
                 *total += took;
@@ -53,6 +59,7 @@ impl RoundTimer {
                 inputs_ms = inputs.as_millis() as u64,
                 inputs = self.inputs,
                 costliest_inputs = costliest.join(", "),
+                slowest_input = format!("{} {}ms", self.slowest.0, self.slowest.1.as_millis()),
                 tick_and_ready_ms = (ready - inputs).as_millis() as u64,
                 watch_catch_up_ms = (watches - ready).as_millis() as u64,
                 stream_catch_up_ms = (total - watches).as_millis() as u64,
@@ -87,6 +94,7 @@ mod tests {
         round.time("Heartbeat", || {});
         round.time("status", || std::thread::sleep(Duration::from_millis(10)));
         assert_eq!(round.inputs, 5);
+        assert_eq!(round.slowest.0, "status");
         let costliest = round.costliest(2);
         assert_eq!(costliest.len(), 2);
         assert!(costliest[0].starts_with("status x1 "), "{costliest:?}");

@@ -46,9 +46,12 @@ pub struct Config {
     pub learner_catch_up_lag_entries: u64,
     /// ...and is promoted to voter after staying caught up for this many leader ticks.
     pub learner_catch_up_ticks: u64,
-    /// Bytes of snapshot data per InstallSnapshot message; at most `max_inflight_msgs` chunks
-    /// are unacknowledged at once.
+    /// Bytes of snapshot data per InstallSnapshot message.
     pub snapshot_chunk_bytes: usize,
+    /// Snapshot chunks unacknowledged at once, to one receiver. Each is read from the snapshot's
+    /// source and queued for the network when sent, so this bounds both memory and the work a
+    /// resend repeats (at 256 chunks of 1 MiB, a chaos run's leader queued gigabytes).
+    pub snapshot_inflight_chunks: usize,
     /// When a server needs a snapshot, ask an up-to-date follower to stream it instead of the
     /// leader (Omni-Paxos' lesson: new members must not saturate the leader).
     pub delegate_snapshots: bool,
@@ -75,7 +78,7 @@ pub enum ConfigError {
         election_ticks: u64,
     },
     /// Replication could never make progress.
-    #[error("max_inflight_msgs, max_msg_bytes and snapshot_chunk_bytes must be at least 1")]
+    #[error("max_inflight_msgs, max_msg_bytes, snapshot_chunk_bytes and snapshot_inflight_chunks must be at least 1")]
     Flow,
     /// Lease reads rely on CheckQuorum's lazy voters.
     #[error("lease reads need check_quorum and a lease margin below the election timeout")]
@@ -98,6 +101,7 @@ impl Config {
             learner_catch_up_lag_entries: 64,
             learner_catch_up_ticks: 10,
             snapshot_chunk_bytes: 1 << 20,
+            snapshot_inflight_chunks: 8,
             delegate_snapshots: false,
             snapshot_catch_up_entries: 0,
             seed: id,
@@ -116,7 +120,11 @@ impl Config {
                 election_ticks: self.election_timeout_ticks,
             });
         }
-        if self.max_inflight_msgs == 0 || self.max_msg_bytes == 0 || self.snapshot_chunk_bytes == 0 {
+        if self.max_inflight_msgs == 0
+            || self.max_msg_bytes == 0
+            || self.snapshot_chunk_bytes == 0
+            || self.snapshot_inflight_chunks == 0
+        {
             return Err(ConfigError::Flow);
         }
         if self.read_mode == ReadMode::Lease

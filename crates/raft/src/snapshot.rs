@@ -17,6 +17,11 @@ use crate::types::{NodeId, Role, Snapshot, SnapshotData, SnapshotMeta};
 pub(crate) struct IncomingSnapshot {
     meta: SnapshotMeta,
     data: BytesMut,
+    /// The offset we last asked the sender to resend from, while no chunk has filled the gap:
+    /// the chunks already in flight behind a lost one are dropped without asking again, since
+    /// each ask makes the sender resend its whole window (asking per chunk multiplied the
+    /// traffic by the window's size).
+    asked_from: Option<u64>,
 }
 
 /// A snapshot this server streams to a peer: as leader (state kept in the peer's progress) or as
@@ -92,7 +97,7 @@ impl Raft {
     }
 
     fn window_bytes(&self) -> u64 {
-        (self.config.snapshot_chunk_bytes * self.config.max_inflight_msgs) as u64
+        (self.config.snapshot_chunk_bytes * self.config.snapshot_inflight_chunks) as u64
     }
 
     /// Leader: `to` needs entries that were compacted away. Starts (or continues) a snapshot
@@ -260,21 +265,25 @@ impl Raft {
         }
         let fresh = self.incoming_snapshot.as_ref().is_none_or(|inc| inc.meta != chunk.meta);
         if fresh {
-            if chunk.offset != 0 {
-                return self.reply_snapshot_progress(from, &chunk.meta, 0, true);
-            }
-            self.incoming_snapshot =
-                Some(IncomingSnapshot { meta: chunk.meta.clone(), data: BytesMut::new() });
+            let meta = chunk.meta.clone();
+            self.incoming_snapshot = Some(IncomingSnapshot { meta, data: BytesMut::new(), asked_from: None });
         }
         let inc = self.incoming_snapshot.as_mut().expect("just ensured");
         let have = inc.data.len() as u64;
         if chunk.offset > have {
-            // A chunk went missing: ask to resend from what we have.
+            // A chunk went missing (or we lost our partial copy): ask once to resend from what we
+            // have. If that answer or the resent chunk is lost too, the sender's resend timeout
+            // starts again from the last confirmed byte.
+            if inc.asked_from == Some(have) {
+                return;
+            }
+            inc.asked_from = Some(have);
             return self.reply_snapshot_progress(from, &chunk.meta, have, true);
         }
         let end = chunk.offset + chunk.data.len() as u64;
         if end > have {
             inc.data.extend_from_slice(&chunk.data[(have - chunk.offset) as usize..]);
+            inc.asked_from = None;
         }
         let received = inc.data.len() as u64;
         if from != leader {
@@ -496,5 +505,44 @@ mod transfer_tests {
         let newer = SnapshotMeta { last_included_index: 60, ..meta.clone() };
         f.step(chunk(2, 2, 2, &newer, b"zz", 2, false)).unwrap();
         assert!(progress_reports(&mut f).contains(&(2, 0, true)));
+    }
+
+    /// A lost chunk is asked for once, not once per chunk behind it in the window: every ask
+    /// makes the sender resend its whole window, so asking per chunk multiplied the traffic by
+    /// the window (a chaos run's leader spent 31 s resending and queued gigabytes). Once the gap
+    /// is filled, a new gap is asked for again.
+    #[test]
+    fn a_gap_is_asked_for_once() {
+        let mut f = follower();
+        let meta = SnapshotMeta {
+            last_included_index: 50,
+            last_included_term: 1,
+            membership: Membership::new([1, 2, 3]),
+        };
+        let data = b"0123456789abcdefghij";
+        f.step(chunk(1, 1, 1, &meta, &data[0..4], 0, false)).unwrap();
+        assert_eq!(progress_reports(&mut f), vec![(1, 4, false)]);
+        // 4..8 is lost; three more chunks of the same window arrive behind it.
+        for offset in [8, 12, 16] {
+            let end = (offset + 4) as usize;
+            f.step(chunk(1, 1, 1, &meta, &data[offset as usize..end], offset, end == data.len())).unwrap();
+        }
+        assert_eq!(progress_reports(&mut f), vec![(1, 4, true)], "one ask for the gap at 4");
+        // The resend: the gap fills, then 12..16 is lost this time and is asked for (once).
+        f.step(chunk(1, 1, 1, &meta, &data[4..8], 4, false)).unwrap();
+        f.step(chunk(1, 1, 1, &meta, &data[8..12], 8, false)).unwrap();
+        f.step(chunk(1, 1, 1, &meta, &data[16..20], 16, true)).unwrap();
+        f.step(chunk(1, 1, 1, &meta, &data[16..20], 16, true)).unwrap();
+        assert_eq!(progress_reports(&mut f), vec![(1, 8, false), (1, 12, false), (1, 12, true)]);
+        f.step(chunk(1, 1, 1, &meta, &data[12..16], 12, false)).unwrap();
+        f.step(chunk(1, 1, 1, &meta, &data[16..20], 16, true)).unwrap();
+        let installed = f.snapshot_to_install.clone().expect("installed once complete");
+        assert_eq!(&installed.data.to_bytes().unwrap()[..], &data[..]);
+        // A chunk of a snapshot we never started (offset > 0) is asked from 0, once.
+        let newer = SnapshotMeta { last_included_index: 60, ..meta.clone() };
+        f.step(chunk(1, 1, 1, &newer, b"zz", 2, false)).unwrap();
+        f.step(chunk(1, 1, 1, &newer, b"zz", 4, false)).unwrap();
+        let asks: Vec<_> = progress_reports(&mut f).into_iter().filter(|(_, _, rewind)| *rewind).collect();
+        assert_eq!(asks, vec![(1, 0, true)]);
     }
 }

@@ -435,6 +435,7 @@ impl Cluster {
         c.max_inflight_msgs = self.cfg.max_inflight_msgs;
         c.max_msg_bytes = self.cfg.max_msg_bytes;
         c.snapshot_chunk_bytes = self.cfg.snapshot_chunk_bytes;
+        c.snapshot_inflight_chunks = self.cfg.snapshot_inflight_chunks;
         c.delegate_snapshots = self.cfg.delegate_snapshots;
         c.snapshot_catch_up_entries = self.cfg.snapshot_catch_up_entries;
         c.seed = self.cfg.seed ^ (id << 32) ^ incarnation;

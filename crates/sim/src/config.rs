@@ -64,6 +64,8 @@ pub struct SimConfig {
     pub max_nodes: usize,
     /// Bytes per InstallSnapshot chunk (small, so transfers span many lossy messages).
     pub snapshot_chunk_bytes: usize,
+    /// Snapshot chunks in flight to one receiver.
+    pub snapshot_inflight_chunks: usize,
     /// Whether leaders delegate snapshot transfers to up-to-date followers.
     pub delegate_snapshots: bool,
     /// Entries the log keeps before a snapshot's point.
@@ -112,6 +114,9 @@ impl SimConfig {
             reconfigure: rng.chance(1, 2),
             max_nodes: 9,
             snapshot_chunk_bytes: [16, 256, 1 << 20][rng.range(0, 3) as usize],
+            // Set below from max_inflight_msgs: no draw of its own, so every seed keeps the
+            // configuration it had before this field existed.
+            snapshot_inflight_chunks: 0,
             delegate_snapshots: rng.chance(1, 2),
             snapshot_catch_up_entries: [0, 10, 1024][rng.range(0, 3) as usize],
             link_bytes_per_us: 125,
@@ -122,6 +127,7 @@ impl SimConfig {
         // lazy voters (CheckQuorum) it deposes every leader, forever: the disruption thesis 4.2.3
         // describes, which those two exist to prevent. Membership changes run only with one on.
         cfg.reconfigure &= cfg.pre_vote || cfg.check_quorum;
+        cfg.snapshot_inflight_chunks = cfg.max_inflight_msgs.min(8);
         cfg
     }
 }

@@ -341,7 +341,12 @@ async fn streams_survive_a_restart_from_a_snapshot() {
         let append = StreamCommand::Append { stream: "s".into(), timestamp_ms: 1000 + i, records };
         node.propose(Command::Stream(append)).await.unwrap();
     }
-    assert!(node.status().await.unwrap().snapshot_index > 10, "the log was compacted behind a snapshot");
+    // Snapshots are written off the driver and installed once durable: wait for one to land.
+    let deadline = Instant::now() + WAIT;
+    while node.status().await.unwrap().snapshot_index <= 10 {
+        assert!(Instant::now() < deadline, "the log was compacted behind a snapshot");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let before = node.read_with(true, |sm| sm.streams.read("s", 5, 100, 1 << 20)).await.unwrap().unwrap();
     assert_eq!((before.first_offset, before.end_offset), (5, 30), "100 bytes keep 25 records");
     drop(node);

@@ -372,7 +372,12 @@ async fn a_watch_continues_exactly_across_a_snapshot_install() {
         put_via(nodes.clone(), format!("k/{i:02}")).await;
     }
     let leader = leader_of(&nodes).await;
-    assert!(nodes[leader].status().await.unwrap().snapshot_index > 1, "the leader compacted its log");
+    // Snapshots are written off the driver and installed once durable: wait for one to land.
+    let deadline = Instant::now() + WAIT;
+    while nodes[leader].status().await.unwrap().snapshot_index <= 1 {
+        assert!(Instant::now() < deadline, "the leader compacted its log");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let late = Arc::new(NodeHandle::start(cfg(3), listeners[2].take().unwrap()).await.unwrap());
     let (registered_at, mut feed) = late.watch(WatchSpec::new(KeyRange::prefix("k/"))).await.unwrap();
     nodes.push(late.clone());

@@ -456,6 +456,15 @@ mod transfer_tests {
         Message { from, to: 3, term, body: MessageBody::InstallSnapshot(body) }
     }
 
+    /// A snapshot of the three-member cluster at `index`, term 1.
+    fn meta_at(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_included_index: index,
+            last_included_term: 1,
+            membership: Membership::new([1, 2, 3]),
+        }
+    }
+
     fn progress_reports(r: &mut Raft) -> Vec<(u64, u64, bool)> {
         r.outbox
             .drain(..)
@@ -471,11 +480,7 @@ mod transfer_tests {
     #[test]
     fn a_transfer_resumes_after_a_lost_chunk_and_a_leader_change() {
         let mut f = follower();
-        let meta = SnapshotMeta {
-            last_included_index: 50,
-            last_included_term: 1,
-            membership: Membership::new([1, 2, 3]),
-        };
+        let meta = meta_at(50);
         let data = b"0123456789ab";
         // Leader 1, term 1: chunk 0..4 arrives, chunk 4..8 is lost, chunk 8..12 arrives.
         f.step(chunk(1, 1, 1, &meta, &data[0..4], 0, false)).unwrap();
@@ -514,11 +519,7 @@ mod transfer_tests {
     #[test]
     fn a_gap_is_asked_for_once() {
         let mut f = follower();
-        let meta = SnapshotMeta {
-            last_included_index: 50,
-            last_included_term: 1,
-            membership: Membership::new([1, 2, 3]),
-        };
+        let meta = meta_at(50);
         let data = b"0123456789abcdefghij";
         f.step(chunk(1, 1, 1, &meta, &data[0..4], 0, false)).unwrap();
         assert_eq!(progress_reports(&mut f), vec![(1, 4, false)]);

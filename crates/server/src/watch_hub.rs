@@ -183,7 +183,7 @@ impl WatchHub {
                 f.watchers.insert(watch, Watcher { spec, floor, next: floor, synced: false });
                 // Answer first: the stream announces the watch before its first events.
                 let _ = reply.send(current);
-                self.catch_up_feed(feed, sm, &mut CATCH_UP_BUDGET.clone());
+                self.catch_up_one(feed, sm);
             }
             HubCommand::Cancel { feed, watch, reply } => {
                 if let Some(f) = self.feeds.get_mut(&feed) {
@@ -191,7 +191,7 @@ impl WatchHub {
                 }
                 let _ = reply.send(current);
                 // A pending feed-wide progress may have been waiting for just this watcher.
-                self.catch_up_feed(feed, sm, &mut CATCH_UP_BUDGET.clone());
+                self.catch_up_one(feed, sm);
             }
             HubCommand::Progress { feed, watch: Some(watch) } => {
                 let Some(f) = self.feeds.get(&feed) else { return };
@@ -206,7 +206,7 @@ impl WatchHub {
             HubCommand::Progress { feed, watch: None } => {
                 let Some(f) = self.feeds.get_mut(&feed) else { return };
                 f.progress_pending = true;
-                self.catch_up_feed(feed, sm, &mut CATCH_UP_BUDGET.clone());
+                self.catch_up_one(feed, sm);
             }
             HubCommand::Revision { reply } => {
                 let _ = reply.send(current);
@@ -276,6 +276,13 @@ impl WatchHub {
         }
         self.feeds.retain(|_, f| !f.tx.is_closed());
         more
+    }
+
+    /// Catches one feed up after a request to it, with a round's budget of its own (what is
+    /// left over is done by the driver's next rounds).
+    fn catch_up_one(&mut self, feed: u64, sm: &StateMachine) {
+        let mut budget = CATCH_UP_BUDGET;
+        self.catch_up_feed(feed, sm, &mut budget);
     }
 
     /// One feed's catch-up, a page per watcher at a time while the feed has room and `budget`

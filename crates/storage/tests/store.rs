@@ -40,6 +40,14 @@ fn snapshot(index: u64, term: u64) -> Snapshot {
     Snapshot { meta, data: Bytes::from(format!("state up to {index}")).into() }
 }
 
+/// A store in `dir` holding entries 1..=40 of term 1, synced.
+fn with_forty_entries(dir: &Path, segment_bytes: u64) -> DiskStore {
+    let mut disk = DiskStore::open(dir, options(segment_bytes)).unwrap();
+    disk.write(&batch(None, None, entries(1, 40, 1))).unwrap();
+    disk.sync().unwrap();
+    disk
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     /// Append `count` entries of `term` starting `back` entries before the end (0 = at the end).
@@ -155,9 +163,7 @@ proptest! {
 fn snapshots_are_verified_and_only_the_newest_are_kept() {
     let d = TempDir::new("snaps");
     {
-        let mut disk = DiskStore::open(&d.0, options(1 << 20)).unwrap();
-        disk.write(&batch(None, None, entries(1, 40, 1))).unwrap();
-        disk.sync().unwrap();
+        let mut disk = with_forty_entries(&d.0, 1 << 20);
         for at in [10, 20, 30] {
             disk.save_snapshot(&snapshot(at, 1)).unwrap();
         }
@@ -194,9 +200,7 @@ fn snapshots_are_verified_and_only_the_newest_are_kept() {
 #[test]
 fn disk_usage_counts_every_file_and_what_recovery_reads() {
     let d = TempDir::new("usage");
-    let mut disk = DiskStore::open(&d.0, options(1 << 16)).unwrap();
-    disk.write(&batch(None, None, entries(1, 40, 1))).unwrap();
-    disk.sync().unwrap();
+    let mut disk = with_forty_entries(&d.0, 1 << 16);
     disk.save_snapshot(&snapshot(10, 1)).unwrap();
     disk.save_snapshot(&snapshot(30, 1)).unwrap();
     let size = |sub: &str, pick: &dyn Fn(&str) -> bool| -> u64 {
@@ -226,9 +230,7 @@ fn disk_usage_counts_every_file_and_what_recovery_reads() {
 fn a_snapshot_written_on_another_thread_counts_once_installed() {
     let d = TempDir::new("split");
     {
-        let mut disk = DiskStore::open(&d.0, options(1 << 20)).unwrap();
-        disk.write(&batch(None, None, entries(1, 40, 1))).unwrap();
-        disk.sync().unwrap();
+        let mut disk = with_forty_entries(&d.0, 1 << 20);
         disk.save_snapshot(&snapshot(10, 1)).unwrap();
         let writer = disk.snapshot_writer();
         std::thread::spawn(move || writer.write(&snapshot(30, 1))).join().unwrap().unwrap();
@@ -460,9 +462,7 @@ fn a_failed_sync_poisons_the_store() {
 #[test]
 fn the_disk_store_keeps_snapshot_data_in_its_file() {
     let d = TempDir::new("snapfile");
-    let mut disk = DiskStore::open(&d.0, options(1 << 20)).unwrap();
-    disk.write(&batch(None, None, entries(1, 40, 1))).unwrap();
-    disk.sync().unwrap();
+    let mut disk = with_forty_entries(&d.0, 1 << 20);
     let local = snapshot(10, 1);
     disk.save_snapshot(&local).unwrap();
     let stored = disk.snapshot().unwrap().clone();

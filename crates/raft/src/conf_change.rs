@@ -300,6 +300,12 @@ impl Raft {
         due.then_some(applied)
     }
 
+    /// Bytes of payload applied since the last snapshot (what [`Raft::snapshot_due`]'s byte
+    /// threshold counts), for drivers that weigh a snapshot's cost against the log it frees.
+    pub fn applied_bytes_since_snapshot(&self) -> u64 {
+        self.applied_bytes_since_snapshot
+    }
+
     /// The latest snapshot's data, for drivers that stream it to a catching-up peer.
     pub fn latest_snapshot(&self) -> Option<(&crate::types::SnapshotMeta, &crate::types::SnapshotData)> {
         self.snapshot.as_ref().map(|s| (&s.meta, &s.data))

@@ -56,6 +56,11 @@ pub struct Progress {
     /// Delegated snapshot transfers to this follower that made no progress; after one, the
     /// leader sends snapshots itself.
     pub delegations_failed: u32,
+    /// The highest commit index this follower can have learned from what was sent to it: a
+    /// message's `leader_commit`, capped at the last entry it vouches for. A follower whose
+    /// acknowledgement arrives after the commit it takes part in (the other follower was
+    /// faster) would otherwise learn that commit only at the next heartbeat.
+    pub commit_sent: Index,
 }
 
 impl Progress {
@@ -78,6 +83,7 @@ impl Progress {
             snapshot_acked: 0,
             snapshot_done_sent: false,
             snapshot_helper: None,
+            commit_sent: 0,
             delegations_failed: 0,
         }
     }

@@ -30,6 +30,7 @@ impl Raft {
         let last_sent = entries.last().map_or(prev_log_index, |e| e.index);
         let pr = self.progress.get_mut(&to).expect("checked above");
         pr.sent_entries(last_sent);
+        pr.commit_sent = pr.commit_sent.max(self.log.commit_index.min(last_sent));
         let body = AppendEntries {
             prev_log_index,
             prev_log_term,
@@ -45,11 +46,13 @@ impl Raft {
     /// known match, so it always passes the consistency check and can safely carry the commit
     /// index (followers commit only up to what they have verified).
     pub(crate) fn send_heartbeat(&mut self, to: NodeId) {
-        let Some(pr) = self.progress.get(&to) else { return };
+        let commit = self.log.commit_index;
+        let Some(pr) = self.progress.get_mut(&to) else { return };
         let (prev_log_index, prev_log_term) = match self.log.term(pr.match_index) {
             Some(t) => (pr.match_index, t),
             None => (0, 0),
         };
+        pr.commit_sent = pr.commit_sent.max(commit.min(prev_log_index));
         let body = AppendEntries {
             prev_log_index,
             prev_log_term,
@@ -216,6 +219,14 @@ impl Raft {
         }
         if self.progress[&from].match_index < self.log.last_index() {
             self.send_append(from);
+        }
+        let pr = &self.progress[&from];
+        let vouched = self.log.term(pr.match_index).is_some();
+        if vouched && pr.commit_sent < self.log.commit_index.min(pr.match_index) {
+            // Its entries were committed before its answer came (a faster follower made the
+            // quorum): tell it now, not at the next heartbeat. A follower applies, and answers
+            // the clients whose proposals it forwarded, only once it knows the commit.
+            self.send_heartbeat(from);
         }
         if self.lead_transferee.map(|(id, _)| id) == Some(from) {
             self.continue_transfer(from);

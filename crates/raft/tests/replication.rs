@@ -573,3 +573,40 @@ fn the_leader_reads_snapshot_chunks_from_its_source_only_when_sending() {
     assert!(source.reads.load(SeqCst) >= 1);
     assert_eq!(source.bytes_read.load(SeqCst), len, "each byte read once, when sent");
 }
+
+/// Reference: paper section 5.3 ("the leader keeps track of the highest index it knows to be
+/// committed, and it includes that index in future AppendEntries RPCs ... so that the other
+/// servers eventually find out"). "Eventually" must not mean "at the next heartbeat": a follower
+/// whose acknowledgement arrives after the other follower already made the quorum learns the
+/// commit of its own entry from the leader's answer to that acknowledgement. (In a server it
+/// answers the clients whose writes it forwarded only once it applies them: waiting for the
+/// heartbeat cost 1-client puts through a follower up to one heartbeat interval, 100 ms.)
+#[test]
+fn a_follower_acknowledging_after_the_quorum_learns_the_commit_without_a_tick() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect(1);
+    assert!(leader > 0);
+    c.deliver_all();
+    let (slow, fast) = (2, 3);
+    let index = c.propose(1, "x").expect("leader");
+    // Both followers store the entry; the slow one's acknowledgement is held back.
+    let is_ack_from = |from: NodeId| {
+        move |m: &Message| m.from == from && matches!(m.body, MessageBody::AppendEntriesResponse(_))
+    };
+    c.deliver_matching(|m| m.from == 1 && carries_entry_at_or_after(m, index));
+    let held = c.take_matching(is_ack_from(slow));
+    assert_eq!(held.len(), 1, "the slow follower acknowledged the entry");
+    // The fast follower's acknowledgement commits it; the commit broadcast reaches the slow
+    // follower too, but its heartbeat vouches only for what the leader knew it held.
+    c.deliver_matching(is_ack_from(fast));
+    c.deliver_matching(|m| m.from == 1);
+    assert_eq!(c.raft(1).status().commit_index, index);
+    assert!(c.raft(slow).status().commit_index < index, "the slow follower cannot know yet");
+    // Its acknowledgement arrives: the leader answers with the commit, and no tick is needed.
+    for m in held {
+        c.deliver(m);
+    }
+    c.deliver_all();
+    assert_eq!(c.raft(slow).status().commit_index, index, "learned without waiting for a heartbeat");
+    assert_eq!(c.raft(slow).status().last_applied, index);
+}

@@ -415,12 +415,15 @@ impl Raft {
             soft
         });
         let hard = self.hard_state();
-        let hard_state = (hard != self.reported_hard).then(|| {
+        let before = self.reported_hard;
+        let promise_changed = hard.current_term != before.current_term || hard.voted_for != before.voted_for;
+        let hard_state = (hard != before).then(|| {
             self.reported_hard = hard;
             hard
         });
         let snapshot = self.snapshot_to_install.take();
         let entries = self.log.unstable_entries();
+        let must_sync = promise_changed || snapshot.is_some() || !entries.is_empty();
         self.log.unstable_from = self.log.last_index() + 1;
         let committed_entries = if snapshot.is_some() { Vec::new() } else { self.log.entries_to_apply() };
         if let Some(last) = committed_entries.last() {
@@ -438,6 +441,7 @@ impl Raft {
                 hard_state,
                 snapshot,
                 entries,
+                must_sync,
             },
             gated_messages: GatedMessages { ready_id, messages: gated },
             committed_entries,

@@ -52,6 +52,8 @@ pub struct PersistBatch {
     /// Entries to write. Any stored entry with an index at or after `entries[0].index` must be
     /// discarded first: the core only hands out a suffix that replaces what follows it.
     pub entries: Vec<Entry>,
+    /// See [`PersistBatch::must_sync`].
+    pub(crate) must_sync: bool,
 }
 
 impl PersistBatch {
@@ -60,8 +62,19 @@ impl PersistBatch {
         self.hard_state.is_none() && self.snapshot.is_none() && self.entries.is_empty()
     }
 
+    /// Whether the write must be synced before [`PersistBatch::durable`]: it holds entries, a
+    /// snapshot, or a new term or vote. A batch that only moves the commit index need not be
+    /// (etcd's `MustSync` makes the same cut): the commit index is volatile state in Figure 2,
+    /// and one lost in a crash is learned again from the leader, while a sync per commit would
+    /// put a second fsync on every write's path, after the one that made it durable. An unsynced
+    /// commit index reaches the disk with the next synced batch.
+    pub fn must_sync(&self) -> bool {
+        self.must_sync
+    }
+
     /// Declares the batch durable and yields the receipt that releases gated messages and
-    /// advances the core. Call it only after the write has been synced.
+    /// advances the core. Call it only after the write has been synced, where
+    /// [`PersistBatch::must_sync`] says so.
     pub fn durable(self) -> Durable {
         Durable { ready_id: self.ready_id, last_entry: self.last_entry }
     }

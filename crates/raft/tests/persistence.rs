@@ -206,3 +206,54 @@ fn entries_count_towards_commit_only_once_durable() {
     assert!(c.raft(1).status().commit_index >= j);
     assert_eq!(c.raft(1).role(), Role::Leader);
 }
+
+/// Reference: paper Figure 2 lists commitIndex under "volatile state on all servers", and
+/// currentTerm, votedFor and log[] under "persistent state". A Ready that only moves the commit
+/// index asks for no sync (a crash that loses it costs a re-learned commit, never a broken
+/// promise); one that carries entries or a new term or vote does.
+#[test]
+fn only_persistent_state_asks_for_a_sync() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.run(2);
+    let i = c.propose(1, "x").expect("leader");
+    // Follower 2 stores the entry (a synced batch) and the leader commits it with node 3.
+    let to_2 = |m: &Message| m.to == 2;
+    let append =
+        c.pop_next(|m| to_2(m) && matches!(&m.body, MessageBody::AppendEntries(a) if !a.entries.is_empty()));
+    let append = append.expect("the entry went to node 2");
+    c.raft_mut(2).step(append).expect("well-formed");
+    let mut ready = c.raft_mut(2).ready();
+    assert!(!ready.persist.entries.is_empty());
+    assert!(ready.persist.must_sync(), "entries must be synced before they are acknowledged");
+    let receipt = std::mem::take(&mut ready.persist).durable();
+    let acks = ready.gated_messages.release(&receipt);
+    c.raft_mut(2).advance(receipt);
+    for ack in acks {
+        c.deliver(ack);
+    }
+    c.deliver_matching(|m| m.to != 2);
+    assert!(c.raft(1).status().commit_index >= i);
+    // The leader tells node 2 of the commit: only the commit index changes there.
+    let heartbeat = c.pop_next(to_2).expect("the commit goes to node 2");
+    c.raft_mut(2).step(heartbeat).expect("well-formed");
+    let ready = c.raft_mut(2).ready();
+    let hard = ready.persist.hard_state.expect("the commit index moved");
+    assert!(hard.commit_index >= i);
+    assert!(ready.persist.entries.is_empty() && ready.persist.snapshot.is_none());
+    assert!(!ready.persist.must_sync(), "a commit index alone is volatile state");
+    let receipt = ready.persist.durable();
+    c.raft_mut(2).advance(receipt);
+    // A vote in a new term is a promise: synced before the answer leaves.
+    // (As a leadership transfer's: a server that hears from its leader ignores other votes.)
+    let term = c.raft(2).current_term() + 1;
+    let mut vote = request_vote(3, 2, term);
+    if let MessageBody::RequestVote(rv) = &mut vote.body {
+        rv.leadership_transfer = true;
+    }
+    c.raft_mut(2).step(vote).expect("well-formed");
+    let ready = c.raft_mut(2).ready();
+    let hard = ready.persist.hard_state.expect("term and vote changed");
+    assert_eq!(hard.current_term, term);
+    assert!(ready.persist.must_sync(), "a new term (and vote) must be synced first");
+}

@@ -739,11 +739,15 @@ impl Driver {
             }
             let batch = std::mem::take(&mut ready.persist);
             let (rolls, start) = (self.store.wal().rolls(), Instant::now());
-            self.store.write(&batch)?;
+            if !batch.is_empty() {
+                self.store.write(&batch)?;
+            }
             if self.store.wal().rolls() != rolls {
                 self.metrics.wal_roll_time(start.elapsed());
             }
-            self.metrics.time_fsync(|| self.store.sync())?;
+            if batch.must_sync() {
+                self.metrics.time_fsync(|| self.store.sync())?;
+            }
             if let Some(s) = &batch.snapshot {
                 let before = self.sm.mvcc.revision();
                 let data = s.data.to_bytes().expect("a snapshot from the leader is assembled in memory");

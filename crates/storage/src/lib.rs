@@ -31,7 +31,9 @@
 //!         while node.has_ready() {
 //!             let mut ready = node.ready();
 //!             store.write(&ready.persist).unwrap();
-//!             store.sync().unwrap(); // durable: now gated messages may leave
+//!             if ready.persist.must_sync() {
+//!                 store.sync().unwrap(); // durable: now gated messages may leave
+//!             }
 //!             let receipt = std::mem::take(&mut ready.persist).durable();
 //!             let _ = ready.gated_messages.release(&receipt);
 //!             node.advance(receipt);

@@ -351,7 +351,14 @@ fn get_kv(r: &mut R, key: &Bytes) -> Result<KeyValue, KvError> {
 impl StateMachine {
     /// Serializes the whole state (history since the last compaction included) for a snapshot.
     pub fn encode(&self) -> Bytes {
-        let mut w = W(BytesMut::new());
+        self.encode_sized(0)
+    }
+
+    /// As [`StateMachine::encode`], into a buffer of `capacity` bytes to start with: a caller
+    /// that knows about how large the encoding will be (the last snapshot's size) saves the
+    /// buffer's doublings, each a copy of everything encoded so far and fresh pages to fault in.
+    pub fn encode_sized(&self, capacity: usize) -> Bytes {
+        let mut w = W(BytesMut::with_capacity(capacity));
         w.i64(self.mvcc.current);
         w.i64(self.mvcc.compacted);
         w.len(self.mvcc.keys.len());

@@ -208,6 +208,9 @@ fn a_state_with_history_and_leases_round_trips() {
     at.revision = 4;
     assert_eq!(restored.range(&at), sm.range(&at), "history survives the snapshot");
     let bytes = sm.encode();
+    for capacity in [0, 1, bytes.len() / 2, bytes.len(), bytes.len() * 3] {
+        assert_eq!(sm.encode_sized(capacity), bytes, "a starting capacity of {capacity} changes nothing");
+    }
     for cut in 0..bytes.len() {
         assert!(StateMachine::decode(bytes.slice(..cut)).is_err(), "cut at {cut}");
     }

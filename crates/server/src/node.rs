@@ -18,7 +18,7 @@ use balsa_storage::{DiskStore, LogStore, StoreOptions};
 use bytes::Bytes;
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::lease_clock::LeaseClock;
 use crate::metrics::Metrics;
@@ -147,7 +147,7 @@ type ProposeReply = oneshot::Sender<Result<Response, NodeError>>;
 pub(crate) type ReadJob = Box<dyn FnOnce(Result<&StateMachine, NodeError>) + Send>;
 
 pub(crate) enum Input {
-    Peer(balsa_raft::Message),
+    Peer(crate::transport::Delivery),
     Propose(Command, ProposeReply),
     Read(RangeRequest, ReadReply),
     ReadLocal(RangeRequest, ReadReply),
@@ -185,7 +185,7 @@ impl Input {
     /// The variant's name (and a peer message's kind), for the slow-round log.
     fn kind(&self) -> &'static str {
         match self {
-            Input::Peer(m) => m.kind_name(),
+            Input::Peer(d) => d.message.kind_name(),
             Input::Propose(..) => "propose",
             Input::Read(..) => "read",
             Input::ReadLocal(..) => "read-local",
@@ -271,7 +271,6 @@ impl NodeHandle {
         rc.seed = config.id ^ config.cluster_id.rotate_left(17);
         let raft = Raft::new(rc, initial).map_err(|e| e.to_string())?;
         let (input_tx, input_rx) = std_mpsc::channel();
-        let (inbox_tx, mut inbox_rx) = mpsc::channel(4096);
         let mut transport_config = TransportConfig::new(config.id, config.cluster_id);
         // Five election timeouts: long enough that a receiver merely slow to read (a busy
         // driver closes the TCP window, and zero-window probes count against TCP_USER_TIMEOUT)
@@ -279,24 +278,13 @@ impl NodeHandle {
         // it heals. With one election timeout, connections to slow readers on a saturated
         // machine were reset every few seconds, losing the messages queued on them.
         transport_config.peer_timeout = (election_timeout * 5).max(Duration::from_secs(2));
-        let transport = Transport::start(transport_config, peer_listener, config.peers.clone(), inbox_tx);
-        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<balsa_raft::Message>();
-        // Forward peers' messages into the driver, and the driver's messages to the transport.
-        let forward = input_tx.clone();
-        tokio::spawn(async move {
-            while let Some(m) = inbox_rx.recv().await {
-                if forward.send(Input::Peer(m)).is_err() {
-                    return;
-                }
-            }
-        });
-        let sender = transport.clone_sender();
+        // Peers' messages go straight into the driver's input, and the driver hands its own
+        // straight to the peers' writers: no forwarding task in between (each cost a task
+        // wake-up per message, four on the path of every replicated write).
+        let inbox = input_tx.clone();
+        let inbox: crate::transport::Inbox = Arc::new(move |d| inbox.send(Input::Peer(d)).is_ok());
+        let transport = Transport::start(transport_config, peer_listener, config.peers.clone(), inbox);
         let peer_book = transport.clone_sender();
-        tokio::spawn(async move {
-            while let Some(m) = out_rx.recv().await {
-                sender.send(m);
-            }
-        });
         let config_peers = config.peers.clone();
         let metrics = Arc::new(Metrics::new());
         let driver = Driver {
@@ -307,12 +295,12 @@ impl NodeHandle {
             raft,
             store,
             sm,
-            out: out_tx,
             config,
             proposals: BTreeMap::new(),
             next_request: 0,
             reads: Vec::new(),
             next_read: 0,
+            unasked_reads: Vec::new(),
             read_contexts: BTreeMap::new(),
             lease_clock: LeaseClock::default(),
             was_leader: false,
@@ -498,7 +486,6 @@ struct Driver {
     raft: Raft,
     store: DiskStore,
     sm: StateMachine,
-    out: mpsc::UnboundedSender<balsa_raft::Message>,
     config: NodeConfig,
     /// Proposals waiting to be applied, by request id: when they were made, and where to answer.
     proposals: BTreeMap<u64, (Instant, ProposeReply)>,
@@ -507,8 +494,11 @@ struct Driver {
     /// Reads with a read index, waiting for the state machine to reach it.
     reads: Vec<(Index, ReadJob)>,
     next_read: u64,
-    /// Reads waiting for their read index, by context.
-    read_contexts: BTreeMap<u64, ReadJob>,
+    /// Reads taken in this driver round, asking for one read index together (see
+    /// `ask_read_index`).
+    unasked_reads: Vec<ReadJob>,
+    /// Reads waiting for their read index, by context: one context per driver round's batch.
+    read_contexts: BTreeMap<u64, Vec<ReadJob>>,
     /// When each lease runs out by this server's clock.
     lease_clock: LeaseClock,
     /// Whether this server led at the last look, to notice taking over.
@@ -517,7 +507,8 @@ struct Driver {
     last_clock: Option<Instant>,
     /// The peers the transport connects to and accepts, as last set.
     peer_addrs: BTreeMap<NodeId, SocketAddr>,
-    /// Changes the transport's peers when members come and go.
+    /// Sends the core's messages to their peers' writers, and changes the transport's peers when
+    /// members come and go.
     peer_book: crate::transport::TransportSender,
     /// Membership changes waiting to finish: their entry's index and term, when asked, and
     /// where to answer.
@@ -613,6 +604,7 @@ impl Driver {
                 }
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             }
+            self.ask_read_index();
             let inputs = round.lap();
             if Instant::now() >= next_tick {
                 self.raft.tick();
@@ -641,8 +633,8 @@ impl Driver {
 
     fn handle(&mut self, input: Input) {
         match input {
-            Input::Peer(m) => {
-                if let Err(e) = self.raft.step(m) {
+            Input::Peer(d) => {
+                if let Err(e) = self.raft.step(d.message) {
                     tracing::warn!(error = %e, "message refused");
                 }
             }
@@ -735,7 +727,7 @@ impl Driver {
         while self.raft.has_ready() {
             let mut ready = self.raft.ready();
             for m in std::mem::take(&mut ready.messages) {
-                let _ = self.out.send(m);
+                self.peer_book.send(m);
             }
             let batch = std::mem::take(&mut ready.persist);
             let (rolls, start) = (self.store.wal().rolls(), Instant::now());
@@ -763,18 +755,20 @@ impl Driver {
             }
             let receipt = batch.durable();
             for m in ready.gated_messages.release(&receipt) {
-                let _ = self.out.send(m);
+                self.peer_book.send(m);
             }
             for entry in std::mem::take(&mut ready.committed_entries) {
                 self.apply(&entry);
             }
             for rs in std::mem::take(&mut ready.read_states) {
                 let context = u64::from_le_bytes(rs.context[..8].try_into().expect("our own 8-byte context"));
-                let Some(job) = self.read_contexts.remove(&context) else { continue };
-                match rs.result {
-                    Ok(index) => self.reads.push((index, job)),
-                    Err(ReadIndexError::NotLeader { leader_hint }) => {
-                        job(Err(NodeError::NotLeader { leader_hint }))
+                let Some(jobs) = self.read_contexts.remove(&context) else { continue };
+                for job in jobs {
+                    match rs.result {
+                        Ok(index) => self.reads.push((index, job)),
+                        Err(ReadIndexError::NotLeader { leader_hint }) => {
+                            job(Err(NodeError::NotLeader { leader_hint }))
+                        }
                     }
                 }
             }
@@ -1057,7 +1051,11 @@ impl Driver {
             last_included_term: term,
             membership: self.raft.membership_at(index),
         };
-        let snapshot = Snapshot { meta, data: self.sm.encode().into() };
+        // The last snapshot's size and an eighth more: a state that grew since needs no
+        // doubling of the buffer (a copy of hundreds of MB) at the end.
+        let last_bytes = self.raft.latest_snapshot().map_or(0, |(_, data)| data.len());
+        let capacity = usize::try_from(last_bytes + last_bytes / 8).unwrap_or(0);
+        let snapshot = Snapshot { meta, data: self.sm.encode_sized(capacity).into() };
         let encode_time = start.elapsed();
         let write = {
             let (writer, snapshot) = (self.store.snapshot_writer(), snapshot.clone());
@@ -1181,15 +1179,33 @@ impl Driver {
         self.start_snapshot(index, Some(reply));
     }
 
-    /// Asks the core for a read index; `job` runs once the state machine has applied up to it.
+    /// Queues a linearizable read: `job` runs once the state machine has applied up to a read
+    /// index asked for after it arrived (`ask_read_index`, at the end of this driver round).
     fn read_index(&mut self, job: ReadJob) {
+        self.unasked_reads.push(job);
+    }
+
+    /// Asks the core for one read index for every read taken in this round (etcd batches its
+    /// reads the same way). One index serves them all: it is asked for after each of them
+    /// arrived, so it covers every write they may have seen acknowledged (thesis 6.4). A
+    /// follower so sends the leader one ReadIndex message per round instead of one per read,
+    /// and gets one answer back.
+    fn ask_read_index(&mut self) {
+        if self.unasked_reads.is_empty() {
+            return;
+        }
+        let jobs = std::mem::take(&mut self.unasked_reads);
         let context = self.next_read;
         self.next_read += 1;
         match self.raft.read_index(Bytes::copy_from_slice(&context.to_le_bytes())) {
             Ok(()) => {
-                self.read_contexts.insert(context, job);
+                self.read_contexts.insert(context, jobs);
             }
-            Err(ReadIndexError::NotLeader { leader_hint }) => job(Err(NodeError::NotLeader { leader_hint })),
+            Err(ReadIndexError::NotLeader { leader_hint }) => {
+                for job in jobs {
+                    job(Err(NodeError::NotLeader { leader_hint }));
+                }
+            }
         }
     }
 }

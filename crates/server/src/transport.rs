@@ -16,7 +16,7 @@ use balsa_raft::{Message, MessageBody, NodeId};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 const MAGIC: &[u8; 8] = b"BALSAPR1";
 
@@ -29,7 +29,8 @@ pub struct TransportConfig {
     pub cluster_id: u64,
     /// Largest frame accepted or sent.
     pub max_frame_bytes: usize,
-    /// Messages queued per peer and lane before new ones are dropped (Raft resends).
+    /// Messages queued per peer and lane before new ones are dropped (Raft resends); also the
+    /// received messages the inbox may hold before readers stop reading (TCP pushes back).
     pub queue_messages: usize,
     /// Longest wait between reconnection attempts. Short, because it adds to the time a
     /// healed link takes to carry traffic again, and an attempt costs next to nothing.
@@ -72,7 +73,22 @@ fn lane_of(m: &Message) -> Lane {
     }
 }
 
-/// Sends messages to peers; received messages arrive on the channel given to [`Transport::start`].
+/// A received message, holding one of the inbox's slots until it is dropped: readers stop
+/// reading once every slot is taken, so a slow receiver pushes back on its peers through TCP
+/// instead of queueing without bound.
+pub struct Delivery {
+    /// The message, from the peer the connection was opened by.
+    pub message: Message,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Where received messages go. Called on a runtime thread for each message, so it must not
+/// block; it returns false once the receiver is gone. Handing messages straight to the
+/// receiver (the node's driver thread) rather than through a channel and a forwarding task
+/// saves a task wake-up per message on both ends of every round trip.
+pub type Inbox = Arc<dyn Fn(Delivery) -> bool + Send + Sync>;
+
+/// Sends messages to peers; received messages go to the [`Inbox`] given to [`Transport::start`].
 pub struct Transport {
     shared: Arc<Shared>,
     /// The accept loop; stopped when the transport is dropped (writers stop with their queues).
@@ -86,6 +102,8 @@ struct Shared {
     /// Where writers for new peers are spawned (senders may live on a thread of their own).
     runtime: tokio::runtime::Handle,
     peers: RwLock<Peers>,
+    /// The inbox's slots ([`Delivery`]).
+    slots: Arc<Semaphore>,
 }
 
 #[derive(Default)]
@@ -146,9 +164,10 @@ impl Transport {
         config: TransportConfig,
         listener: TcpListener,
         peers: BTreeMap<NodeId, SocketAddr>,
-        inbox: mpsc::Sender<Message>,
+        inbox: Inbox,
     ) -> Self {
         let shared = Arc::new(Shared {
+            slots: Arc::new(Semaphore::new(config.queue_messages)),
             config: Arc::new(config),
             runtime: tokio::runtime::Handle::current(),
             peers: RwLock::new(Peers::default()),
@@ -271,7 +290,7 @@ async fn peer_writer(
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, inbox: mpsc::Sender<Message>) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, inbox: Inbox) {
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(c) => c,
@@ -296,11 +315,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, inbox: mpsc::Se
 }
 
 /// Reads one inbound connection until it ends or misbehaves.
-async fn serve_connection(
-    stream: TcpStream,
-    shared: &Shared,
-    inbox: &mpsc::Sender<Message>,
-) -> Result<(), &'static str> {
+async fn serve_connection(stream: TcpStream, shared: &Shared, inbox: &Inbox) -> Result<(), &'static str> {
     let config = &shared.config;
     let mut r = BufReader::new(stream);
     let mut hello = [0u8; 25];
@@ -330,7 +345,8 @@ async fn serve_connection(
         if m.from != from || m.to != config.id {
             return Err("message not from the connected peer or not for this server");
         }
-        if inbox.send(m).await.is_err() {
+        let slot = shared.slots.clone().acquire_owned().await.map_err(|_| "inbox closed")?;
+        if !inbox(Delivery { message: m, _slot: slot }) {
             return Ok(()); // this server is shutting down
         }
     }

@@ -2,11 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use balsa_raft::{
     AppendEntries, InstallSnapshot, Membership, Message, MessageBody, RequestVote, SnapshotMeta,
 };
+use balsa_server::transport::{Delivery, Inbox};
 use balsa_server::{Transport, TransportConfig};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,11 +39,19 @@ fn snapshot_chunk(from: u64, to: u64, size: usize) -> Message {
     Message { from, to, term: 1, body: MessageBody::InstallSnapshot(body) }
 }
 
-async fn recv(rx: &mut mpsc::Receiver<Message>) -> Message {
+/// An inbox that hands each message to a channel (and frees its slot at once).
+fn inbox() -> (Inbox, mpsc::UnboundedReceiver<Message>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Arc::new(move |d: Delivery| tx.send(d.message).is_ok()), rx)
+}
+
+async fn recv(rx: &mut mpsc::UnboundedReceiver<Message>) -> Message {
     tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("delivered in time").expect("open")
 }
 
-async fn cluster(n: u64) -> (Vec<Transport>, Vec<mpsc::Receiver<Message>>, BTreeMap<u64, SocketAddr>) {
+async fn cluster(
+    n: u64,
+) -> (Vec<Transport>, Vec<mpsc::UnboundedReceiver<Message>>, BTreeMap<u64, SocketAddr>) {
     let mut listeners = Vec::new();
     let mut peers = BTreeMap::new();
     for id in 1..=n {
@@ -52,7 +62,7 @@ async fn cluster(n: u64) -> (Vec<Transport>, Vec<mpsc::Receiver<Message>>, BTree
     let mut transports = Vec::new();
     let mut inboxes = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = inbox();
         transports.push(Transport::start(TransportConfig::new(i as u64 + 1, CLUSTER), l, peers.clone(), tx));
         inboxes.push(rx);
     }
@@ -111,7 +121,7 @@ async fn a_restarted_peer_is_reconnected() {
     drop(rx.pop());
     tokio::time::sleep(Duration::from_millis(100)).await;
     let listener = TcpListener::bind(peers[&2]).await.expect("the port is free again");
-    let (tx, mut rx2) = mpsc::channel(64);
+    let (tx, mut rx2) = inbox();
     let _t2 = Transport::start(TransportConfig::new(2, CLUSTER), listener, peers, tx);
     // Messages sent meanwhile may be lost (Raft resends); keep sending until one arrives.
     let mut round = 10;
@@ -124,6 +134,49 @@ async fn a_restarted_peer_is_reconnected() {
         assert!(round < 60, "never reconnected");
     };
     assert!(matches!(arrived.body, MessageBody::AppendEntries(_)));
+}
+
+/// The inbox holds at most `queue_messages` undropped deliveries: past that the reader stops
+/// reading (the peer's TCP window closes) until the receiver drops one, so a slow driver cannot
+/// be buried under a queue without bound.
+#[tokio::test]
+async fn held_deliveries_stop_the_reader_until_one_is_dropped() {
+    let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peers: BTreeMap<u64, SocketAddr> =
+        [(1, l1.local_addr().unwrap()), (2, l2.local_addr().unwrap())].into_iter().collect();
+    let held: Arc<Mutex<Vec<Delivery>>> = Arc::default();
+    let keep = held.clone();
+    let holding: Inbox = Arc::new(move |d| {
+        keep.lock().unwrap().push(d);
+        true
+    });
+    let (unused, _rx) = inbox();
+    let t1 = Transport::start(TransportConfig::new(1, CLUSTER), l1, peers.clone(), unused);
+    let mut config = TransportConfig::new(2, CLUSTER);
+    config.queue_messages = 2;
+    let _t2 = Transport::start(config, l2, peers, holding);
+    for round in 0..5 {
+        assert!(t1.send(heartbeat(1, 2, round)));
+    }
+    let count = || held.lock().unwrap().len();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while count() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(count(), 2, "no third delivery while two are held");
+    // Dropping held deliveries frees their slots: the rest arrive, in order.
+    let mut rounds = Vec::new();
+    while rounds.len() < 5 && tokio::time::Instant::now() < deadline {
+        let taken: Vec<Delivery> = held.lock().unwrap().drain(..).collect();
+        rounds.extend(taken.into_iter().map(|d| match d.message.body {
+            MessageBody::AppendEntries(a) => a.read_round,
+            other => panic!("unexpected {other:?}"),
+        }));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rounds, vec![0, 1, 2, 3, 4]);
 }
 
 async fn raw(addr: SocketAddr, bytes: &[u8]) -> bool {

@@ -234,6 +234,25 @@ fn leases_take_their_keys_with_them() {
     assert_eq!(sm.apply(&Command::LeaseKeepAlive { id: 5 }), Err(KvError::LeaseNotFound), "revoked");
 }
 
+#[test]
+fn a_put_moves_its_key_from_the_old_lease_to_the_new_one() {
+    let mut sm = StateMachine::default();
+    for id in [5, 6] {
+        sm.apply(&Command::LeaseGrant { id, ttl_secs: 5 }).unwrap();
+    }
+    let with_lease = |k: &str, v: &str, lease| Command::Put(PutRequest { lease, ..put_req(k, v) });
+    sm.apply(&with_lease("k", "on 5", 5)).unwrap();
+    sm.apply(&with_lease("k", "still on 5", 5)).unwrap();
+    assert_eq!(sm.leases[&5].keys.len(), 1, "a re-put on the same lease keeps one entry");
+    sm.apply(&with_lease("k", "on 6", 6)).unwrap();
+    assert!(sm.leases[&5].keys.is_empty(), "the old lease lets go");
+    assert_eq!(sm.leases[&6].keys.len(), 1);
+    sm.apply(&Command::LeaseRevoke { id: 5 }).unwrap();
+    assert_eq!(values(&get(&sm, KeyRange::single("k"))), ["on 6"], "revoking the old lease leaves it");
+    sm.apply(&Command::LeaseRevoke { id: 6 }).unwrap();
+    assert!(get(&sm, KeyRange::single("k")).kvs.is_empty(), "the new lease takes it");
+}
+
 /// Raft thesis 6.3: a retried write in a session is answered from memory, not applied twice.
 #[test]
 fn a_sessioned_write_applies_once_however_often_it_is_retried() {

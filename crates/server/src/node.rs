@@ -757,8 +757,10 @@ impl Driver {
             for m in ready.gated_messages.release(&receipt) {
                 self.peer_book.send(m);
             }
+            // Once per Ready: only catch-up (outside this loop) makes a watcher synced.
+            let record = self.watch_hub.wants_events();
             for entry in std::mem::take(&mut ready.committed_entries) {
-                self.apply(&entry);
+                self.apply(&entry, record);
             }
             for rs in std::mem::take(&mut ready.read_states) {
                 let context = u64::from_le_bytes(rs.context[..8].try_into().expect("our own 8-byte context"));
@@ -794,7 +796,10 @@ impl Driver {
         Ok(())
     }
 
-    fn apply(&mut self, entry: &balsa_raft::Entry) {
+    /// Applies one committed entry and answers its proposer if that is this member; `record`:
+    /// collect the change feed for synced watchers (a put's events cost clones otherwise spent
+    /// for nobody).
+    fn apply(&mut self, entry: &balsa_raft::Entry, record: bool) {
         if entry.kind != EntryKind::Normal {
             return;
         }
@@ -806,7 +811,11 @@ impl Driver {
         let mut events = Vec::new();
         let result = match Command::decode(entry.data.slice(8..)) {
             Ok(command) => {
-                let result = self.sm.apply_recording(&command, &mut events);
+                let result = if record {
+                    self.sm.apply_recording(&command, &mut events)
+                } else {
+                    self.sm.apply(&command)
+                };
                 self.observe_applied(&command, &result);
                 self.stream_hub.applied(&command, &result);
                 result.map_err(NodeError::from)

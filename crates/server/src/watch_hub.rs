@@ -217,6 +217,13 @@ impl WatchHub {
         }
     }
 
+    /// Whether any watcher takes events from the change feed (is synced). If none does, the
+    /// driver applies without recording events: a lagging or new watcher catches up from
+    /// history, and only synced watchers are ever handed the feed.
+    pub(crate) fn wants_events(&self) -> bool {
+        self.feeds.values().any(|f| f.watchers.values().any(|w| w.synced))
+    }
+
     /// Hands the events one applied command wrote (the change feed) to synced watchers.
     pub(crate) fn publish(&mut self, events: &[(Revision, Event)]) {
         let Some((last, _)) = events.last() else { return };

@@ -35,12 +35,22 @@ impl RecordType {
 
 /// Appends one framed record to `out`.
 pub fn encode(out: &mut Vec<u8>, ty: RecordType, payload: &[u8]) {
+    encode_with(out, ty, |buf| buf.extend_from_slice(payload));
+}
+
+/// Like [`encode`], with the payload written by `write` straight into `out` (behind room left
+/// for the header, filled in after): no payload buffer of its own to allocate and copy from.
+pub fn encode_with(out: &mut Vec<u8>, ty: RecordType, write: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_BYTES]);
+    write(out);
+    let payload = &out[start + HEADER_BYTES..];
     assert!(payload.len() <= MAX_PAYLOAD_BYTES, "record of {} bytes", payload.len());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&[ty as u8]), payload);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.push(ty as u8);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(payload);
+    let len = payload.len() as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4] = ty as u8;
+    out[start + 5..start + HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// The outcome of reading at an offset.

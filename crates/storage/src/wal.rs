@@ -274,9 +274,7 @@ impl<V: Vfs> Wal<V> {
                 return Err(StorageError::Invalid(format!("entries not contiguous at {}", e.index)));
             }
             let start = self.scratch.len();
-            let mut payload = Vec::with_capacity(e.data.len() + 21);
-            codec::put_entry(&mut payload, e);
-            record::encode(&mut self.scratch, RecordType::Entry, &payload);
+            record::encode_with(&mut self.scratch, RecordType::Entry, |out| codec::put_entry(out, e));
             let len = (self.scratch.len() - start) as u32;
             slots.push(Slot { offset: base + start as u64, len, term: e.term });
         }
@@ -300,12 +298,12 @@ impl<V: Vfs> Wal<V> {
     }
 
     fn write_scratch(&mut self) -> Result<()> {
-        let (path, offset) = (self.active_segment().path.clone(), self.active_segment().size);
+        let offset = self.active_segment().size;
         if let Err(e) = self.active.write_at(offset, &self.scratch) {
             // A failed write may have left part of the bytes in the file; nothing after them
             // could be trusted, so the store stops.
             self.poisoned = true;
-            return Err(StorageError::io("append to", path, e));
+            return Err(StorageError::io("append to", self.active_segment().path.clone(), e));
         }
         self.segments.last_mut().expect("active").size += self.scratch.len() as u64;
         Ok(())

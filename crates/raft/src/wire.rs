@@ -105,6 +105,15 @@ impl Message {
     /// Serializes the message for a peer connection.
     pub fn encode(&self) -> Bytes {
         let mut b = BytesMut::with_capacity(self.size_bytes());
+        self.encode_into(&mut b);
+        b.freeze()
+    }
+
+    /// Appends the message's encoding to `b`: a transport building one write out of several
+    /// messages encodes each in place instead of copying it in.
+    pub fn encode_into(&self, out: &mut BytesMut) {
+        let b = out;
+        b.reserve(self.size_bytes());
         b.put_u64_le(self.from);
         b.put_u64_le(self.to);
         b.put_u64_le(self.term);
@@ -128,24 +137,24 @@ impl Message {
                 b.put_u64_le(a.leader_commit);
                 b.put_u64_le(a.read_round);
                 b.put_u32_le(a.entries.len() as u32);
-                a.entries.iter().for_each(|e| put_entry(&mut b, e));
+                a.entries.iter().for_each(|e| put_entry(b, e));
             }
             MessageBody::AppendEntriesResponse(r) => {
                 b.put_u8(4);
                 b.put_u8(u8::from(r.success));
                 b.put_u64_le(r.match_index);
                 b.put_u64_le(r.rejected_index);
-                put_opt(&mut b, r.hint.conflict_term);
+                put_opt(b, r.hint.conflict_term);
                 b.put_u64_le(r.hint.conflict_index);
                 b.put_u64_le(r.read_round);
             }
             MessageBody::InstallSnapshot(s) => {
                 b.put_u8(5);
                 b.put_u64_le(s.leader);
-                put_meta(&mut b, &s.meta);
+                put_meta(b, &s.meta);
                 b.put_u64_le(s.offset);
                 b.put_u8(u8::from(s.done));
-                put_bytes(&mut b, &s.data);
+                put_bytes(b, &s.data);
             }
             MessageBody::InstallSnapshotResponse(r) => {
                 b.put_u8(6);
@@ -162,19 +171,18 @@ impl Message {
             MessageBody::Propose(p) => {
                 b.put_u8(11);
                 b.put_u32_le(p.commands.len() as u32);
-                p.commands.iter().for_each(|c| put_bytes(&mut b, c));
+                p.commands.iter().for_each(|c| put_bytes(b, c));
             }
             MessageBody::ReadIndex(r) => {
                 b.put_u8(9);
-                put_bytes(&mut b, &r.context);
+                put_bytes(b, &r.context);
             }
             MessageBody::ReadIndexResponse(r) => {
                 b.put_u8(10);
-                put_bytes(&mut b, &r.context);
-                put_opt(&mut b, r.read_index);
+                put_bytes(b, &r.context);
+                put_opt(b, r.read_index);
             }
         }
-        b.freeze()
     }
 
     /// Parses a frame received from a peer.
@@ -328,6 +336,17 @@ mod tests {
             longer.push(7);
             assert_eq!(Message::decode(Bytes::from(longer)), Err(WireError("trailing bytes")));
         }
+    }
+
+    #[test]
+    fn encoding_into_a_buffer_appends_the_same_bytes() {
+        let mut buf = BytesMut::from(&b"before"[..]);
+        let mut expected = b"before".to_vec();
+        for m in samples() {
+            m.encode_into(&mut buf);
+            expected.extend_from_slice(&m.encode());
+        }
+        assert_eq!(&buf[..], &expected[..]);
     }
 
     #[test]

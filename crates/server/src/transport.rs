@@ -270,12 +270,16 @@ async fn peer_writer(
             let mut batch = BytesMut::new();
             let mut next = Some(first);
             while let Some(m) = next {
-                let frame = m.encode();
-                if frame.len() > config.max_frame_bytes {
-                    tracing::error!(peer, bytes = frame.len(), "message larger than the frame limit dropped");
+                // Encoded in place behind room for its length, filled in after.
+                let start = batch.len();
+                batch.put_u32_le(0);
+                m.encode_into(&mut batch);
+                let len = batch.len() - start - 4;
+                if len > config.max_frame_bytes {
+                    tracing::error!(peer, bytes = len, "message larger than the frame limit dropped");
+                    batch.truncate(start);
                 } else {
-                    batch.put_u32_le(frame.len() as u32);
-                    batch.put_slice(&frame);
+                    batch[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
                 }
                 next = if batch.len() < (1 << 20) { rx.try_recv().ok() } else { None };
             }
@@ -339,8 +343,12 @@ async fn serve_connection(stream: TcpStream, shared: &Shared, inbox: &Inbox) -> 
         if len > config.max_frame_bytes {
             return Err("frame larger than the limit");
         }
-        let mut frame = vec![0u8; len];
-        r.read_exact(&mut frame).await.map_err(|_| "truncated frame")?;
+        // Read into spare capacity: no zero-fill of a buffer about to be overwritten.
+        let mut frame = Vec::with_capacity(len);
+        (&mut r).take(len as u64).read_to_end(&mut frame).await.map_err(|_| "truncated frame")?;
+        if frame.len() != len {
+            return Err("truncated frame");
+        }
         let m = Message::decode(Bytes::from(frame)).map_err(|_| "malformed frame")?;
         if m.from != from || m.to != config.id {
             return Err("message not from the connected peer or not for this server");

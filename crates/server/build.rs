@@ -12,6 +12,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ],
         ["proto"],
     )?;
-    tonic_build::configure().build_server(true).build_client(true).compile_fds(descriptors)?;
+    // Generated code makes its codec with `grpc_codec::SmallBufferCodec::default()` (why: that file).
+    tonic_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .codec_path("crate::grpc_codec::SmallBufferCodec")
+        .compile_fds(descriptors)?;
     Ok(())
 }

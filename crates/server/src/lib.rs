@@ -10,6 +10,7 @@
 
 pub mod cluster_service;
 pub mod config;
+pub mod grpc_codec;
 pub mod kv_service;
 pub mod lease_clock;
 pub mod lease_service;

@@ -255,41 +255,32 @@ impl StateMachine {
     }
 
     fn put(&mut self, ctx: &mut WriteCtx, req: &PutRequest) -> PutResponse {
-        if !req.ignore_value && !req.ignore_lease {
-            // The common case: one walk down the key index, in `Mvcc::put`; the lease's key sets
-            // follow from the previous value it returns.
-            let prev = self.mvcc.put(ctx, req.key.clone(), req.value.clone(), req.lease);
-            let old_lease = prev.as_ref().map_or(0, |kv| kv.lease);
-            if old_lease != 0 && old_lease != req.lease {
-                if let Some(l) = self.leases.get_mut(&old_lease) {
-                    l.keys.remove(&req.key);
-                }
-            }
-            if req.lease != 0 && old_lease != req.lease {
-                if let Some(l) = self.leases.get_mut(&req.lease) {
-                    l.keys.insert(req.key.clone());
-                }
-            }
-            return PutResponse { revision: 0, prev_kv: if req.prev_kv { prev } else { None } };
-        }
-        let existing = self.mvcc.get(&req.key).cloned();
-        let value = match (&existing, req.ignore_value) {
-            (Some(kv), true) => kv.value.clone(),
-            _ => req.value.clone(),
+        // A plain put walks the key index once, in `Mvcc::put` (the walk is most of a put's apply
+        // time); only the ignore flags need the current value before writing.
+        let (value, lease) = if req.ignore_value || req.ignore_lease {
+            let existing = self.mvcc.get(&req.key);
+            let value = match existing {
+                Some(kv) if req.ignore_value => kv.value.clone(),
+                _ => req.value.clone(),
+            };
+            let lease = match existing {
+                Some(kv) if req.ignore_lease => kv.lease,
+                _ => req.lease,
+            };
+            (value, lease)
+        } else {
+            (req.value.clone(), req.lease)
         };
-        let lease = match (&existing, req.ignore_lease) {
-            (Some(kv), true) => kv.lease,
-            _ => req.lease,
-        };
-        if let Some(old) = existing.as_ref().filter(|kv| kv.lease != 0 && kv.lease != lease) {
-            if let Some(l) = self.leases.get_mut(&old.lease) {
+        let prev = self.mvcc.put(ctx, req.key.clone(), value, lease);
+        let old_lease = prev.as_ref().map_or(0, |kv| kv.lease);
+        if old_lease != lease {
+            if let Some(l) = self.leases.get_mut(&old_lease) {
                 l.keys.remove(&req.key);
             }
+            if let Some(l) = self.leases.get_mut(&lease) {
+                l.keys.insert(req.key.clone());
+            }
         }
-        if let Some(l) = self.leases.get_mut(&lease) {
-            l.keys.insert(req.key.clone());
-        }
-        let prev = self.mvcc.put(ctx, req.key.clone(), value, lease);
         PutResponse { revision: 0, prev_kv: if req.prev_kv { prev } else { None } }
     }
 

@@ -1035,14 +1035,18 @@ impl Driver {
         }
     }
 
+    /// Size of the latest snapshot's data (0 before the first).
+    fn last_snapshot_bytes(&self) -> u64 {
+        self.raft.latest_snapshot().map_or(0, |(_, data)| data.len())
+    }
+
     /// Starts a snapshot when the core says one is due and none is being written.
     fn maybe_snapshot(&mut self) {
         if self.snapshot_in_flight.is_some() {
             return;
         }
         let Some(index) = self.raft.snapshot_due(self.config.snapshot_entries, 64 << 20) else { return };
-        let last_bytes = self.raft.latest_snapshot().map_or(0, |(_, data)| data.len());
-        if snapshot_pays_off(self.raft.applied_bytes_since_snapshot(), last_bytes) {
+        if snapshot_pays_off(self.raft.applied_bytes_since_snapshot(), self.last_snapshot_bytes()) {
             self.start_snapshot(index, None);
         }
     }
@@ -1062,7 +1066,7 @@ impl Driver {
         };
         // The last snapshot's size and an eighth more: a state that grew since needs no
         // doubling of the buffer (a copy of hundreds of MB) at the end.
-        let last_bytes = self.raft.latest_snapshot().map_or(0, |(_, data)| data.len());
+        let last_bytes = self.last_snapshot_bytes();
         let capacity = usize::try_from(last_bytes + last_bytes / 8).unwrap_or(0);
         let snapshot = Snapshot { meta, data: self.sm.encode_sized(capacity).into() };
         let encode_time = start.elapsed();

@@ -10,7 +10,7 @@ use crate::command::*;
 use crate::error::KvError;
 use crate::machine::{Lease, StateMachine};
 use crate::members::MemberAttrs;
-use crate::mvcc::Mvcc;
+use crate::mvcc::{Mvcc, Version};
 use crate::sessions::{Session, Sessions};
 use crate::streams::{Retention, StreamError, StreamInfo, StreamResponse};
 use crate::types::{KeyRange, KeyValue, Revision};
@@ -245,7 +245,15 @@ fn get_txn(r: &mut R, depth: u32) -> Result<TxnRequest, KvError> {
 impl Command {
     /// Serializes the command for a log entry.
     pub fn encode(&self) -> Bytes {
-        let mut w = W(BytesMut::new());
+        let mut buf = BytesMut::new();
+        self.encode_into(&mut buf);
+        buf.freeze()
+    }
+
+    /// Appends the command's encoding to `buf`: the server packs the entries it proposes into
+    /// shared buffers instead of one allocation each.
+    pub fn encode_into(&self, buf: &mut BytesMut) {
+        let mut w = W(std::mem::take(buf));
         match self {
             Command::Put(p) => (w.u8(1), put_put(&mut w, p)).1,
             Command::DeleteRange(d) => (w.u8(2), put_range(&mut w, &d.range), w.bool(d.prev_kv)).1,
@@ -268,7 +276,7 @@ impl Command {
                 (w.u8(SESSIONED), w.u64(*client_id), w.u64(*seq), w.bytes(&command.encode())).1
             }
         }
-        w.0.freeze()
+        *buf = w.0;
     }
 
     /// Parses a log entry's payload.
@@ -365,12 +373,19 @@ impl StateMachine {
         for (key, versions) in &self.mvcc.keys {
             w.bytes(key);
             w.len(versions.len());
-            for (rev, kv) in versions {
-                w.i64(rev.main);
-                w.i64(rev.sub);
-                match kv {
-                    Some(kv) => (w.u8(1), put_kv(&mut w, kv)).1,
-                    None => w.u8(0),
+            // The format of a `(Revision, Option<KeyValue>)` per version, as before the keyspace
+            // held versions compactly: snapshots taken by earlier builds restore unchanged.
+            for v in versions {
+                w.i64(v.main);
+                w.i64(i64::from(v.sub));
+                if v.is_tombstone() {
+                    w.u8(0);
+                } else {
+                    w.u8(1);
+                    w.bytes(&v.value);
+                    for n in [v.create_revision, v.main, v.version, v.lease] {
+                        w.i64(n);
+                    }
                 }
             }
         }
@@ -411,7 +426,7 @@ impl StateMachine {
                     1 => Some(get_kv(&mut r, &key)?),
                     _ => return Err(bad("version tag")),
                 };
-                versions.push((rev, kv));
+                versions.push(Version::restored(rev, kv)?);
             }
             keys.insert(key, versions);
         }

@@ -259,7 +259,7 @@ impl StateMachine {
         // time); only the ignore flags need the current value before writing.
         let (value, lease) = if req.ignore_value || req.ignore_lease {
             let existing = self.mvcc.get(&req.key);
-            let value = match existing {
+            let value = match &existing {
                 Some(kv) if req.ignore_value => kv.value.clone(),
                 _ => req.value.clone(),
             };

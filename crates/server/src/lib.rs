@@ -20,6 +20,7 @@ pub mod member;
 pub mod metrics;
 pub mod node;
 pub mod ops;
+mod payloads;
 mod round_timer;
 pub mod session;
 pub mod snapshot_file;

@@ -11,17 +11,18 @@ use std::time::{Duration, Instant};
 
 use balsa_kv::{Command, KvError, MemberAttrs, RangeRequest, RangeResponse, Response, StateMachine};
 use balsa_raft::{
-    ConfChangeError, Config, EntryKind, Index, Membership, MembershipChange, NodeId, ProposeError, Raft,
-    ReadIndexError, Role, Snapshot, Status, Term,
+    ConfChangeError, Config, EntryKind, Index, Membership, MembershipChange, MessageBody, NodeId,
+    ProposeError, Raft, ReadIndexError, Role, Snapshot, Status, Term,
 };
 use balsa_storage::{DiskStore, LogStore, StoreOptions};
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::lease_clock::LeaseClock;
 use crate::metrics::Metrics;
+use crate::payloads::Payloads;
 use crate::round_timer::RoundTimer;
 use crate::stream_hub::{StreamHub, StreamHubCommand};
 use crate::transport::{Transport, TransportConfig};
@@ -298,6 +299,7 @@ impl NodeHandle {
             config,
             proposals: BTreeMap::new(),
             next_request: 0,
+            payloads: Payloads::default(),
             reads: Vec::new(),
             next_read: 0,
             unasked_reads: Vec::new(),
@@ -491,6 +493,9 @@ struct Driver {
     proposals: BTreeMap<u64, (Instant, ProposeReply)>,
     /// The next request id's counter (ids are `node id << 40 | counter`).
     next_request: u64,
+    /// Where the payloads of this member's proposals, and of commands forwarded to it, are
+    /// written.
+    payloads: Payloads,
     /// Reads with a read index, waiting for the state machine to reach it.
     reads: Vec<(Index, ReadJob)>,
     next_read: u64,
@@ -633,7 +638,15 @@ impl Driver {
 
     fn handle(&mut self, input: Input) {
         match input {
-            Input::Peer(d) => {
+            Input::Peer(mut d) => {
+                if let MessageBody::Propose(p) = &mut d.message.body {
+                    // A command forwarded by a follower arrives in a frame of its own; kept as
+                    // it came, each would hold its whole frame (and a shared header) for as long
+                    // as the keyspace holds its key. Packed, it costs what the leader's own do.
+                    for command in &mut p.commands {
+                        *command = self.payloads.pack(|buf| buf.put_slice(command));
+                    }
+                }
                 if let Err(e) = self.raft.step(d.message) {
                     tracing::warn!(error = %e, "message refused");
                 }
@@ -714,9 +727,11 @@ impl Driver {
     fn tag(&mut self, command: &Command) -> (u64, Bytes) {
         self.next_request += 1;
         let id = (self.config.id << 40) | self.next_request;
-        let mut data = id.to_le_bytes().to_vec();
-        data.extend_from_slice(&command.encode());
-        (id, Bytes::from(data))
+        let data = self.payloads.pack(|buf| {
+            buf.put_u64_le(id);
+            command.encode_into(buf);
+        });
+        (id, data)
     }
 
     fn carry_out_readies(&mut self) -> Result<(), balsa_storage::StorageError> {

@@ -19,7 +19,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc as std_mpsc;
 
 use balsa_kv::{Event, EventKind, KeyRange, KvError, Revision, StateMachine};
 use tokio::sync::mpsc::error::TrySendError;
@@ -365,7 +364,7 @@ static NEXT_FEED: AtomicU64 = AtomicU64::new(1);
 /// Dropping it removes them.
 pub struct WatchFeed {
     id: u64,
-    input: std_mpsc::Sender<Input>,
+    input: crate::node::InputSender,
     updates: mpsc::Receiver<WatchUpdate>,
 }
 

@@ -219,3 +219,65 @@ async fn hostile_connections_are_closed_and_the_server_keeps_serving() {
     t[0].send(heartbeat(1, 2, 42));
     assert_eq!(recv(&mut rx[1]).await, heartbeat(1, 2, 42));
 }
+
+/// Senders write to the socket themselves, from any thread (the node's driver is a plain
+/// thread), and what the socket does not take waits in a bounded queue: with a peer that has
+/// stopped reading, sends past `queue_messages` are refused (Raft treats them as lost), and
+/// once the peer reads again everything accepted arrives, in order and whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_fills_a_bounded_queue_and_then_gets_it_all_in_order() {
+    let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peers: BTreeMap<u64, SocketAddr> =
+        [(1, l1.local_addr().unwrap()), (2, silent.local_addr().unwrap())].into_iter().collect();
+    let (unused, _rx) = inbox();
+    let mut config = TransportConfig::new(1, CLUSTER);
+    config.queue_messages = 4;
+    let t1 = Transport::start(config, l1, peers, unused);
+    // The peer accepts the raft lane's connection and reads nothing yet.
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(5), silent.accept()).await.unwrap().unwrap();
+    let sender = t1.clone_sender();
+    let accepted = std::thread::spawn(move || {
+        // 256 KiB heartbeats would be odd; a large AppendEntries stands in for a burst.
+        let big = |round: u64| {
+            let mut m = heartbeat(1, 2, round);
+            if let MessageBody::AppendEntries(a) = &mut m.body {
+                a.entries = vec![balsa_raft::Entry {
+                    term: 1,
+                    index: round + 1,
+                    kind: balsa_raft::EntryKind::Normal,
+                    data: Bytes::from(vec![round as u8; 256 << 10]),
+                }];
+            }
+            m
+        };
+        let mut accepted = Vec::new();
+        for round in 0..400 {
+            if sender.send(big(round)) {
+                accepted.push(round);
+            }
+        }
+        accepted
+    })
+    .join()
+    .unwrap();
+    assert!(accepted.len() < 400, "a peer that reads nothing took 100 MiB");
+    assert!(accepted.len() >= 4, "the queue took fewer than queue_messages: {}", accepted.len());
+    // Now the peer reads: the handshake, then every accepted message, whole and in order.
+    let mut hello = [0u8; 25];
+    conn.read_exact(&mut hello).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < accepted.len() {
+        let len = tokio::time::timeout(Duration::from_secs(5), conn.read_u32_le()).await.unwrap().unwrap();
+        let mut frame = vec![0u8; len as usize];
+        conn.read_exact(&mut frame).await.unwrap();
+        match Message::decode(Bytes::from(frame)).unwrap().body {
+            MessageBody::AppendEntries(a) => {
+                assert!(a.entries[0].data.iter().all(|&b| b == a.read_round as u8), "frame torn");
+                got.push(a.read_round);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, accepted);
+}

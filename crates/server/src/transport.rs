@@ -150,6 +150,9 @@ struct OutState {
     /// Frames added to `pending` since it was last empty: at most `queue_messages`, past which
     /// new messages are dropped (Raft treats them as lost and resends).
     frames: usize,
+    /// The most `pending` held since it was last empty: its allocation is at least this large
+    /// (`BytesMut` does not say how large once written parts are consumed).
+    high_water: usize,
     /// The peer was removed or the transport dropped: the writer stops.
     closed: bool,
 }
@@ -165,13 +168,19 @@ impl OutState {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 _ => {
                     self.stream = None;
-                    self.pending.clear();
                     break;
                 }
             }
         }
+        self.drop_pending();
+    }
+
+    /// Forgets what is pending (written, or lost with a connection), giving back a buffer a
+    /// burst made large.
+    fn drop_pending(&mut self) {
+        self.pending.clear();
         self.frames = 0;
-        if self.pending.capacity() > KEEP_PENDING_BYTES {
+        if std::mem::take(&mut self.high_water) > KEEP_PENDING_BYTES {
             self.pending = BytesMut::new();
         }
     }
@@ -197,6 +206,7 @@ impl Outbound {
         }
         st.pending[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
         st.frames += 1;
+        st.high_water = st.high_water.max(st.pending.len());
         st.flush();
         let left = !st.pending.is_empty() || st.stream.is_none();
         drop(st);
@@ -364,8 +374,7 @@ async fn peer_writer(
                 if st.closed {
                     return;
                 }
-                st.pending.clear();
-                st.frames = 0;
+                st.drop_pending();
                 continue;
             }
         };
@@ -408,7 +417,7 @@ async fn peer_writer(
                     let mut st = out.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     if ready.is_err() {
                         st.stream = None;
-                        st.pending.clear();
+                        st.drop_pending();
                     }
                     st.flush();
                 }
@@ -502,5 +511,29 @@ async fn serve_connection(stream: TcpStream, shared: &Shared, inbox: &Inbox) -> 
         if !inbox(Delivery { message: m, _slot: slot }) {
             return Ok(()); // this server is shutting down
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst (snapshot chunks, a peer that stopped reading) leaves no large buffer behind once
+    /// what was pending is gone; an ordinary one is kept for the next message.
+    #[test]
+    fn a_burst_leaves_no_large_buffer_behind() {
+        let mut st = OutState::default();
+        st.pending.extend_from_slice(&vec![1u8; 4 * KEEP_PENDING_BYTES]);
+        st.high_water = st.pending.len();
+        st.pending.advance(st.pending.len()); // all of it written
+        st.drop_pending();
+        st.pending.reserve(16);
+        assert!(st.pending.capacity() < KEEP_PENDING_BYTES, "kept {} bytes", st.pending.capacity());
+
+        st.pending.extend_from_slice(&[1u8; 1000]);
+        st.high_water = st.pending.len();
+        st.drop_pending();
+        st.pending.reserve(16);
+        assert!(st.pending.capacity() >= 1000, "an ordinary buffer is reused");
     }
 }

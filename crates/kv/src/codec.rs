@@ -3,6 +3,7 @@
 //! malformed input is an error.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -366,45 +367,44 @@ impl StateMachine {
     /// that knows about how large the encoding will be (the last snapshot's size) saves the
     /// buffer's doublings, each a copy of everything encoded so far and fresh pages to fault in.
     pub fn encode_sized(&self, capacity: usize) -> Bytes {
-        let mut w = W(BytesMut::with_capacity(capacity));
-        w.i64(self.mvcc.current);
-        w.i64(self.mvcc.compacted);
-        w.len(self.mvcc.keys.len());
-        for (key, versions) in &self.mvcc.keys {
-            w.bytes(key);
-            w.len(versions.len());
-            // The format of a `(Revision, Option<KeyValue>)` per version, as before the keyspace
-            // held versions compactly: snapshots taken by earlier builds restore unchanged.
-            for v in versions {
-                w.i64(v.main);
-                w.i64(i64::from(v.sub));
-                if v.is_tombstone() {
-                    w.u8(0);
-                } else {
-                    w.u8(1);
-                    w.bytes(&v.value);
-                    for n in [v.create_revision, v.main, v.version, v.lease] {
-                        w.i64(n);
-                    }
-                }
-            }
-        }
-        w.len(self.leases.len());
+        let mut encoder = self.begin_snapshot(capacity);
+        encoder.step(self, usize::MAX);
+        encoder.finish()
+    }
+
+    /// Begins encoding the state as it is now, a step at a time ([`SnapshotEncoder::step`]), so
+    /// that a large state need not be encoded in one go on the thread that applies commands.
+    /// Leases, members, sessions and streams are encoded here; the keys as the steps go.
+    pub fn begin_snapshot(&self, capacity: usize) -> SnapshotEncoder {
+        let mut head = W(BytesMut::with_capacity(capacity));
+        head.i64(self.mvcc.current);
+        head.i64(self.mvcc.compacted);
+        head.len(0); // the key count, filled in by `finish`
+        let mut tail = W(BytesMut::new());
+        tail.len(self.leases.len());
         for (id, lease) in &self.leases {
-            w.i64(*id);
-            w.i64(lease.ttl_secs);
-            w.len(lease.keys.len());
+            tail.i64(*id);
+            tail.i64(lease.ttl_secs);
+            tail.len(lease.keys.len());
             for k in &lease.keys {
-                w.bytes(k);
+                tail.bytes(k);
             }
         }
-        w.len(self.members.len());
+        tail.len(self.members.len());
         for m in self.members.values() {
-            put_member(&mut w, m);
+            put_member(&mut tail, m);
         }
-        put_sessions(&mut w, &self.sessions);
-        crate::streams::put_streams(&mut w, &self.streams);
-        w.0.freeze()
+        put_sessions(&mut tail, &self.sessions);
+        crate::streams::put_streams(&mut tail, &self.streams);
+        SnapshotEncoder {
+            w: head,
+            revision: self.mvcc.current,
+            compacted: self.mvcc.compacted,
+            keys: 0,
+            resume_after: None,
+            tail: tail.0.freeze(),
+            done: false,
+        }
     }
 
     /// Restores a state serialized by [`StateMachine::encode`]. Keys and values are copied out
@@ -537,6 +537,90 @@ fn get_error(r: &mut R) -> Result<KvError, KvError> {
         13 => KvError::Stream(get_stream_error(r)?),
         _ => return Err(bad("error tag")),
     })
+}
+
+/// A snapshot of a [`StateMachine`] being encoded a step at a time, begun by
+/// [`StateMachine::begin_snapshot`]. The keyspace is multi-versioned, so the state as it was when
+/// the snapshot began can be read from a later state: every key's versions up to the revision it
+/// began at. That holds as long as nothing those versions were is removed in between, and only a
+/// compaction removes versions: a caller applying commands between steps finishes the encoding
+/// before it applies one that compacts ([`Command::compacts`]). The bytes are those
+/// [`StateMachine::encode`] gives for the state at the beginning.
+pub struct SnapshotEncoder {
+    /// The encoding so far: revision, compaction point, key count (filled in last), keys.
+    w: W,
+    /// The revision the snapshot stands at: versions written after it are left out.
+    revision: i64,
+    /// The compaction point when it began; a step on a state compacted since is refused.
+    compacted: i64,
+    /// Keys encoded so far.
+    keys: usize,
+    /// The last key encoded by a step that ran out of budget: the next resumes after it.
+    resume_after: Option<Bytes>,
+    /// Leases, members, sessions and streams as they were when the snapshot began.
+    tail: Bytes,
+    /// Every key is in.
+    done: bool,
+}
+
+impl SnapshotEncoder {
+    /// Encodes keys of `sm` in order until this step has added `budget_bytes` or every key is
+    /// in; returns whether every key is. `sm` is the state the snapshot began at or one reached
+    /// from it without a compaction (a broken invariant: panics otherwise).
+    pub fn step(&mut self, sm: &StateMachine, budget_bytes: usize) -> bool {
+        assert_eq!(sm.mvcc.compacted, self.compacted, "the keyspace was compacted during a snapshot");
+        let start_len = self.w.0.len();
+        let from = match self.resume_after.take() {
+            Some(key) => Bound::Excluded(key),
+            None => Bound::Unbounded,
+        };
+        for (key, versions) in sm.mvcc.keys.range::<Bytes, _>((from, Bound::Unbounded)) {
+            // Versions are in revision order: those the snapshot holds are a prefix. A key first
+            // written after the snapshot began has none.
+            let held = versions.partition_point(|v| v.main <= self.revision);
+            if held == 0 {
+                continue;
+            }
+            self.keys += 1;
+            self.w.bytes(key);
+            self.w.len(held);
+            // The format of a `(Revision, Option<KeyValue>)` per version, as before the keyspace
+            // held versions compactly: snapshots taken by earlier builds restore unchanged.
+            for v in &versions[..held] {
+                self.w.i64(v.main);
+                self.w.i64(i64::from(v.sub));
+                if v.is_tombstone() {
+                    self.w.u8(0);
+                } else {
+                    self.w.u8(1);
+                    self.w.bytes(&v.value);
+                    for n in [v.create_revision, v.main, v.version, v.lease] {
+                        self.w.i64(n);
+                    }
+                }
+            }
+            if self.w.0.len() - start_len >= budget_bytes {
+                self.resume_after = Some(key.clone());
+                return false;
+            }
+        }
+        self.done = true;
+        true
+    }
+
+    /// Bytes encoded so far.
+    pub fn encoded_bytes(&self) -> usize {
+        self.w.0.len()
+    }
+
+    /// The whole encoding, once [`step`](Self::step) has said every key is in.
+    pub fn finish(mut self) -> Bytes {
+        assert!(self.done, "a snapshot finished before every key was encoded");
+        let count = u32::try_from(self.keys).expect("fewer than 2^32 keys");
+        self.w.0[16..20].copy_from_slice(&count.to_le_bytes());
+        self.w.0.extend_from_slice(&self.tail);
+        self.w.0.freeze()
+    }
 }
 
 fn put_kvs(w: &mut W, kvs: &[KeyValue]) {

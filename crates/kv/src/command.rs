@@ -257,6 +257,17 @@ impl Command {
                 | Command::Stream(crate::streams::StreamCommand::Append { .. })
         )
     }
+
+    /// Whether applying the command may remove versions from the keyspace: a compaction, alone
+    /// or in a session. Nothing else does (a delete writes a tombstone), which is what lets a
+    /// [`crate::SnapshotEncoder`] read an earlier state from a later one.
+    pub fn compacts(&self) -> bool {
+        match self {
+            Command::Compact { .. } => true,
+            Command::Sessioned { command, .. } => command.compacts(),
+            _ => false,
+        }
+    }
 }
 
 /// etcd's `RangeResponse`.

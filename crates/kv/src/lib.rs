@@ -37,6 +37,7 @@ pub mod sessions;
 pub mod streams;
 pub mod types;
 
+pub use codec::SnapshotEncoder;
 pub use command::{
     Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, RequestOp, Response, ResponseOp, SortOrder, SortTarget,

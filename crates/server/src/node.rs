@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -116,6 +117,25 @@ const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most this many inputs are taken before the driver carries out a Ready, so a flood of
 /// requests cannot starve ticks and storage.
 const MAX_INPUTS_PER_READY: usize = 4096;
+
+/// A snapshot is encoded this many bytes per driver round, between rounds of requests, rather
+/// than in one go: encoding a state of a few hundred MB took the driver 160 ms and more, which
+/// was every put's p99.9. The keyspace keeps its versions, so the state at the snapshot's index
+/// can be read from a later one (`balsa_kv::SnapshotEncoder`); a compaction applied meanwhile
+/// finishes the encoding first. 1 MiB by default; tests make it small
+/// ([`set_snapshot_step_bytes`]) so that every snapshot spans many rounds.
+static SNAPSHOT_STEP_BYTES: AtomicUsize = AtomicUsize::new(1 << 20);
+
+/// Sets how many bytes of a snapshot the driver encodes per round, for every node in this
+/// process (tests: a small step makes every snapshot span many rounds).
+#[doc(hidden)]
+pub fn set_snapshot_step_bytes(bytes: usize) {
+    SNAPSHOT_STEP_BYTES.store(bytes.max(1), Ordering::Relaxed);
+}
+
+fn snapshot_step_bytes() -> usize {
+    SNAPSHOT_STEP_BYTES.load(Ordering::Relaxed)
+}
 
 /// A state up to this size is snapshotted whenever `snapshot_due` says so (every
 /// `--snapshot-count` entries): at 100,000 entries that is at most 168 bytes encoded per entry.
@@ -307,6 +327,7 @@ impl NodeHandle {
         let driver = Driver {
             wake: input_tx.clone(),
             snapshot_in_flight: None,
+            snapshot_encoding: None,
             storage_failure: None,
             metrics: metrics.clone(),
             raft,
@@ -546,6 +567,8 @@ struct Driver {
     wake: InputSender,
     /// The snapshot being written on another thread; at most one at a time.
     snapshot_in_flight: Option<SnapshotInFlight>,
+    /// A snapshot still being encoded, a step per round; written once every key is in.
+    snapshot_encoding: Option<SnapshotEncoding>,
     /// A storage failure met outside `carry_out_readies`, which returns it (stopping the node).
     storage_failure: Option<balsa_storage::StorageError>,
 }
@@ -564,6 +587,16 @@ struct SnapshotInFlight {
     encode_time: Duration,
     /// Maintenance.Defragment's caller, answered once the snapshot is installed.
     reply: Option<SnapshotNowReply>,
+}
+
+/// A snapshot being encoded a step per driver round (see [`SNAPSHOT_STEP_BYTES`]).
+struct SnapshotEncoding {
+    /// Index, term and configuration it stands at.
+    meta: balsa_raft::SnapshotMeta,
+    /// The encoding so far.
+    encoder: balsa_kv::SnapshotEncoder,
+    /// Driver time spent encoding it so far (for the metrics).
+    encode_time: Duration,
 }
 
 /// How long writing a snapshot file took, or why it failed.
@@ -601,7 +634,7 @@ impl Driver {
         let mut catching_up = false;
         loop {
             // Catch-up work left over (a budget ran out) is resumed at once, not after a tick.
-            let wait = if catching_up {
+            let wait = if catching_up || self.snapshot_encoding.is_some() {
                 Duration::ZERO
             } else {
                 next_tick.saturating_duration_since(Instant::now())
@@ -644,6 +677,7 @@ impl Driver {
                 tracing::error!(error = %e, "storage failed; the node stops");
                 return self.stop();
             }
+            self.continue_snapshot(snapshot_step_bytes());
             let ready = round.lap();
             catching_up = self.watch_hub.catch_up(&self.sm);
             let watches = round.lap();
@@ -651,10 +685,11 @@ impl Driver {
             round.report_if_slow(inputs, ready, watches);
             self.metrics.observe(&self.raft.status(), self.proposals.len());
             self.metrics.snapshot_read_errors(self.raft.snapshot_read_errors());
-            if !input.is_empty() {
-                // More input is waiting, so the wait above will not yield: let the peer readers
-                // on this runtime run first, or a steady stream of proposals would keep
-                // followers' acknowledgements unread for rounds on end.
+            if catching_up || self.snapshot_encoding.is_some() || !input.is_empty() {
+                // The wait above will not yield (work is left, or input is waiting): let the
+                // peer readers on this runtime run first, or a steady stream of proposals, a
+                // watcher's catch-up or a snapshot's encoding would keep peers' messages unread
+                // for rounds on end.
                 tokio::task::yield_now().await;
             }
         }
@@ -782,6 +817,8 @@ impl Driver {
             if let Some(s) = &batch.snapshot {
                 let before = self.sm.mvcc.revision();
                 let data = s.data.to_bytes().expect("a snapshot from the leader is assembled in memory");
+                // A snapshot of our own still being encoded is of a state now replaced.
+                self.snapshot_encoding = None;
                 self.sm = StateMachine::decode(data)
                     .unwrap_or_else(|e| panic!("a snapshot from the leader does not decode: {e}"));
                 // The core assembled it in memory; from now on it reads chunks from the file, so
@@ -850,6 +887,10 @@ impl Driver {
         let mut events = Vec::new();
         let result = match Command::decode(entry.data.slice(8..)) {
             Ok(command) => {
+                if command.compacts() {
+                    // A compaction removes versions the snapshot being encoded still needs.
+                    self.continue_snapshot(usize::MAX);
+                }
                 let result = if record {
                     self.sm.apply_recording(&command, &mut events)
                 } else {
@@ -1081,7 +1122,7 @@ impl Driver {
 
     /// Starts a snapshot when the core says one is due and none is being written.
     fn maybe_snapshot(&mut self) {
-        if self.snapshot_in_flight.is_some() {
+        if self.snapshot_in_flight.is_some() || self.snapshot_encoding.is_some() {
             return;
         }
         let Some(index) = self.raft.snapshot_due(self.config.snapshot_entries, 64 << 20) else { return };
@@ -1090,11 +1131,12 @@ impl Driver {
         }
     }
 
-    /// Encodes the state at `index` (the last applied entry) here, where it is consistent, and
-    /// hands the file's write and sync to a thread of its own: encoding is the only part of a
-    /// snapshot the driver must wait for.
+    /// Begins a snapshot of the state at `index` (the last applied entry): encoded here, a step
+    /// per round ([`Driver::continue_snapshot`]; at once for Maintenance.Defragment's caller,
+    /// `reply`), then written by a thread of its own.
     fn start_snapshot(&mut self, index: Index, reply: Option<SnapshotNowReply>) {
         assert!(self.snapshot_in_flight.is_none(), "one snapshot at a time");
+        assert!(self.snapshot_encoding.is_none(), "one snapshot at a time");
         assert_eq!(index, self.raft.status().last_applied, "the state machine is at the snapshot's index");
         let start = Instant::now();
         let term = self.raft.term_at(index).expect("applied entries are in the log");
@@ -1107,8 +1149,34 @@ impl Driver {
         // doubling of the buffer (a copy of hundreds of MB) at the end.
         let last_bytes = self.last_snapshot_bytes();
         let capacity = usize::try_from(last_bytes + last_bytes / 8).unwrap_or(0);
-        let snapshot = Snapshot { meta, data: self.sm.encode_sized(capacity).into() };
-        let encode_time = start.elapsed();
+        let encoder = self.sm.begin_snapshot(capacity);
+        self.snapshot_encoding = Some(SnapshotEncoding { meta, encoder, encode_time: start.elapsed() });
+        match reply {
+            Some(reply) => {
+                self.continue_snapshot(usize::MAX);
+                if let Some(f) = &mut self.snapshot_in_flight {
+                    f.reply = Some(reply);
+                }
+            }
+            None => self.continue_snapshot(snapshot_step_bytes()),
+        }
+    }
+
+    /// Encodes up to `budget_bytes` more of the snapshot being encoded, if any; once every key is
+    /// in, hands the file's write and sync to a thread of its own.
+    fn continue_snapshot(&mut self, budget_bytes: usize) {
+        let Some(encoding) = &mut self.snapshot_encoding else { return };
+        let start = Instant::now();
+        let done = encoding.encoder.step(&self.sm, budget_bytes);
+        encoding.encode_time += start.elapsed();
+        if !done {
+            return;
+        }
+        let SnapshotEncoding { meta, encoder, encode_time } =
+            self.snapshot_encoding.take().expect("checked above");
+        let start = Instant::now();
+        let snapshot = Snapshot { meta, data: encoder.finish().into() };
+        let encode_time = encode_time + start.elapsed();
         let write = {
             let (writer, snapshot) = (self.store.snapshot_writer(), snapshot.clone());
             move || {
@@ -1132,9 +1200,15 @@ impl Driver {
                 Writing::Done(writer.write(&snapshot).map(|()| begun.elapsed()))
             }
         };
-        let driver_time = start.elapsed();
-        self.snapshot_in_flight =
-            Some(SnapshotInFlight { snapshot, writing, written: false, driver_time, encode_time, reply });
+        let driver_time = encode_time + start.elapsed();
+        self.snapshot_in_flight = Some(SnapshotInFlight {
+            snapshot,
+            writing,
+            written: false,
+            driver_time,
+            encode_time,
+            reply: None,
+        });
     }
 
     /// Once the snapshot file is durable (`wait`: waiting for it), installs it in the store,
@@ -1215,6 +1289,7 @@ impl Driver {
     /// its index once it is installed (`None`: the latest snapshot already covers everything
     /// applied). A snapshot being written is finished first.
     fn snapshot_now(&mut self, reply: SnapshotNowReply) {
+        self.continue_snapshot(usize::MAX);
         if let Err(e) = self.collect_snapshot(true) {
             // The next round of carry_out_readies returns it, which stops the node.
             self.storage_failure = Some(e);

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use balsa_kv::{Command, KeyRange, PutRequest, RangeRequest};
+use balsa_kv::{Command, DeleteRangeRequest, KeyRange, PutRequest, RangeRequest};
 use balsa_raft::Role;
 use balsa_server::{NodeConfig, NodeError, NodeHandle};
 use bytes::Bytes;
@@ -89,6 +89,42 @@ async fn snapshots_are_written_off_the_driver_and_survive_a_restart() {
     let node = start(&dir, u64::MAX).await;
     let kvs = node.read(RangeRequest::of(KeyRange::prefix("k/"))).await.unwrap().kvs;
     assert_eq!(kvs.len(), 201, "the write before the asked-for snapshot survives a restart");
+}
+
+/// Snapshots encoded over many driver rounds, while puts, overwrites, deletes and a compaction
+/// keep being applied between the steps, hold the state of their own index: the node restarted
+/// from the last one (and the log after it) has the same keys, the same history hash and the
+/// same compaction point. A snapshot holding a write made after its index would have it applied
+/// twice on restart (another version, another hash); one missing a write before would lose it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_encoded_over_many_rounds_hold_the_state_of_their_index() {
+    // Every test in this binary then encodes its snapshots a key or two per round.
+    balsa_server::node::set_snapshot_step_bytes(64);
+    let dir = Dir::new("snapshots-in-steps");
+    let node = start(&dir, 20).await;
+    for i in 0..300u64 {
+        put(&node, i % 120).await.unwrap();
+        if i % 7 == 0 {
+            let range = KeyRange::single(Bytes::from(format!("k/{:04}", (i * 13) % 120)));
+            node.propose(Command::DeleteRange(DeleteRangeRequest { range, prev_kv: false })).await.unwrap();
+        }
+        if i == 150 {
+            let revision = node.revision().await.unwrap() - 40;
+            node.propose(Command::Compact { revision }).await.unwrap();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&node, "balsa_server_snapshots_saved_total") < 5.0 {
+        assert!(Instant::now() < deadline, "snapshots were taken");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = node.hash_kv(0).await.unwrap();
+    let keys = node.read(RangeRequest::of(KeyRange::prefix("k/"))).await.unwrap().kvs;
+    assert!(before.1 > 0, "the compaction was applied");
+    drop(node);
+    let node = start(&dir, u64::MAX).await;
+    assert_eq!(node.hash_kv(0).await.unwrap(), before, "history hash, compaction point, revision");
+    assert_eq!(node.read(RangeRequest::of(KeyRange::prefix("k/"))).await.unwrap().kvs, keys);
 }
 
 /// A snapshot file that cannot be written (here: its directory replaced by a file) stops the

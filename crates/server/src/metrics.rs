@@ -39,10 +39,10 @@ pub struct Metrics {
     snapshots: IntCounter,
     /// Reads of the snapshot file that failed while the core built InstallSnapshot chunks.
     snapshot_read_errors: IntCounter,
-    /// Driver-thread time per snapshot: everything the driver did for it while nothing else
-    /// progressed (encode, and before the save moved off the thread, the save too).
+    /// Driver-thread time per snapshot: everything the driver did for it (its encoding steps,
+    /// with requests served between them, then handing the file to its writer and installing it).
     snapshot_driver: Histogram,
-    /// `StateMachine::encode()` alone (on the driver thread).
+    /// The encoding alone: its steps on the driver thread, summed.
     snapshot_encode: Histogram,
     /// Writing and syncing the snapshot file (wherever that runs).
     snapshot_save: Histogram,
@@ -122,12 +122,12 @@ impl Metrics {
             snapshot_driver: histogram(
                 &r,
                 "balsa_server_snapshot_duration_seconds",
-                "Driver-thread time spent on each snapshot (nothing else progresses meanwhile).",
+                "Driver-thread time spent on each snapshot, summed over its encoding steps.",
             ),
             snapshot_encode: histogram(
                 &r,
                 "balsa_server_snapshot_encode_duration_seconds",
-                "Encoding the state machine for a snapshot (on the driver thread).",
+                "Encoding the state machine for a snapshot (on the driver thread, in steps; summed).",
             ),
             snapshot_save: histogram(
                 &r,

@@ -608,11 +608,6 @@ impl SnapshotEncoder {
         true
     }
 
-    /// Bytes encoded so far.
-    pub fn encoded_bytes(&self) -> usize {
-        self.w.0.len()
-    }
-
     /// The whole encoding, once [`step`](Self::step) has said every key is in.
     pub fn finish(mut self) -> Bytes {
         assert!(self.done, "a snapshot finished before every key was encoded");

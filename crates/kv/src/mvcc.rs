@@ -33,12 +33,8 @@ pub(crate) struct Version {
 }
 
 impl Version {
-    /// A tombstone: `key` deleted at `revision`.
+    /// A tombstone: the key deleted at `revision` (also what a put's version is built on).
     fn tombstone(revision: Revision) -> Self {
-        Self { version: 0, create_revision: 0, lease: 0, value: Bytes::new(), ..Self::at(revision) }
-    }
-
-    fn at(revision: Revision) -> Self {
         // A transaction's writes are bounded by the request size limit, far below 2^32.
         let sub = u32::try_from(revision.sub).expect("a transaction writes fewer than 2^32 keys");
         Self { main: revision.main, sub, create_revision: 0, version: 0, lease: 0, value: Bytes::new() }
@@ -76,7 +72,7 @@ impl Version {
             return Err(KvError::Malformed("version"));
         }
         let KeyValue { create_revision, version, value, lease, .. } = kv;
-        Ok(Self { create_revision, version, value, lease, ..Self::at(revision) })
+        Ok(Self { create_revision, version, value, lease, ..Self::tombstone(revision) })
     }
 }
 
@@ -205,7 +201,7 @@ impl Mvcc {
             Some(p) => (p.create_revision, p.version + 1),
             None => (ctx.main, 1),
         };
-        let written = Version { create_revision, version, value, lease, ..Version::at(revision) };
+        let written = Version { create_revision, version, value, lease, ..Version::tombstone(revision) };
         if let Some(events) = &mut ctx.events {
             let kv = written.kv(&key).expect("a put is not a tombstone");
             events.push((revision, Event { kind: EventKind::Put, kv, prev_kv: prev.clone() }));

@@ -309,9 +309,9 @@ impl NodeHandle {
         // it heals. With one election timeout, connections to slow readers on a saturated
         // machine were reset every few seconds, losing the messages queued on them.
         transport_config.peer_timeout = (election_timeout * 5).max(Duration::from_secs(2));
-        // Peers' messages go straight into the driver's input, and the driver hands its own
-        // straight to the peers' writers: no forwarding task in between (each cost a task
-        // wake-up per message, four on the path of every replicated write).
+        // Peers' messages go straight into the driver's input, and the driver writes its own
+        // to the peers' sockets: no forwarding task in between (each cost a task wake-up per
+        // message, four on the path of every replicated write).
         let inbox = input_tx.clone();
         let inbox: crate::transport::Inbox = Arc::new(move |d| inbox.send(Input::Peer(d)).is_ok());
         let transport = Transport::start_with_readers(
@@ -1151,14 +1151,12 @@ impl Driver {
         let capacity = usize::try_from(last_bytes + last_bytes / 8).unwrap_or(0);
         let encoder = self.sm.begin_snapshot(capacity);
         self.snapshot_encoding = Some(SnapshotEncoding { meta, encoder, encode_time: start.elapsed() });
-        match reply {
-            Some(reply) => {
-                self.continue_snapshot(usize::MAX);
-                if let Some(f) = &mut self.snapshot_in_flight {
-                    f.reply = Some(reply);
-                }
+        // The driver's loop takes the steps; Defragment's caller waits for the whole of it.
+        if let Some(reply) = reply {
+            self.continue_snapshot(usize::MAX);
+            if let Some(f) = &mut self.snapshot_in_flight {
+                f.reply = Some(reply);
             }
-            None => self.continue_snapshot(snapshot_step_bytes()),
         }
     }
 

@@ -190,7 +190,7 @@ impl Outbound {
     /// Encodes `m` behind what is pending and writes as much as the socket takes now. False if
     /// the message was dropped (the queue is full, or it is larger than a frame may be).
     fn send(&self, m: &Message, config: &TransportConfig) -> bool {
-        let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut st = self.lock();
         if st.closed || st.frames >= config.queue_messages {
             return false;
         }
@@ -216,8 +216,14 @@ impl Outbound {
         true
     }
 
+    /// The lane's state. A sender that panicked holding it left at worst a half-encoded frame,
+    /// which the peer refuses by closing the connection (Raft resends), so poisoning is ignored.
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn close(&self) {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).closed = true;
+        self.lock().closed = true;
         self.wake.notify_one();
     }
 }
@@ -370,7 +376,7 @@ async fn peer_writer(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(config.max_backoff);
                 // While disconnected, keep the queue moving: old messages are useless to Raft.
-                let mut st = out.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut st = out.lock();
                 if st.closed {
                     return;
                 }
@@ -391,7 +397,7 @@ async fn peer_writer(
         }
         let stream = Arc::new(stream);
         {
-            let mut st = out.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut st = out.lock();
             st.stream = Some(stream.clone());
             st.flush();
         }
@@ -399,7 +405,7 @@ async fn peer_writer(
         // socket to take more.
         loop {
             let pending = {
-                let st = out.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let st = out.lock();
                 if st.closed {
                     return;
                 }
@@ -414,7 +420,7 @@ async fn peer_writer(
             }
             tokio::select! {
                 ready = stream.writable() => {
-                    let mut st = out.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut st = out.lock();
                     if ready.is_err() {
                         st.stream = None;
                         st.drop_pending();

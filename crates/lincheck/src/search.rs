@@ -241,7 +241,7 @@ pub(crate) fn search<M: Model>(
             return Outcome::Linearizable;
         }
         steps += 1;
-        if steps % STEPS_PER_CLOCK_CHECK == 0 && stop.should_stop() {
+        if steps.is_multiple_of(STEPS_PER_CLOCK_CHECK) && stop.should_stop() {
             return Outcome::Stopped { steps };
         }
         let at_frontier_end = entry == NIL || !list.is_call[entry];

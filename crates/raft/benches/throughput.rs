@@ -456,7 +456,7 @@ fn run(opts: &Options, batch: usize, clock: CpuClock) -> Result<Outcome, String>
         }
         cluster.round();
         rounds += 1;
-        if opts.tick_every > 0 && rounds % opts.tick_every == 0 {
+        if opts.tick_every > 0 && rounds.is_multiple_of(opts.tick_every) {
             cluster.tick();
         }
         cluster.maybe_compact(opts.compact_every);

@@ -14,7 +14,7 @@ fn pick(rng: &mut SplitMix64, ids: &[u64]) -> Option<u64> {
 
 fn run_schedule(seed: u64) {
     let mut rng = SplitMix64::new(seed);
-    let n = if seed % 2 == 0 { 3 } else { 5 };
+    let n = if seed.is_multiple_of(2) { 3 } else { 5 };
     let mut c = Cluster::with_configs(Membership::new(1..=n), |id| {
         let mut cfg = test_config(id);
         cfg.seed = seed.wrapping_mul(31).wrapping_add(id);

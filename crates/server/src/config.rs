@@ -16,6 +16,9 @@ use serde::Deserialize;
 
 use crate::node::NodeConfig;
 
+/// More client threads than this is a typo, not a machine.
+const MAX_CLIENT_THREADS: usize = 1024;
+
 /// `balsa server` flags (each also read from a `BALSA_*` environment variable).
 #[derive(Args, Clone, Debug, Default)]
 pub struct ServerFlags {
@@ -69,6 +72,11 @@ pub struct ServerFlags {
     /// no limit].
     #[arg(long, env = "BALSA_STREAM_RETENTION_MS")]
     pub stream_retention_ms: Option<u64>,
+    /// Threads of the client (gRPC) server; 0 serves clients on the member's consensus thread,
+    /// which saves a thread wake-up each way per request, but caps the member at one core
+    /// [default: 0].
+    #[arg(long, env = "BALSA_CLIENT_THREADS")]
+    pub client_threads: Option<usize>,
     /// error, warn, info, debug or trace [default: info].
     #[arg(long, env = "BALSA_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -109,6 +117,8 @@ pub struct FileConfig {
     pub stream_retention_bytes: Option<u64>,
     /// See [`ServerFlags::stream_retention_ms`].
     pub stream_retention_ms: Option<u64>,
+    /// See [`ServerFlags::client_threads`].
+    pub client_threads: Option<usize>,
     /// See [`ServerFlags::log_level`].
     pub log_level: Option<String>,
     /// See [`ServerFlags::log_format`].
@@ -153,6 +163,8 @@ pub struct ServerConfig {
     pub snapshot_count: u64,
     /// Default retention of log streams (0: no limit).
     pub stream_retention: balsa_kv::Retention,
+    /// Threads of the client server (0: the node's own thread).
+    pub client_threads: usize,
     /// The tracing filter (a level, or any `EnvFilter` directive).
     pub log_level: String,
     /// How log lines are written.
@@ -319,9 +331,17 @@ impl ServerFlags {
                 max_bytes: f.stream_retention_bytes.or(file.stream_retention_bytes).unwrap_or(0),
                 max_age_ms: f.stream_retention_ms.or(file.stream_retention_ms).unwrap_or(0),
             },
+            client_threads: f.client_threads.or(file.client_threads).unwrap_or(0),
             log_level,
             log_format,
         };
+        if config.client_threads > MAX_CLIENT_THREADS {
+            return Err(ConfigError::BadValue {
+                key: "client-threads",
+                value: config.client_threads.to_string(),
+                expected: "at most 1024 threads (0: the member's consensus thread)",
+            });
+        }
         if config.snapshot_count == 0 {
             return Err(ConfigError::BadValue {
                 key: "snapshot-count",
@@ -477,6 +497,23 @@ mod tests {
             zero.resolve_with(FileConfig::default()),
             Err(ConfigError::BadValue { key: "snapshot-count", .. })
         ));
+    }
+
+    #[test]
+    fn client_threads_come_from_flags_or_file_and_are_bounded() {
+        let c = ServerFlags::default().resolve_with(FileConfig::default()).unwrap();
+        assert_eq!(c.client_threads, 0, "clients on the node's thread unless asked");
+        assert_eq!(
+            ServerFlags::default().resolve_with(file("client-threads = 4\n")).unwrap().client_threads,
+            4
+        );
+        let flags = ServerFlags { client_threads: Some(2), ..Default::default() };
+        assert_eq!(flags.resolve_with(file("client-threads = 4\n")).unwrap().client_threads, 2);
+        let many = ServerFlags { client_threads: Some(MAX_CLIENT_THREADS + 1), ..Default::default() };
+        let e = many.resolve_with(FileConfig::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::BadValue { key: "client-threads", .. }), "{e}");
+        let e = FileConfig::parse("client-threads = -1\n").unwrap_err();
+        assert!(e.contains("client-threads"), "{e}");
     }
 
     #[test]

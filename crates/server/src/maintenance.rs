@@ -97,17 +97,28 @@ impl Maintenance for MaintenanceService {
         let image = self.node.snapshot_image().await.map_err(status_of)?;
         let term = self.node.status().await.map_err(status_of)?.current_term;
         let header = self.header(image.revision, term);
-        let file = crate::snapshot_file::encode(&image);
-        let total = file.len();
-        let mut sent = 0;
-        let chunks: Vec<pb::SnapshotResponse> = file
-            .chunks(SNAPSHOT_CHUNK_BYTES)
-            .map(|blob| {
-                sent += blob.len();
-                pb::SnapshotResponse { header, remaining_bytes: (total - sent) as u64, blob: blob.to_vec() }
-            })
-            .collect();
-        tracing::info!(bytes = total, index = image.index, revision = image.revision, "sending a snapshot");
+        let (index, revision) = (image.index, image.revision);
+        // Framing and copying a whole state is long work: not on the node's thread, where the
+        // client server may run.
+        let chunks = tokio::task::spawn_blocking(move || {
+            let file = crate::snapshot_file::encode(&image);
+            let total = file.len();
+            let mut sent = 0;
+            file.chunks(SNAPSHOT_CHUNK_BYTES)
+                .map(|blob| {
+                    sent += blob.len();
+                    pb::SnapshotResponse {
+                        header,
+                        remaining_bytes: (total - sent) as u64,
+                        blob: blob.to_vec(),
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| Status::internal(format!("encoding the snapshot: {e}")))?;
+        let total: usize = chunks.iter().map(|c| c.blob.len()).sum();
+        tracing::info!(bytes = total, index, revision, "sending a snapshot");
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
     }
 
@@ -131,8 +142,11 @@ impl Maintenance for MaintenanceService {
     async fn hash(&self, _: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
         let image = self.node.snapshot_image().await.map_err(status_of)?;
         let term = self.node.status().await.map_err(status_of)?.current_term;
-        let hash = crc32c::crc32c(&image.data);
-        Ok(Response::new(pb::HashResponse { header: self.header(image.revision, term), hash }))
+        let header = self.header(image.revision, term);
+        let hash = tokio::task::spawn_blocking(move || crc32c::crc32c(&image.data))
+            .await
+            .map_err(|e| Status::internal(format!("hashing the state: {e}")))?;
+        Ok(Response::new(pb::HashResponse { header, hash }))
     }
 
     async fn hash_kv(

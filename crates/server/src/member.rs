@@ -76,8 +76,54 @@ pub struct Member {
     pub peer_addr: SocketAddr,
     /// Where `/metrics` is served alone, if asked.
     pub metrics_addr: Option<SocketAddr>,
-    client: JoinHandle<Result<(), tonic::transport::Error>>,
+    client: ClientServer,
+    /// The client server's own threads with `--client-threads` above 0; `None` when it runs on
+    /// the node's thread (it stops with the node then).
+    client_pool: Option<tokio::runtime::Runtime>,
     metrics: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// The client (gRPC) server's task.
+type ClientServer = JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// Starts the client server on the node's own thread (`threads` 0) or on a pool of `threads`
+/// threads of its own.
+///
+/// On the node's thread a request reaches the driver, and its answer the connection, without
+/// waking another thread: on this 2-core VM a wake-up costs 35 µs before the woken thread runs,
+/// and a put took four. A pool lets a member on a large machine spend more than one core on
+/// gRPC (docs/BENCHMARKS.md, "Clients on the node's thread").
+fn serve_clients<F>(
+    node: &NodeHandle,
+    threads: usize,
+    listener: TcpListener,
+    serve: impl FnOnce(TcpListener) -> F + Send + 'static,
+) -> Result<(ClientServer, Option<tokio::runtime::Runtime>), StartError>
+where
+    F: std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+{
+    let addr = listener.local_addr().expect("a bound listener has an address");
+    let bind_error = |source| StartError::Bind { flag: "--listen-client-urls", addr, source };
+    // A tokio listener belongs to the runtime that made it: hand the socket over to the one that
+    // will accept on it, so connections are read where their requests are served.
+    let listener = listener.into_std().map_err(bind_error)?;
+    let pool = match threads {
+        0 => None,
+        n => Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(n)
+                .thread_name("balsa-client")
+                .enable_all()
+                .build()
+                .map_err(bind_error)?,
+        ),
+    };
+    let runtime = pool.as_ref().map_or_else(|| node.runtime(), |p| p.handle().clone());
+    let task = runtime.spawn(async move {
+        let listener = TcpListener::from_std(listener).expect("a listening socket stays one");
+        serve(listener).await
+    });
+    Ok((task, pool))
 }
 
 async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -122,14 +168,16 @@ impl Member {
             "member started"
         );
         let service = KvService::new(node.clone(), cluster, id);
+        let router_node = node.clone();
         let options = kv_service::ServeOptions {
             stream_retention: config.stream_retention,
             ..kv_service::ServeOptions::default()
         };
-        let client =
-            tokio::spawn(kv_service::serve_all(service, client_listener, options, ops::router(node.clone())));
+        let (client, client_pool) = serve_clients(&node, config.client_threads, client_listener, move |l| {
+            kv_service::serve_all(service, l, options, ops::router(router_node))
+        })?;
         let metrics = metrics_listener.map(|l| tokio::spawn(ops::serve(l, ops::router(node.clone()))));
-        Ok(Self { config, id, node, client_addr, peer_addr, metrics_addr, client, metrics })
+        Ok(Self { config, id, node, client_addr, peer_addr, metrics_addr, client, client_pool, metrics })
     }
 
     /// Resolves only if the client server fails (it otherwise runs until the member is dropped).
@@ -137,6 +185,10 @@ impl Member {
         match (&mut self.client).await {
             Ok(Ok(())) => "the client server stopped".into(),
             Ok(Err(e)) => format!("client server: {e}"),
+            // On the node's thread, the client server ends with the node.
+            Err(e) if e.is_cancelled() => {
+                "the node stopped (the log says why), and its client server with it".into()
+            }
             Err(e) => format!("client server: {e}"),
         }
     }
@@ -147,6 +199,10 @@ impl Drop for Member {
         self.client.abort();
         if let Some(m) = &self.metrics {
             m.abort();
+        }
+        // Dropping a runtime waits for its threads, which an async caller may not do.
+        if let Some(pool) = self.client_pool.take() {
+            pool.shutdown_background();
         }
     }
 }

@@ -266,6 +266,8 @@ pub struct NodeHandle {
     thread: Option<std::thread::JoinHandle<()>>,
     _transport: Transport,
     metrics: Arc<Metrics>,
+    /// The driver thread's runtime: the client server runs on it.
+    runtime: tokio::runtime::Handle,
 }
 
 impl NodeHandle {
@@ -273,6 +275,7 @@ impl NodeHandle {
     /// begins ticking.
     pub async fn start(config: NodeConfig, peer_listener: TcpListener) -> Result<Self, String> {
         let data_dir = config.data_dir.clone();
+        let data_dir_lock = lock_data_dir(&data_dir)?;
         let store = DiskStore::open(&config.data_dir, StoreOptions::default()).map_err(|e| e.to_string())?;
         // A joining server knows no configuration until the leader's log or snapshot brings it.
         let members =
@@ -321,10 +324,12 @@ impl NodeHandle {
             inbox,
             driver_runtime.handle().clone(),
         );
+        let runtime = driver_runtime.handle().clone();
         let peer_book = transport.clone_sender();
         let config_peers = config.peers.clone();
         let metrics = Arc::new(Metrics::new());
         let driver = Driver {
+            _data_dir_lock: data_dir_lock,
             wake: input_tx.clone(),
             snapshot_in_flight: None,
             snapshot_encoding: None,
@@ -363,7 +368,13 @@ impl NodeHandle {
             thread: Some(thread),
             _transport: transport,
             metrics,
+            runtime,
         })
+    }
+
+    /// The driver thread's runtime.
+    pub fn runtime(&self) -> tokio::runtime::Handle {
+        self.runtime.clone()
     }
 
     /// Proposes a write and waits until it is applied (or fails).
@@ -514,13 +525,43 @@ impl Drop for NodeHandle {
     fn drop(&mut self) {
         let _ = self.input.send(Input::Stop);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // The last handle can go with a client connection's task on the driver's own thread
+            // (the client server runs there): the driver stops after that task, unjoined.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
     }
 }
 
+/// Takes the data dir's lock file, which only one node at a time may hold: two nodes writing one
+/// log would break every promise it records. The lock goes when its holder's process ends, or
+/// when the driver holding it stops.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    let path = dir.join(LOCK_FILE);
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(format!("in use by another balsa node ({} is locked); stop it first", path.display()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("locking {}: {e}", path.display())),
+    }
+}
+
+/// The data dir's lock file (see [`lock_data_dir`]).
+const LOCK_FILE: &str = "lock";
+
 /// State of the driver thread.
 struct Driver {
+    /// Held for as long as this driver may write the data dir.
+    _data_dir_lock: std::fs::File,
     metrics: Arc<Metrics>,
     raft: Raft,
     store: DiskStore,

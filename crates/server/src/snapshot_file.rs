@@ -82,7 +82,7 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 
 /// Checks the digest first (any damage is reported as corruption), then the layout.
 pub fn decode(bytes: &[u8]) -> Result<SnapshotImage, SnapshotFileError> {
-    if bytes.len() < HEADER + DIGEST || (bytes.len() - DIGEST) % SECTOR != 0 {
+    if bytes.len() < HEADER + DIGEST || !(bytes.len() - DIGEST).is_multiple_of(SECTOR) {
         return Err(SnapshotFileError::Format(format!(
             "{} bytes is not a multiple of {SECTOR} plus a {DIGEST}-byte sha256",
             bytes.len()

@@ -176,6 +176,11 @@ pub struct LoadFlags {
     /// (from /proc/PID/stat) is reported per operation, summed.
     #[arg(long, value_delimiter = ',')]
     pub pids: Vec<u32>,
+    /// Send everything to the leader: before the run, each endpoint's Maintenance.Status names
+    /// the leader, and only the leader's endpoint is used (a request to a follower pays a hop
+    /// more, so which endpoint comes first would otherwise decide a few-client run's latency).
+    #[arg(long)]
+    pub at_leader: bool,
     /// Take keys in order (0, 1, 2, ... shared by all clients) instead of at random: with
     /// `--total` equal to `--key-space` and no warmup, every key is written exactly once.
     #[arg(long)]
@@ -257,9 +262,11 @@ mod tests {
             "etcd",
             "--pids",
             "10,11,12",
+            "--at-leader",
         ])
         .unwrap();
         let BenchCommand::Put(load) = cli.args.command else { panic!("a put") };
+        assert!(load.at_leader);
         assert_eq!(load.endpoints, ["127.0.0.1:1", "http://127.0.0.1:2"]);
         assert_eq!((load.clients, load.connections, load.key_space), (256, 4, 100));
         assert_eq!((load.key_size, load.value_size), (12, 1024));

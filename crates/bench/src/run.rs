@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use balsa_server::pb::balsapb::{log_client::LogClient, CreateStreamRequest};
 use balsa_server::pb::etcdserverpb::kv_client::KvClient;
+use balsa_server::pb::etcdserverpb::maintenance_client::MaintenanceClient;
+use balsa_server::pb::etcdserverpb::StatusRequest;
 use indicatif::{ProgressBar, ProgressStyle};
 use tonic::transport::{Channel, Endpoint};
 
@@ -168,6 +170,42 @@ pub async fn connect(endpoints: &[String], count: u32) -> Result<Vec<Channel>, B
     Ok(channels)
 }
 
+/// The endpoints whose member leads, by each one's Maintenance.Status (the member id in its
+/// header against the leader it names).
+pub async fn leader_endpoints(endpoints: &[String]) -> Result<Vec<String>, BenchError> {
+    let mut statuses = Vec::new();
+    for endpoint in endpoints {
+        let channel = connect(std::slice::from_ref(endpoint), 1).await?.remove(0);
+        let status = MaintenanceClient::new(channel)
+            .status(StatusRequest {})
+            .await
+            .map_err(|e| BenchError::Connect(format!("{endpoint}: status: {}", e.message())))?
+            .into_inner();
+        statuses.push((endpoint.clone(), status.header.map_or(0, |h| h.member_id), status.leader));
+    }
+    pick_leaders(&statuses)
+}
+
+/// Of `(endpoint, member id, leader it names)`, the endpoints of members that name themselves.
+pub fn pick_leaders(statuses: &[(String, u64, u64)]) -> Result<Vec<String>, BenchError> {
+    let leaders: Vec<String> = statuses
+        .iter()
+        .filter(|(_, member, leader)| *member != 0 && member == leader)
+        .map(|(endpoint, _, _)| endpoint.clone())
+        .collect();
+    if leaders.is_empty() {
+        let seen: Vec<String> = statuses
+            .iter()
+            .map(|(endpoint, member, leader)| format!("{endpoint} is {member:x}, leader {leader:x}"))
+            .collect();
+        return Err(BenchError::Usage(format!(
+            "--at-leader: no endpoint is the leader ({}); name the leader's, or wait for an election",
+            seen.join("; ")
+        )));
+    }
+    Ok(leaders)
+}
+
 /// Writes every key of the key space once (not measured), `clients` at a time, within 5 minutes.
 async fn preload(
     channels: &[Channel],
@@ -275,7 +313,9 @@ pub async fn run(workload: Workload, load: &LoadFlags, preload_keys: bool) -> Re
     }
     let keys = Arc::new(Keys::new(&load.prefix, load.key_size, load.key_space)?);
     let value = Arc::new(vec![b'v'; load.value_size]);
-    let channels = connect(&load.endpoints, load.connections).await?;
+    let endpoints =
+        if load.at_leader { leader_endpoints(&load.endpoints).await? } else { load.endpoints.clone() };
+    let channels = connect(&endpoints, load.connections).await?;
     if preload_keys {
         preload(&channels, &keys, &value, load.clients).await?;
     }
@@ -334,6 +374,8 @@ pub async fn run(workload: Workload, load: &LoadFlags, preload_keys: bool) -> Re
     let _ = bar.await;
 
     let mut result = RunResult::new(&workload, load);
+    // The members actually driven (`--at-leader` keeps only the leader's).
+    result.endpoints = endpoints;
     if let Workload::LogAppend(streams) = &workload {
         result.extra.insert("streams".into(), streams.names.len().into());
     }

@@ -60,3 +60,22 @@ async fn an_unreachable_server_is_an_error() {
         .to_string();
     assert!(error.contains("cannot reach the server"), "{error}");
 }
+
+#[tokio::test]
+async fn at_leader_needs_a_server_that_names_its_leader() {
+    // The no-op server has no Maintenance service, so it cannot say who leads.
+    let endpoint = noop().await;
+    let args = ["--endpoints", &endpoint, "--total", "1", "--at-leader"];
+    let error = balsa_bench::run::run(Workload::Put, &load(&args), false).await.unwrap_err().to_string();
+    assert!(error.contains(&endpoint) && error.contains("status"), "{error}");
+}
+
+#[test]
+fn at_leader_keeps_the_endpoints_of_members_that_name_themselves() {
+    let s = |e: &str, member, leader| (e.to_string(), member, leader);
+    let statuses = [s("a", 1, 2), s("b", 2, 2), s("c", 3, 2)];
+    assert_eq!(balsa_bench::run::pick_leaders(&statuses).unwrap(), ["b"]);
+    // No leader (an election under way), or members that report no id: refused, naming each.
+    let error = balsa_bench::run::pick_leaders(&[s("a", 1, 0), s("b", 0, 0)]).unwrap_err().to_string();
+    assert!(error.contains("no endpoint is the leader") && error.contains("a is 1, leader 0"), "{error}");
+}

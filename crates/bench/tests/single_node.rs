@@ -57,6 +57,16 @@ async fn put_get_txn_watch_against_one_member() {
     assert_eq!(json["workload"], "put");
     assert!(json["latency"]["p99_us"].as_f64().unwrap() > 0.0);
 
+    // The one member leads, so `--at-leader` keeps its endpoint (given twice here, kept twice).
+    let args = with(&["put", "--total", "50", "--warmup", "0s", "--at-leader"]);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let at = args.iter().position(|a| *a == "--endpoints").unwrap() + 1;
+    let twice = format!("{endpoint},{endpoint}");
+    args[at] = &twice;
+    let at_leader = run(&args, &dir.0.join("at-leader.json")).await;
+    assert_eq!((at_leader.ops, at_leader.errors), (50, 0));
+    assert_eq!(at_leader.endpoints, [endpoint.clone(), endpoint.clone()]);
+
     let args = with(&["get", "--duration", "2s", "--warmup", "200ms"]);
     let get = run(&args.iter().map(String::as_str).collect::<Vec<_>>(), &dir.0.join("get.json")).await;
     assert!(get.ops > 0 && get.errors == 0, "{get:?}");

@@ -81,8 +81,7 @@ async fn version(m: &Member, k: &str) -> i64 {
 async fn a_write_retried_after_the_leader_died_is_applied_once() {
     let dir = Dir::new("sessions-once");
     let mut members = cluster(&dir).await;
-    let l = leader(&members).await;
-    let follower = (l + 1) % 3;
+    let follower = (leader(&members).await + 1) % 3;
     let mut sessions = SessionClient::connect(format!("http://{}", members[follower].client)).await.unwrap();
     let session =
         sessions.register(RegisterSessionRequest { timeout_ms: 30_000 }).await.unwrap().into_inner();
@@ -90,8 +89,22 @@ async fn a_write_retried_after_the_leader_died_is_applied_once() {
 
     // The write commits at the leader; then the leader dies, so (as far as the client knows) the
     // answer may have been lost between commit and reply.
-    let first = kv(&members[l]).await.put(put_in_session(session.client_id, 1, "balance", "100")).await;
-    let first_revision = first.unwrap().into_inner().header.unwrap().revision;
+    // (An election may move the lead between finding the leader and writing, on a busy machine:
+    // a write refused for that was not applied, so it is sent again, to the new leader.)
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let first = loop {
+        let l = leader(&members).await;
+        match kv(&members[l]).await.put(put_in_session(session.client_id, 1, "balance", "100")).await {
+            Ok(r) => break r.into_inner(),
+            Err(s) if s.code() == Code::Unavailable => {
+                assert!(Instant::now() < deadline, "no leader took the write: {s:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => panic!("the first write was refused: {s:?}"),
+        }
+    };
+    let first_revision = first.header.unwrap().revision;
+    let l = leader(&members).await;
     let dead = members.remove(l);
     dead.server.abort();
     drop(dead);

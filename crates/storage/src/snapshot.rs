@@ -20,8 +20,9 @@ use crate::vfs::{Vfs, VfsFile};
 const MAGIC: &[u8; 8] = b"BALSASNP";
 const VERSION: u32 = 1;
 
-/// Bytes written per step when a snapshot file is written.
-const WRITE_STEP: usize = 4 << 20;
+/// Bytes written per step when a snapshot file is written; each step is synced before the next
+/// (see [`crate::vfs::BACKGROUND_SYNC_BYTES`]).
+const WRITE_STEP: usize = crate::vfs::BACKGROUND_SYNC_BYTES as usize;
 
 /// The snapshot directory.
 #[derive(Clone)]
@@ -173,6 +174,10 @@ impl<V: Vfs> SnapshotStore<V> {
             file.write_at(head.len() as u64 + at, &piece).map_err(|e| StorageError::io("write", &tmp, e))?;
             crc = crc32c::crc32c_append(crc, &piece);
             at += piece.len() as u64;
+            if at < snapshot.data.len() {
+                // Not all at the end: the WAL's fsyncs would wait behind the whole file.
+                file.sync_data().map_err(|source| StorageError::SyncFailed { path: tmp.clone(), source })?;
+            }
         }
         file.write_at(head.len() as u64 + at, &crc.to_le_bytes())
             .map_err(|e| StorageError::io("write", &tmp, e))?;

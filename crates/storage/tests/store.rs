@@ -4,7 +4,7 @@ mod common;
 
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use balsa_raft::{HardState, Membership, PersistBatch, Snapshot, SnapshotMeta};
@@ -306,16 +306,19 @@ fn snapshot_chunks_reassemble() {
     assert_eq!(joined, s.data.to_bytes().unwrap().to_vec());
 }
 
-/// A file system that runs out of space after a byte budget, or fails syncs on demand.
+/// A file system that runs out of space after a byte budget, or fails syncs on demand; it
+/// also records the most bytes any file held written but not yet synced.
 #[derive(Clone)]
 struct FaultyFs {
     budget: Arc<AtomicI64>,
     fail_sync: Arc<std::sync::atomic::AtomicBool>,
+    most_unsynced: Arc<AtomicU64>,
 }
 
 struct FaultyFile {
     inner: balsa_storage::vfs::StdFile,
     fs: FaultyFs,
+    unsynced: u64,
 }
 
 impl VfsFile for FaultyFile {
@@ -327,12 +330,15 @@ impl VfsFile for FaultyFile {
             self.inner.write_at(offset, &buf[..part])?;
             return Err(io::Error::from_raw_os_error(28));
         }
+        self.unsynced += buf.len() as u64;
+        self.fs.most_unsynced.fetch_max(self.unsynced, Ordering::SeqCst);
         self.inner.write_at(offset, buf)
     }
     fn sync_data(&mut self) -> io::Result<()> {
         if self.fs.fail_sync.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(5));
         }
+        self.unsynced = 0;
         self.inner.sync_data()
     }
 }
@@ -346,10 +352,10 @@ impl Vfs for FaultyFs {
         StdFs.list(d)
     }
     fn create(&self, p: &Path) -> io::Result<FaultyFile> {
-        Ok(FaultyFile { inner: StdFs.create(p)?, fs: self.clone() })
+        Ok(FaultyFile { inner: StdFs.create(p)?, fs: self.clone(), unsynced: 0 })
     }
     fn open_write(&self, p: &Path) -> io::Result<FaultyFile> {
-        Ok(FaultyFile { inner: StdFs.open_write(p)?, fs: self.clone() })
+        Ok(FaultyFile { inner: StdFs.open_write(p)?, fs: self.clone(), unsynced: 0 })
     }
     fn read(&self, p: &Path) -> io::Result<Vec<u8>> {
         StdFs.read(p)
@@ -372,7 +378,36 @@ impl Vfs for FaultyFs {
 }
 
 fn faulty(budget: i64) -> FaultyFs {
-    FaultyFs { budget: Arc::new(AtomicI64::new(budget)), fail_sync: Arc::default() }
+    FaultyFs {
+        budget: Arc::new(AtomicI64::new(budget)),
+        fail_sync: Arc::default(),
+        most_unsynced: Arc::default(),
+    }
+}
+
+/// Background writers sync as they go: a disk's cache flush waits for every write before it, so
+/// the WAL's fsyncs would otherwise wait behind a whole snapshot file or spare segment.
+#[test]
+fn snapshot_files_and_zero_fills_never_leave_much_unsynced() {
+    let d = TempDir::new("background-sync");
+    let limit = balsa_storage::vfs::BACKGROUND_SYNC_BYTES;
+    let fs = faulty(i64::MAX);
+    let data: Vec<u8> = (0..10 * limit + 12_345).map(|i| (i % 251) as u8).collect();
+    let s = Snapshot { data: Bytes::from(data.clone()).into(), ..snapshot(9, 2) };
+    let store = balsa_storage::snapshot::SnapshotStore::open(fs.clone(), &d.0.join("snap"), 2).unwrap();
+    store.write(&s).unwrap();
+    let header_and_trailer = 4096;
+    let most = fs.most_unsynced.load(Ordering::SeqCst);
+    assert!(most <= limit + header_and_trailer, "{most} bytes of a snapshot file waited for one sync");
+    let back = store.latest().unwrap().expect("the snapshot is there");
+    assert_eq!(back.data.to_bytes().unwrap().to_vec(), data, "and whole");
+
+    fs.most_unsynced.store(0, Ordering::SeqCst);
+    let spare = d.0.join("spare");
+    balsa_storage::vfs::zero_fill_now(&fs, &spare, 9 * limit + 7).unwrap();
+    let most = fs.most_unsynced.load(Ordering::SeqCst);
+    assert!(most <= limit, "{most} bytes of a zero-fill waited for one sync");
+    assert_eq!(std::fs::metadata(&spare).unwrap().len(), 9 * limit + 7);
 }
 
 #[test]

@@ -18,7 +18,7 @@ use balsa_server::pb::etcdserverpb as pb;
 use balsa_server::pb::etcdserverpb::kv_client::KvClient;
 use balsa_server::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use balsa_server::{snapshot_file, NodeConfig, NodeHandle};
-use common::{etcdctl, etcdctl_ok, etcdctl_path, single_node, Dir};
+use common::{etcdctl, etcdctl_ok, etcdctl_path, free_port, single_node, Dir};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -258,10 +258,6 @@ async fn three_members_agree_on_hashes_and_move_the_leader() {
     } else {
         eprintln!("etcdctl not installed; move-leader through etcdctl skipped");
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

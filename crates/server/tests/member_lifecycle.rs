@@ -12,12 +12,8 @@ use balsa_server::member::{Member, StartError};
 use balsa_server::pb::etcdserverpb as pb;
 use balsa_server::pb::etcdserverpb::kv_client::KvClient;
 use balsa_server::pb::etcdserverpb::watch_client::WatchClient;
-use common::Dir;
+use common::{free_port, Dir};
 use tonic::transport::Channel;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Threads of this process with the given name.
 fn threads_named(name: &str) -> usize {

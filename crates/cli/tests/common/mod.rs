@@ -13,10 +13,10 @@ pub fn balsa() -> Command {
     Command::new(env!("CARGO_BIN_EXE_balsa"))
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+#[path = "../../../server/tests/common/ports.rs"]
+mod ports;
+#[allow(unused_imports)]
+pub use ports::free_port;
 
 /// Runs `balsa ARGS` expecting a failure whose stderr contains `expected`.
 pub fn fails_with(cmd: &mut Command, expected: &str) -> String {
@@ -156,6 +156,30 @@ impl Cluster {
     /// `http://127.0.0.1:PORT` of member `i`'s client listener.
     pub fn url(&self, i: usize) -> String {
         format!("http://127.0.0.1:{}", self.ports[i].client)
+    }
+}
+
+impl Drop for Cluster {
+    /// A failing test prints each member's log (its data dir goes with the test), and whether
+    /// the member had exited.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (i, proc) in self.procs.iter_mut().enumerate() {
+            let state = match proc.as_mut().map(|p| p.0.try_wait()) {
+                None => "stopped by the test".to_string(),
+                Some(Ok(None)) => "running".to_string(),
+                Some(Ok(Some(status))) => format!("exited: {status}"),
+                Some(Err(e)) => format!("unknown: {e}"),
+            };
+            let log = std::fs::read_to_string(self.dirs[i].with_extension("log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- member m{i} ({state}), last lines of its log ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 

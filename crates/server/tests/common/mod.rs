@@ -12,6 +12,10 @@ use balsa_server::kv_service::{self, KvService};
 use balsa_server::{NodeConfig, NodeHandle};
 use tokio::net::TcpListener;
 
+pub mod ports;
+#[allow(unused_imports)] // each test file uses a different subset
+pub use ports::free_port;
+
 /// A data directory removed when the test ends.
 pub struct Dir(pub std::path::PathBuf);
 

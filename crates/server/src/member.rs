@@ -83,8 +83,8 @@ pub struct Member {
     metrics: Option<JoinHandle<std::io::Result<()>>>,
 }
 
-/// The client (gRPC) server's task.
-type ClientServer = JoinHandle<Result<(), tonic::transport::Error>>;
+/// The client (gRPC) server's task; its error says what failed.
+type ClientServer = JoinHandle<Result<(), String>>;
 
 /// Starts the client server on the node's own thread (`threads` 0) or on a pool of `threads`
 /// threads of its own.
@@ -120,8 +120,9 @@ where
     };
     let runtime = pool.as_ref().map_or_else(|| node.runtime(), |p| p.handle().clone());
     let task = runtime.spawn(async move {
-        let listener = TcpListener::from_std(listener).expect("a listening socket stays one");
-        serve(listener).await
+        let listener =
+            TcpListener::from_std(listener).map_err(|e| format!("--listen-client-urls {addr}: {e}"))?;
+        serve(listener).await.map_err(|e| e.to_string())
     });
     Ok((task, pool))
 }

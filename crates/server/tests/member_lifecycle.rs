@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use balsa_server::config::{FileConfig, ServerFlags};
+use balsa_server::config::{FileConfig, ServerConfig, ServerFlags};
 use balsa_server::member::{Member, StartError};
 use balsa_server::pb::etcdserverpb as pb;
 use balsa_server::pb::etcdserverpb::kv_client::KvClient;
@@ -38,22 +38,39 @@ async fn ready_client(member: &Member) -> KvClient<Channel> {
     }
 }
 
+/// A one-member cluster named `name` on `dir` and these ports, 10 ms ticks.
+fn one_member(name: &str, dir: &Dir, client_port: u16, peer_port: u16, threads: usize) -> ServerConfig {
+    let flags = ServerFlags {
+        name: Some(name.into()),
+        data_dir: Some(dir.0.clone()),
+        listen_client_urls: Some(format!("http://127.0.0.1:{client_port}")),
+        listen_peer_urls: Some(format!("http://127.0.0.1:{peer_port}")),
+        initial_cluster: Some(format!("{name}=http://127.0.0.1:{peer_port}")),
+        tick_ms: Some(10),
+        client_threads: Some(threads),
+        ..Default::default()
+    };
+    flags.resolve_with(FileConfig::default()).unwrap()
+}
+
+/// Starts a member on what a dropped one held (ports, data dir lock), retrying until it is
+/// let go of; `what` names it in the failure.
+async fn start_once_free(config: &ServerConfig, what: &str) -> Member {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Member::start(config.clone()).await {
+            Ok(m) => return m,
+            Err(e) => assert!(Instant::now() < deadline, "{what}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_are_served_on_the_nodes_thread_or_a_pool_and_a_restart_rebinds() {
     for threads in [0usize, 2] {
         let dir = Dir::new(&format!("client-threads-{threads}"));
-        let (client_port, peer_port) = (free_port(), free_port());
-        let flags = ServerFlags {
-            name: Some("c1".into()),
-            data_dir: Some(dir.0.clone()),
-            listen_client_urls: Some(format!("http://127.0.0.1:{client_port}")),
-            listen_peer_urls: Some(format!("http://127.0.0.1:{peer_port}")),
-            initial_cluster: Some(format!("c1=http://127.0.0.1:{peer_port}")),
-            tick_ms: Some(10),
-            client_threads: Some(threads),
-            ..Default::default()
-        };
-        let config = flags.resolve_with(FileConfig::default()).unwrap();
+        let config = one_member("c1", &dir, free_port(), free_port(), threads);
         assert_eq!(config.client_threads, threads);
 
         let member = Member::start(config.clone()).await.unwrap();
@@ -86,14 +103,7 @@ async fn clients_are_served_on_the_nodes_thread_or_a_pool_and_a_restart_rebinds(
 
         // Dropped, the member lets go of its ports and data dir: a new one starts on them.
         drop(member);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let member = loop {
-            match Member::start(config.clone()).await {
-                Ok(m) => break m,
-                Err(e) => assert!(Instant::now() < deadline, "the restart never bound: {e}"),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let member = start_once_free(&config, "the restart never bound").await;
         let mut kv = ready_client(&member).await;
         let got =
             kv.range(pb::RangeRequest { key: "k".into(), ..Default::default() }).await.unwrap().into_inner();
@@ -108,18 +118,7 @@ async fn clients_are_served_on_the_nodes_thread_or_a_pool_and_a_restart_rebinds(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_dir_serves_one_node_at_a_time() {
     let dir = Dir::new("data-dir-lock");
-    let config = |client_port: u16, peer_port: u16| {
-        let flags = ServerFlags {
-            name: Some("l1".into()),
-            data_dir: Some(dir.0.clone()),
-            listen_client_urls: Some(format!("http://127.0.0.1:{client_port}")),
-            listen_peer_urls: Some(format!("http://127.0.0.1:{peer_port}")),
-            initial_cluster: Some(format!("l1=http://127.0.0.1:{peer_port}")),
-            tick_ms: Some(10),
-            ..Default::default()
-        };
-        flags.resolve_with(FileConfig::default()).unwrap()
-    };
+    let config = |client_port, peer_port| one_member("l1", &dir, client_port, peer_port, 0);
     let first = Member::start(config(free_port(), free_port())).await.unwrap();
     let mut kv = ready_client(&first).await;
     kv.put(pb::PutRequest { key: "k".into(), value: "first".into(), ..Default::default() }).await.unwrap();
@@ -140,14 +139,7 @@ async fn a_data_dir_serves_one_node_at_a_time() {
     drop(kv);
 
     drop(first);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let second = loop {
-        match Member::start(config(client_port, peer_port)).await {
-            Ok(m) => break m,
-            Err(e) => assert!(Instant::now() < deadline, "the lock was never released: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let second = start_once_free(&config(client_port, peer_port), "the lock was never released").await;
     let mut kv = ready_client(&second).await;
     let got =
         kv.range(pb::RangeRequest { key: "k".into(), ..Default::default() }).await.unwrap().into_inner();

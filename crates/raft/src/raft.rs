@@ -255,13 +255,31 @@ impl Raft {
             Role::Leader => self.propose(data).map(|_| ()),
             _ => match self.leader_id {
                 Some(leader) => {
-                    let body = crate::message::Propose { commands: vec![data] };
-                    self.send(leader, MessageBody::Propose(body));
+                    self.forward(leader, data);
                     Ok(())
                 }
                 None => Err(ProposeError::NotLeader { leader_hint: None }),
             },
         }
+    }
+
+    /// Sends a command on to the leader. Commands forwarded before the next Ready travel in one
+    /// Propose (up to `max_msg_bytes`), in the order they were proposed, so the leader steps one
+    /// message for them, not one each, as it appends its own clients' commands together.
+    fn forward(&mut self, leader: NodeId, data: Bytes) {
+        let term = self.current_term;
+        let limit = self.config.max_msg_bytes;
+        let last_propose = self.outbox.iter_mut().rev().find(|m| matches!(m.body, MessageBody::Propose(_)));
+        if let Some(m) = last_propose {
+            let room = m.size_bytes() + data.len() <= limit;
+            if let (true, true, MessageBody::Propose(p)) =
+                (m.to == leader && m.term == term, room, &mut m.body)
+            {
+                p.commands.push(data);
+                return;
+            }
+        }
+        self.send(leader, MessageBody::Propose(crate::message::Propose { commands: vec![data] }));
     }
 
     /// Asks for a linearizable read point (thesis 6.4). The outcome arrives as a [`ReadState`]

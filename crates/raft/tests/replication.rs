@@ -610,3 +610,56 @@ fn a_follower_acknowledging_after_the_quorum_learns_the_commit_without_a_tick() 
     assert_eq!(c.raft(slow).status().commit_index, index, "learned without waiting for a heartbeat");
     assert_eq!(c.raft(slow).status().last_applied, index);
 }
+
+/// Commands proposed at a follower before its next Ready are forwarded to the leader in one
+/// Propose, in the order they were proposed (the leader then steps one message for them, as it
+/// appends its own clients' commands together); a command that would take the message past
+/// `max_msg_bytes` starts another, and the next Ready starts afresh.
+#[test]
+fn a_follower_forwards_the_commands_of_one_round_in_one_message() {
+    let mut c = Cluster::with_configs(Membership::new(1..=3), |id| {
+        let mut cfg = test_config(id);
+        cfg.max_msg_bytes = 200;
+        cfg
+    });
+    c.elect(1);
+    c.deliver_all();
+    let proposes_from_2 = |m: &Message| m.from == 2 && matches!(m.body, MessageBody::Propose(_));
+    let commands_in = |m: &Message| match &m.body {
+        MessageBody::Propose(p) => {
+            p.commands.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect()
+        }
+        _ => Vec::new(),
+    };
+    for i in 0..5 {
+        c.raft_mut(2).propose_anywhere(cmd(&format!("f{i}"))).expect("a leader is known");
+    }
+    c.process(2);
+    let round_1 = c.take_matching(proposes_from_2);
+    assert_eq!(round_1.len(), 1, "one message for the round");
+    assert_eq!(commands_in(&round_1[0]), ["f0", "f1", "f2", "f3", "f4"]);
+    // Past the size limit (48 bytes of header + 100 + 100 > 200), a second message.
+    let big = |tag: char| String::from(tag).repeat(100);
+    for tag in ['a', 'b', 'c'] {
+        c.raft_mut(2).propose_anywhere(cmd(&big(tag))).expect("a leader is known");
+    }
+    c.raft_mut(2).propose_anywhere(cmd("g")).expect("a leader is known");
+    c.process(2);
+    let round_2 = c.take_matching(proposes_from_2);
+    let split: Vec<Vec<String>> = round_2.iter().map(commands_in).collect();
+    assert_eq!(split, [vec![big('a')], vec![big('b')], vec![big('c'), "g".to_string()]]);
+    // The leader appends them all, in order, and every member applies them.
+    for m in round_1.into_iter().chain(round_2) {
+        c.deliver(m);
+    }
+    c.deliver_all();
+    let expected: Vec<String> = ["f0", "f1", "f2", "f3", "f4"]
+        .into_iter()
+        .map(String::from)
+        .chain([big('a'), big('b'), big('c'), "g".into()])
+        .collect();
+    for id in c.ids() {
+        let applied: Vec<String> = c.node(id).commands().into_iter().filter(|s| !s.is_empty()).collect();
+        assert_eq!(applied, expected, "member {id}");
+    }
+}

@@ -48,6 +48,10 @@ pub struct Metrics {
     snapshot_save: Histogram,
     /// Driver-thread time of a WAL write that rolled to a new segment.
     wal_roll: Histogram,
+    /// Messages sent to peers, and the socket writes that carried them: a round's messages to
+    /// one peer leave in one write, so their ratio shows how well rounds batch.
+    peer_frames: IntCounter,
+    peer_writes: IntCounter,
     /// The driver thread stopped (storage failure or shutdown): the member is unhealthy.
     stopped: IntGauge,
     seen: Mutex<Option<Seen>>,
@@ -139,10 +143,22 @@ impl Metrics {
                 "balsa_disk_wal_roll_duration_seconds",
                 "Driver-thread time of a WAL write that started a new segment (the roll plus the batch's write).",
             ),
+            peer_frames: counter(&r, "balsa_network_peer_sent_frames_total", "Messages sent to peers."),
+            peer_writes: counter(
+                &r,
+                "balsa_network_peer_writes_total",
+                "Socket writes to peers (each carries one or more messages).",
+            ),
             stopped: gauge(&r, "balsa_server_stopped", "1 once the node stopped."),
             seen: Mutex::new(None),
             registry: r,
         }
+    }
+
+    /// The transport's totals (monotone), as counters.
+    pub fn peer_sent(&self, sent: crate::transport::Sent) {
+        self.peer_frames.inc_by(sent.frames.saturating_sub(self.peer_frames.get()));
+        self.peer_writes.inc_by(sent.writes.saturating_sub(self.peer_writes.get()));
     }
 
     /// The core's count of failed snapshot reads (`Raft::snapshot_read_errors`, monotone for the

@@ -726,6 +726,7 @@ impl Driver {
             round.report_if_slow(inputs, ready, watches);
             self.metrics.observe(&self.raft.status(), self.proposals.len());
             self.metrics.snapshot_read_errors(self.raft.snapshot_read_errors());
+            self.metrics.peer_sent(self.peer_book.sent());
             if catching_up || self.snapshot_encoding.is_some() || !input.is_empty() {
                 // The wait above will not yield (work is left, or input is waiting): let the
                 // peer readers on this runtime run first, or a steady stream of proposals, a
@@ -841,9 +842,8 @@ impl Driver {
         self.collect_snapshot(false)?;
         while self.raft.has_ready() {
             let mut ready = self.raft.ready();
-            for m in std::mem::take(&mut ready.messages) {
-                self.peer_book.send(m);
-            }
+            // Sent before the write and sync below (the leader replicates while it syncs).
+            self.peer_book.send_all(std::mem::take(&mut ready.messages));
             let batch = std::mem::take(&mut ready.persist);
             let (rolls, start) = (self.store.wal().rolls(), Instant::now());
             if !batch.is_empty() {
@@ -871,9 +871,7 @@ impl Driver {
                 self.watch_hub.state_replaced(before);
             }
             let receipt = batch.durable();
-            for m in ready.gated_messages.release(&receipt) {
-                self.peer_book.send(m);
-            }
+            self.peer_book.send_all(ready.gated_messages.release(&receipt));
             // Once per Ready: only catch-up (outside this loop) makes a watcher synced.
             let record = self.watch_hub.wants_events();
             for entry in std::mem::take(&mut ready.committed_entries) {

@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -111,6 +112,8 @@ struct Shared {
     peers: RwLock<Peers>,
     /// The inbox's slots ([`Delivery`]).
     slots: Arc<Semaphore>,
+    /// Frames and writes of every lane.
+    stats: Arc<SendStats>,
 }
 
 #[derive(Default)]
@@ -133,9 +136,28 @@ impl Drop for Peers {
 /// it has drained, rather than kept for good.
 const KEEP_PENDING_BYTES: usize = 1 << 20;
 
+/// Frames sent to peers and the socket writes that carried them, since the transport started:
+/// frames per write is how well the messages of a round are batched.
+#[derive(Debug, Default)]
+struct SendStats {
+    frames: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// What [`Transport::sent`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sent {
+    /// Messages queued for peers (each one frame).
+    pub frames: u64,
+    /// System calls that wrote to peers' sockets.
+    pub writes: u64,
+}
+
 /// One lane to one peer: the frames not yet written, and the connection they go out on.
 struct Outbound {
     state: Mutex<OutState>,
+    /// The transport's counters, shared by its lanes.
+    stats: Arc<SendStats>,
     /// Wakes the lane's writer: frames are left that the socket did not take, the connection
     /// broke, or the lane was closed.
     wake: Notify,
@@ -160,11 +182,14 @@ struct OutState {
 impl OutState {
     /// Writes what is pending until the socket would block. An error drops the connection and
     /// everything pending with it (a frame may be half written; Raft resends what matters).
-    fn flush(&mut self) {
+    fn flush(&mut self, stats: &SendStats) {
         let Some(stream) = &self.stream else { return };
         while !self.pending.is_empty() {
             match stream.try_write(&self.pending) {
-                Ok(n) if n > 0 => self.pending.advance(n),
+                Ok(n) if n > 0 => {
+                    stats.writes.fetch_add(1, Ordering::Relaxed);
+                    self.pending.advance(n);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 _ => {
                     self.stream = None;
@@ -190,6 +215,14 @@ impl Outbound {
     /// Encodes `m` behind what is pending and writes as much as the socket takes now. False if
     /// the message was dropped (the queue is full, or it is larger than a frame may be).
     fn send(&self, m: &Message, config: &TransportConfig) -> bool {
+        let queued = self.queue(m, config);
+        self.write_pending();
+        queued
+    }
+
+    /// Encodes `m` behind what is pending, without writing: [`Outbound::write_pending`] sends
+    /// it, with whatever else was queued meanwhile, in one write.
+    fn queue(&self, m: &Message, config: &TransportConfig) -> bool {
         let mut st = self.lock();
         if st.closed || st.frames >= config.queue_messages {
             return false;
@@ -207,13 +240,23 @@ impl Outbound {
         st.pending[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
         st.frames += 1;
         st.high_water = st.high_water.max(st.pending.len());
-        st.flush();
+        self.stats.frames.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Writes what is pending as far as the socket takes it now; the lane's writer is woken
+    /// for the rest (or to reconnect).
+    fn write_pending(&self) {
+        let mut st = self.lock();
+        if st.pending.is_empty() {
+            return;
+        }
+        st.flush(&self.stats);
         let left = !st.pending.is_empty() || st.stream.is_none();
         drop(st);
         if left {
             self.wake.notify_one();
         }
-        true
     }
 
     /// The lane's state. A sender that panicked holding it left at worst a half-encoded frame,
@@ -230,15 +273,40 @@ impl Outbound {
 
 impl Shared {
     fn send(&self, m: Message) -> bool {
-        let out = {
-            let peers = self.peers.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            peers.outbound.get(&(m.to, lane_of(&m))).cloned()
-        };
-        let Some(out) = out else {
-            tracing::debug!(to = m.to, "message for an unknown peer dropped");
-            return false;
-        };
+        let Some(out) = self.lane(&m) else { return false };
         out.send(&m, &self.config)
+    }
+
+    /// Queues every message, then writes each lane they went to once: the messages of one
+    /// Ready for one peer (entries, a commit, answers) leave in one system call, not one each.
+    fn send_all(&self, messages: impl IntoIterator<Item = Message>) {
+        let mut touched: Vec<Arc<Outbound>> = Vec::new();
+        for m in messages {
+            let Some(out) = self.lane(&m) else { continue };
+            if out.queue(&m, &self.config) && !touched.iter().any(|t| Arc::ptr_eq(t, &out)) {
+                touched.push(out);
+            }
+        }
+        for out in touched {
+            out.write_pending();
+        }
+    }
+
+    fn sent(&self) -> Sent {
+        Sent {
+            frames: self.stats.frames.load(Ordering::Relaxed),
+            writes: self.stats.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The lane `m` goes out on, if its peer is known.
+    fn lane(&self, m: &Message) -> Option<Arc<Outbound>> {
+        let peers = self.peers.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let out = peers.outbound.get(&(m.to, lane_of(m))).cloned();
+        if out.is_none() {
+            tracing::debug!(to = m.to, "message for an unknown peer dropped");
+        }
+        out
     }
 
     fn knows(&self, id: NodeId) -> bool {
@@ -265,7 +333,11 @@ impl Shared {
                 continue;
             }
             for lane in [Lane::Raft, Lane::Snapshot] {
-                let out = Arc::new(Outbound { state: Mutex::default(), wake: Notify::new() });
+                let out = Arc::new(Outbound {
+                    state: Mutex::default(),
+                    stats: self.stats.clone(),
+                    wake: Notify::new(),
+                });
                 self.runtime.spawn(peer_writer(self.config.clone(), peer, addr, lane, out.clone()));
                 peers.outbound.insert((peer, lane), out);
             }
@@ -302,6 +374,7 @@ impl Transport {
     ) -> Self {
         let shared = Arc::new(Shared {
             slots: Arc::new(Semaphore::new(config.queue_messages)),
+            stats: Arc::default(),
             config: Arc::new(config),
             runtime: tokio::runtime::Handle::current(),
             peers: RwLock::new(Peers::default()),
@@ -315,6 +388,11 @@ impl Transport {
     /// Raft treats that as a lost message.
     pub fn send(&self, m: Message) -> bool {
         self.shared.send(m)
+    }
+
+    /// Frames sent to peers so far, and the socket writes that carried them.
+    pub fn sent(&self) -> Sent {
+        self.shared.sent()
     }
 
     /// This server's id.
@@ -338,6 +416,17 @@ impl TransportSender {
     /// Like [`Transport::send`].
     pub fn send(&self, m: Message) -> bool {
         self.shared.send(m)
+    }
+
+    /// Sends every message, each peer's together in one write where the socket takes them
+    /// (a message dropped for a full queue or an unknown peer is lost, as with `send`).
+    pub fn send_all(&self, messages: impl IntoIterator<Item = Message>) {
+        self.shared.send_all(messages);
+    }
+
+    /// Like [`Transport::sent`].
+    pub fn sent(&self) -> Sent {
+        self.shared.sent()
     }
 
     /// Replaces the peer set (members joined, left or moved): connections start to new peers,
@@ -399,7 +488,7 @@ async fn peer_writer(
         {
             let mut st = out.lock();
             st.stream = Some(stream.clone());
-            st.flush();
+            st.flush(&out.stats);
         }
         // Until the connection breaks: wait for a wake, and while frames are pending, for the
         // socket to take more.
@@ -425,7 +514,7 @@ async fn peer_writer(
                         st.stream = None;
                         st.drop_pending();
                     }
-                    st.flush();
+                    st.flush(&out.stats);
                 }
                 () = out.wake.notified() => {}
             }

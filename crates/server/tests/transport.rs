@@ -179,6 +179,42 @@ async fn held_deliveries_stop_the_reader_until_one_is_dropped() {
     assert_eq!(rounds, vec![0, 1, 2, 3, 4]);
 }
 
+/// The messages of one Ready for one peer leave in one socket write (`send_all`), in order;
+/// sent one by one, each takes a write of its own. A message for an unknown peer in the batch
+/// is dropped without holding back the rest.
+#[tokio::test]
+async fn a_batch_leaves_in_one_write_per_peer() {
+    let (t, mut rx, _) = cluster(3).await;
+    // Both lanes connected: a message has gone each way.
+    for to in [2, 3] {
+        assert!(t[0].send(heartbeat(1, to, 0)));
+        assert_eq!(recv(&mut rx[to as usize - 1]).await, heartbeat(1, to, 0));
+    }
+    let sender = t[0].clone_sender();
+    let before = t[0].sent();
+    let batch = (1..=20).map(|round| heartbeat(1, 2 + round % 2, round)).chain([heartbeat(1, 9, 99)]);
+    sender.send_all(batch);
+    let after = t[0].sent();
+    assert_eq!(after.frames - before.frames, 20, "the unknown peer's message is not queued");
+    assert_eq!(after.writes - before.writes, 2, "one write per peer");
+    for (to, parity) in [(2usize, 0), (3, 1)] {
+        let mut rounds = Vec::new();
+        while rounds.len() < 10 {
+            match recv(&mut rx[to - 1]).await.body {
+                MessageBody::AppendEntries(a) => rounds.push(a.read_round),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let sent: Vec<u64> = (1..=20).filter(|r| r % 2 == parity).collect();
+        assert_eq!(rounds, sent, "peer {to} got its messages in order");
+    }
+    let before = t[0].sent();
+    for round in 21..=30 {
+        assert!(sender.send(heartbeat(1, 2, round)));
+    }
+    assert_eq!(t[0].sent().writes - before.writes, 10, "one by one, a write each");
+}
+
 async fn raw(addr: SocketAddr, bytes: &[u8]) -> bool {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let _ = s.write_all(bytes).await;

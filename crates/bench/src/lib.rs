@@ -70,7 +70,7 @@ pub async fn execute(args: BenchArgs) -> Result<(), BenchError> {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             println!("no-op KV server on {}", listener.local_addr()?);
             tokio::select! {
-                served = noop::serve(listener) => served.map_err(|e| BenchError::Connect(e.to_string())),
+                () = noop::serve(listener) => Ok(()),
                 _ = tokio::signal::ctrl_c() => Ok(()),
             }
         }

@@ -63,10 +63,10 @@ impl Kv for NoopKv {
     }
 }
 
-/// Serves the no-op KV service on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .add_service(KvServer::new(NoopKv::default()))
-        .serve_with_incoming(balsa_server::kv_service::no_delay(listener))
-        .await
+/// Serves the no-op KV service on `listener` until the task is dropped, with the HTTP/2 server
+/// balsa serves its clients with (`balsa_server::client_server`), so the ceiling and balsa pay
+/// the same for gRPC.
+pub async fn serve(listener: tokio::net::TcpListener) {
+    let service = balsa_server::client_server::Only(KvServer::new(NoopKv::default()));
+    balsa_server::client_server::serve(listener, service).await;
 }

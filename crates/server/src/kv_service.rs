@@ -396,10 +396,7 @@ impl Kv for KvService {
 
 /// Serves the etcd API (KV, Watch, Lease, Cluster, Maintenance) on `listener` until the task is
 /// dropped.
-pub async fn serve(
-    service: KvService,
-    listener: tokio::net::TcpListener,
-) -> Result<(), tonic::transport::Error> {
+pub async fn serve(service: KvService, listener: tokio::net::TcpListener) {
     serve_all(service, listener, ServeOptions::default(), axum::Router::new()).await
 }
 
@@ -408,7 +405,7 @@ pub async fn serve_with(
     service: KvService,
     listener: tokio::net::TcpListener,
     watch: crate::watch_service::WatchOptions,
-) -> Result<(), tonic::transport::Error> {
+) {
     let options = ServeOptions { watch, ..ServeOptions::default() };
     serve_all(service, listener, options, axum::Router::new()).await
 }
@@ -424,11 +421,7 @@ pub struct ServeOptions {
 
 /// [`serve`], plus plain HTTP routes (`/metrics`, `/health`) on the same port, as etcd does:
 /// HTTP/1.1 is accepted beside gRPC's HTTP/2, and paths that are no gRPC method go to `extra`.
-pub async fn serve_with_routes(
-    service: KvService,
-    listener: tokio::net::TcpListener,
-    extra: axum::Router,
-) -> Result<(), tonic::transport::Error> {
+pub async fn serve_with_routes(service: KvService, listener: tokio::net::TcpListener, extra: axum::Router) {
     serve_all(service, listener, ServeOptions::default(), extra).await
 }
 
@@ -438,7 +431,7 @@ pub async fn serve_all(
     listener: tokio::net::TcpListener,
     options: ServeOptions,
     extra: axum::Router,
-) -> Result<(), tonic::transport::Error> {
+) {
     let watch = options.watch;
     let (node, cluster_id, member_id) = (service.node.clone(), service.cluster_id, service.member_id);
     let maintenance = crate::maintenance::MaintenanceService::new(node.clone(), cluster_id, member_id);
@@ -447,43 +440,27 @@ pub async fn serve_all(
     let session = crate::session::SessionService::new(node.clone());
     let log = crate::log_service::LogService::with_defaults(node.clone(), options.stream_retention);
     let watch = crate::watch_service::WatchService::new(node, cluster_id, member_id, watch);
-    // Every service decodes at most what etcd's gRPC server accepts.
-    let server = pb::kv_server::KvServer::new(service).max_decoding_message_size(MAX_DECODING_BYTES);
-    let grpc = tonic::service::Routes::new(server)
-        .add_service(
-            pb::maintenance_server::MaintenanceServer::new(maintenance)
-                .max_decoding_message_size(MAX_DECODING_BYTES),
-        )
-        .add_service(pb::lease_server::LeaseServer::new(lease).max_decoding_message_size(MAX_DECODING_BYTES))
-        .add_service(
-            pb::cluster_server::ClusterServer::new(cluster).max_decoding_message_size(MAX_DECODING_BYTES),
-        )
-        .add_service(pb::watch_server::WatchServer::new(watch).max_decoding_message_size(MAX_DECODING_BYTES))
-        .add_service(
-            crate::pb::balsapb::session_server::SessionServer::new(session)
-                .max_decoding_message_size(MAX_DECODING_BYTES),
-        )
-        .add_service(
-            crate::pb::balsapb::log_server::LogServer::new(log).max_decoding_message_size(MAX_DECODING_BYTES),
-        )
-        .into_axum_router();
-    tonic::transport::Server::builder()
-        .accept_http1(true)
-        .add_routes(grpc.merge(extra).into())
-        .serve_with_incoming(no_delay(listener))
-        .await
-}
-
-/// Accepted client connections with Nagle's algorithm off. tonic sets TCP_NODELAY only on the
-/// listeners it binds itself; without it a small response waits for the client's delayed ACK
-/// (40 ms on Linux), which capped a client's reads at about 25 a second.
-pub fn no_delay(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
-        accepted.inspect(|stream| {
-            let _ = stream.set_nodelay(true);
-        })
-    })
+    // Every service decodes at most what etcd's gRPC server accepts. KV and Log are served
+    // without the router (`client_server`).
+    let grpc = tonic::service::Routes::new(
+        pb::maintenance_server::MaintenanceServer::new(maintenance)
+            .max_decoding_message_size(MAX_DECODING_BYTES),
+    )
+    .add_service(pb::lease_server::LeaseServer::new(lease).max_decoding_message_size(MAX_DECODING_BYTES))
+    .add_service(
+        pb::cluster_server::ClusterServer::new(cluster).max_decoding_message_size(MAX_DECODING_BYTES),
+    )
+    .add_service(pb::watch_server::WatchServer::new(watch).max_decoding_message_size(MAX_DECODING_BYTES))
+    .add_service(
+        crate::pb::balsapb::session_server::SessionServer::new(session)
+            .max_decoding_message_size(MAX_DECODING_BYTES),
+    )
+    .into_axum_router();
+    let dispatch = crate::client_server::Dispatch {
+        kv: pb::kv_server::KvServer::new(service).max_decoding_message_size(MAX_DECODING_BYTES),
+        log: crate::pb::balsapb::log_server::LogServer::new(log)
+            .max_decoding_message_size(MAX_DECODING_BYTES),
+        router: grpc.merge(extra),
+    };
+    crate::client_server::serve(listener, dispatch).await;
 }

@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod client_server;
 pub mod cluster_service;
 pub mod config;
 pub mod grpc_codec;

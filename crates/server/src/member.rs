@@ -100,7 +100,7 @@ fn serve_clients<F>(
     serve: impl FnOnce(TcpListener) -> F + Send + 'static,
 ) -> Result<(ClientServer, Option<tokio::runtime::Runtime>), StartError>
 where
-    F: std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+    F: std::future::Future<Output = ()> + Send + 'static,
 {
     let addr = listener.local_addr().expect("a bound listener has an address");
     let bind_error = |source| StartError::Bind { flag: "--listen-client-urls", addr, source };
@@ -122,7 +122,8 @@ where
     let task = runtime.spawn(async move {
         let listener =
             TcpListener::from_std(listener).map_err(|e| format!("--listen-client-urls {addr}: {e}"))?;
-        serve(listener).await.map_err(|e| e.to_string())
+        serve(listener).await;
+        Ok(())
     });
     Ok((task, pool))
 }

@@ -22,7 +22,7 @@ use tonic::Code;
 struct Member {
     node: Arc<NodeHandle>,
     client: SocketAddr,
-    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    server: tokio::task::JoinHandle<()>,
 }
 
 async fn cluster(dir: &Dir) -> Vec<Member> {

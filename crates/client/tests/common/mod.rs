@@ -79,7 +79,7 @@ pub struct Member {
     pub id: u64,
     pub name: String,
     node: Option<Arc<NodeHandle>>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    server: JoinHandle<()>,
     proxy: Proxy,
 }
 

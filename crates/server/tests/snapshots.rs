@@ -51,6 +51,17 @@ fn metric(node: &NodeHandle, name: &str) -> f64 {
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
+/// Puts keys 0..200, then overwrites them in turn, until `count` snapshots are saved, within 60 s.
+async fn write_until_snapshots(node: &NodeHandle, count: u32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = 0u64;
+    while i < 200 || metric(node, "balsa_server_snapshots_saved_total") < f64::from(count) {
+        assert!(Instant::now() < deadline, "{count} snapshots within 60 s ({i} writes)");
+        put(node, i % 200).await.unwrap();
+        i += 1;
+    }
+}
+
 fn snapshot_files(dir: &Dir) -> usize {
     std::fs::read_dir(dir.0.join("snap"))
         .unwrap()
@@ -62,15 +73,10 @@ fn snapshot_files(dir: &Dir) -> usize {
 async fn snapshots_are_written_off_the_driver_and_survive_a_restart() {
     let dir = Dir::new("snapshots-off-driver");
     let node = start(&dir, 20).await;
-    for i in 0..200 {
-        put(&node, i).await.unwrap();
-    }
-    // The last snapshot may still be in flight; it is installed once written.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&node, "balsa_server_snapshots_saved_total") < 5.0 {
-        assert!(Instant::now() < deadline, "snapshots were taken");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // 200 keys, then overwrites of them until five snapshots are saved: a snapshot starts only
+    // after the one before is installed, so how many a fixed number of writes sees depends on
+    // how fast the machine encodes (another test here makes every encoding take many rounds).
+    write_until_snapshots(&node, 5).await;
     assert!(metric(&node, "balsa_server_snapshot_duration_seconds_count") >= 5.0);
     assert!(metric(&node, "balsa_server_snapshot_save_duration_seconds_count") >= 5.0);
     drop(node);
@@ -102,9 +108,14 @@ async fn snapshots_encoded_over_many_rounds_hold_the_state_of_their_index() {
     balsa_server::node::set_snapshot_step_bytes(64);
     let dir = Dir::new("snapshots-in-steps");
     let node = start(&dir, 20).await;
-    for i in 0..300u64 {
+    // At least 300 rounds of writes, and more until five snapshots are saved (see
+    // `write_until_snapshots`).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = 0u64;
+    while i < 300 || metric(&node, "balsa_server_snapshots_saved_total") < 5.0 {
+        assert!(Instant::now() < deadline, "five snapshots within 60 s ({i} rounds of writes)");
         put(&node, i % 120).await.unwrap();
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             let range = KeyRange::single(Bytes::from(format!("k/{:04}", (i * 13) % 120)));
             node.propose(Command::DeleteRange(DeleteRangeRequest { range, prev_kv: false })).await.unwrap();
         }
@@ -112,11 +123,7 @@ async fn snapshots_encoded_over_many_rounds_hold_the_state_of_their_index() {
             let revision = node.revision().await.unwrap() - 40;
             node.propose(Command::Compact { revision }).await.unwrap();
         }
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&node, "balsa_server_snapshots_saved_total") < 5.0 {
-        assert!(Instant::now() < deadline, "snapshots were taken");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        i += 1;
     }
     let before = node.hash_kv(0).await.unwrap();
     let keys = node.read(RangeRequest::of(KeyRange::prefix("k/"))).await.unwrap().kvs;
@@ -138,10 +145,13 @@ async fn a_failed_snapshot_write_stops_the_node() {
     }
     std::fs::remove_dir_all(dir.0.join("snap")).unwrap();
     std::fs::write(dir.0.join("snap"), b"not a directory").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut i = 5;
     loop {
-        match put(&node, i).await {
+        // Every write is answered, the one the node stopped under too (a write left unanswered
+        // would hang the caller: bounded here so that it fails instead).
+        let answer = tokio::time::timeout(Duration::from_secs(10), put(&node, i)).await;
+        match answer.unwrap_or_else(|_| panic!("write {i} unanswered after 10 s")) {
             Ok(()) => i += 1,
             Err(NodeError::Stopped) => break,
             Err(e) => panic!("unexpected {e}"),
@@ -150,7 +160,8 @@ async fn a_failed_snapshot_write_stops_the_node() {
     }
     assert!(i >= 10, "it stopped at the snapshot, after {i} writes");
     assert_eq!(metric(&node, "balsa_server_stopped"), 1.0);
-    assert!(matches!(node.status().await, Err(NodeError::Stopped)));
+    let status = tokio::time::timeout(Duration::from_secs(10), node.status()).await;
+    assert!(matches!(status, Ok(Err(NodeError::Stopped))), "{status:?}");
 }
 
 async fn start_member(

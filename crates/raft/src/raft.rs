@@ -270,16 +270,12 @@ impl Raft {
         let term = self.current_term;
         let limit = self.config.max_msg_bytes;
         let last_propose = self.outbox.iter_mut().rev().find(|m| matches!(m.body, MessageBody::Propose(_)));
-        if let Some(m) = last_propose {
-            let room = m.size_bytes() + data.len() <= limit;
-            if let (true, true, MessageBody::Propose(p)) =
-                (m.to == leader && m.term == term, room, &mut m.body)
-            {
-                p.commands.push(data);
-                return;
-            }
+        let joinable =
+            last_propose.filter(|m| m.to == leader && m.term == term && m.size_bytes() + data.len() <= limit);
+        match joinable.map(|m| &mut m.body) {
+            Some(MessageBody::Propose(p)) => p.commands.push(data),
+            _ => self.send(leader, MessageBody::Propose(crate::message::Propose { commands: vec![data] })),
         }
-        self.send(leader, MessageBody::Propose(crate::message::Propose { commands: vec![data] }));
     }
 
     /// Asks for a linearizable read point (thesis 6.4). The outcome arrives as a [`ReadState`]

@@ -43,9 +43,9 @@ type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>
 #[derive(Clone)]
 pub struct Dispatch {
     /// `/etcdserverpb.KV/*`: puts, ranges, transactions, compaction.
-    pub kv: KvServer<KvService>,
+    pub kv: Only<KvServer<KvService>>,
     /// `/balsapb.Log/*`: log-stream appends and reads.
-    pub log: LogServer<LogService>,
+    pub log: Only<LogServer<LogService>>,
     /// Every other path: the remaining gRPC services and the plain HTTP routes.
     pub router: axum::Router,
 }
@@ -58,9 +58,9 @@ impl hyper::service::Service<Request> for Dispatch {
     fn call(&self, request: Request) -> Answer {
         let path = request.uri().path();
         if path.starts_with("/etcdserverpb.KV/") {
-            Box::pin(self.kv.clone().oneshot(request))
+            self.kv.call(request)
         } else if path.starts_with("/balsapb.Log/") {
-            Box::pin(self.log.clone().oneshot(request))
+            self.log.call(request)
         } else {
             let router = self.router.clone();
             Box::pin(async move {
@@ -71,8 +71,8 @@ impl hyper::service::Service<Request> for Dispatch {
     }
 }
 
-/// One generated gRPC service on a port of its own, without a router (the load generator's
-/// no-op server).
+/// One generated gRPC service, called without a router: a [`Dispatch`] route, or the whole
+/// server (the load generator's no-op server).
 #[derive(Clone)]
 pub struct Only<S>(pub S);
 

@@ -456,10 +456,12 @@ pub async fn serve_all(
             .max_decoding_message_size(MAX_DECODING_BYTES),
     )
     .into_axum_router();
+    use crate::client_server::Only;
     let dispatch = crate::client_server::Dispatch {
-        kv: pb::kv_server::KvServer::new(service).max_decoding_message_size(MAX_DECODING_BYTES),
-        log: crate::pb::balsapb::log_server::LogServer::new(log)
-            .max_decoding_message_size(MAX_DECODING_BYTES),
+        kv: Only(pb::kv_server::KvServer::new(service).max_decoding_message_size(MAX_DECODING_BYTES)),
+        log: Only(
+            crate::pb::balsapb::log_server::LogServer::new(log).max_decoding_message_size(MAX_DECODING_BYTES),
+        ),
         router: grpc.merge(extra),
     };
     crate::client_server::serve(listener, dispatch).await;

@@ -9,6 +9,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::command::*;
 use crate::error::KvError;
+use crate::key::Key;
 use crate::machine::{Lease, StateMachine};
 use crate::members::MemberAttrs;
 use crate::mvcc::{Mvcc, Version};
@@ -428,7 +429,7 @@ impl StateMachine {
                 };
                 versions.push(Version::restored(rev, kv)?);
             }
-            keys.insert(key, versions);
+            keys.insert(Key::from(&key), versions);
         }
         let mut leases = BTreeMap::new();
         for _ in 0..r.len()? {
@@ -556,7 +557,7 @@ pub struct SnapshotEncoder {
     /// Keys encoded so far.
     keys: usize,
     /// The last key encoded by a step that ran out of budget: the next resumes after it.
-    resume_after: Option<Bytes>,
+    resume_after: Option<Key>,
     /// Leases, members, sessions and streams as they were when the snapshot began.
     tail: Bytes,
     /// Every key is in.
@@ -574,7 +575,7 @@ impl SnapshotEncoder {
             Some(key) => Bound::Excluded(key),
             None => Bound::Unbounded,
         };
-        for (key, versions) in sm.mvcc.keys.range::<Bytes, _>((from, Bound::Unbounded)) {
+        for (key, versions) in sm.mvcc.keys.range::<Key, _>((from, Bound::Unbounded)) {
             // Versions are in revision order: those the snapshot holds are a prefix. A key first
             // written after the snapshot began has none.
             let held = versions.partition_point(|v| v.main <= self.revision);
@@ -582,7 +583,7 @@ impl SnapshotEncoder {
                 continue;
             }
             self.keys += 1;
-            self.w.bytes(key);
+            self.w.bytes(key.as_slice());
             self.w.len(held);
             // The format of a `(Revision, Option<KeyValue>)` per version, as before the keyspace
             // held versions compactly: snapshots taken by earlier builds restore unchanged.

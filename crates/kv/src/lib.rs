@@ -30,6 +30,7 @@
 pub mod codec;
 pub mod command;
 pub mod error;
+mod key;
 pub mod machine;
 pub mod members;
 pub mod mvcc;

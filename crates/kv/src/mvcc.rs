@@ -9,6 +9,7 @@ use std::ops::Bound;
 use bytes::Bytes;
 
 use crate::error::KvError;
+use crate::key::Key;
 use crate::types::{Event, EventKind, KeyRange, KeyValue, Revision};
 
 /// One version of a key as the keyspace holds it: etcd's `KeyValue` less what is known already
@@ -50,14 +51,24 @@ impl Version {
 
     /// The key-value pair this version of `key` is, or `None` for a tombstone.
     pub(crate) fn kv(&self, key: &Bytes) -> Option<KeyValue> {
-        (!self.is_tombstone()).then(|| KeyValue {
-            key: key.clone(),
+        (!self.is_tombstone()).then(|| self.live_kv(key.clone()))
+    }
+
+    /// As [`Version::kv`] for a key as the tree holds it (copied out if inline).
+    fn kv_of(&self, key: &Key) -> Option<KeyValue> {
+        (!self.is_tombstone()).then(|| self.live_kv(key.to_bytes()))
+    }
+
+    /// The key-value pair of a version known not to be a tombstone.
+    fn live_kv(&self, key: Bytes) -> KeyValue {
+        KeyValue {
+            key,
             create_revision: self.create_revision,
             mod_revision: self.main,
             version: self.version,
             value: self.value.clone(),
             lease: self.lease,
-        })
+        }
     }
 
     /// A version as a snapshot holds it: its revision, and its key-value pair unless it is a
@@ -80,7 +91,7 @@ impl Version {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mvcc {
     /// Every key's versions, oldest first.
-    pub(crate) keys: BTreeMap<Bytes, Vec<Version>>,
+    pub(crate) keys: BTreeMap<Key, Vec<Version>>,
     /// Main revision of the last write transaction. Starts at 1, as in etcd.
     pub(crate) current: i64,
     /// Revisions below this were compacted away.
@@ -122,10 +133,10 @@ impl WriteCtx {
     }
 }
 
-fn bounds(range: &KeyRange) -> (Bound<Bytes>, Bound<Bytes>) {
-    let start = Bound::Included(range.key.clone());
+fn bounds(range: &KeyRange) -> (Bound<&[u8]>, Bound<&[u8]>) {
+    let start = Bound::Included(&range.key[..]);
     if range.range_end.is_empty() {
-        return (start.clone(), Bound::Included(range.key.clone()));
+        return (start, Bound::Included(&range.key[..]));
     }
     if &range.range_end[..] == b"\0" {
         return (start, Bound::Unbounded);
@@ -133,9 +144,9 @@ fn bounds(range: &KeyRange) -> (Bound<Bytes>, Bound<Bytes>) {
     if range.range_end < range.key {
         // An end before the key selects nothing (etcd answers such a range with no keys);
         // `BTreeMap::range` would panic on the inverted bounds.
-        return (start, Bound::Excluded(range.key.clone()));
+        return (start, Bound::Excluded(&range.key[..]));
     }
-    (start, Bound::Excluded(range.range_end.clone()))
+    (start, Bound::Excluded(&range.range_end[..]))
 }
 
 /// A key's version as of main revision `at`: the last one written at or before it. Versions are
@@ -185,7 +196,7 @@ impl Mvcc {
     /// The current value of `key` (including writes of the transaction in progress).
     pub fn get(&self, key: &[u8]) -> Option<KeyValue> {
         let (key, versions) = self.keys.get_key_value(key)?;
-        versions.last()?.kv(key)
+        versions.last()?.kv_of(key)
     }
 
     /// Writes `key`; returns its previous value.
@@ -195,7 +206,7 @@ impl Mvcc {
         ctx.wrote = true;
         // Most keys hold one version: room for exactly one, where `Vec`'s first push would make
         // room for four (3 x 112 unused bytes per key, a quarter of a node's memory at 1M keys).
-        let versions = self.keys.entry(key.clone()).or_insert_with(|| Vec::with_capacity(1));
+        let versions = self.keys.entry(Key::from(&key)).or_insert_with(|| Vec::with_capacity(1));
         let prev = versions.last().and_then(|v| v.kv(&key));
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
@@ -212,7 +223,7 @@ impl Mvcc {
 
     /// Deletes `key` if it exists; returns what it held.
     pub fn delete(&mut self, ctx: &mut WriteCtx, key: &Bytes) -> Option<KeyValue> {
-        let versions = self.keys.get_mut(key)?;
+        let versions = self.keys.get_mut(&key[..])?;
         let prev = versions.last().and_then(|v| v.kv(key))?;
         let revision = Revision { main: ctx.main, sub: ctx.sub };
         versions.push(Version::tombstone(revision));
@@ -227,9 +238,9 @@ impl Mvcc {
     /// Keys currently in `range`.
     pub fn current_keys(&self, range: &KeyRange) -> Vec<Bytes> {
         self.keys
-            .range(bounds(range))
+            .range::<[u8], _>(bounds(range))
             .filter(|(_, v)| v.last().is_some_and(|v| !v.is_tombstone()))
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| k.to_bytes())
             .collect()
     }
 
@@ -253,12 +264,12 @@ impl Mvcc {
     pub fn range(&self, range: &KeyRange, revision: i64) -> Result<Vec<KeyValue>, KvError> {
         let at = if revision <= 0 { None } else { Some(self.check_revision(revision)?) };
         let mut out = Vec::new();
-        for (key, versions) in self.keys.range(bounds(range)) {
+        for (key, versions) in self.keys.range::<[u8], _>(bounds(range)) {
             let version = match at {
                 None => versions.last(),
                 Some(rev) => version_at(versions, rev),
             };
-            if let Some(kv) = version.and_then(|v| v.kv(key)) {
+            if let Some(kv) = version.and_then(|v| v.kv_of(key)) {
                 out.push(kv);
             }
         }
@@ -307,17 +318,17 @@ impl Mvcc {
             return Err(KvError::Compacted { compact_revision: self.compacted });
         }
         // One cursor per key with versions at or after `start`, merged by revision.
-        let mut cursors: Vec<(&Bytes, &[Version], usize)> = Vec::new();
+        let mut cursors: Vec<(Bytes, &[Version], usize)> = Vec::new();
         let mut heap = BinaryHeap::new();
         let mut keys_visited = 0;
-        for (key, versions) in self.keys.range(bounds(range)) {
+        for (key, versions) in self.keys.range::<[u8], _>(bounds(range)) {
             keys_visited += 1;
             if versions.last().is_none_or(|v| v.main < start) {
                 continue;
             }
             let at = versions.partition_point(|v| v.main < start);
             heap.push(Reverse((versions[at].revision(), cursors.len())));
-            cursors.push((key, versions, at));
+            cursors.push((key.to_bytes(), versions, at));
         }
         let mut events = Vec::new();
         while let Some(&Reverse((rev, c))) = heap.peek() {
@@ -331,7 +342,7 @@ impl Mvcc {
             let prev_kv = at.checked_sub(1).and_then(|j| versions[j].kv(key));
             let event = match versions[*at].kv(key) {
                 Some(kv) => Event { kind: EventKind::Put, kv, prev_kv },
-                None => delete_event((*key).clone(), rev.main, prev_kv),
+                None => delete_event(key.clone(), rev.main, prev_kv),
             };
             events.push((rev, event));
             *at += 1;
@@ -353,8 +364,8 @@ impl Mvcc {
         let mut feed = |bytes: &[u8]| crc = crc32c::crc32c_append(crc, bytes);
         for (key, versions) in &self.keys {
             for v in versions.iter().take_while(|v| v.main <= at) {
-                feed(&(key.len() as u64).to_le_bytes());
-                feed(key);
+                feed(&(key.as_slice().len() as u64).to_le_bytes());
+                feed(key.as_slice());
                 feed(&v.main.to_le_bytes());
                 feed(&i64::from(v.sub).to_le_bytes());
                 if v.is_tombstone() {

@@ -15,6 +15,8 @@
 //!   queued while the previous one ran).
 //! - [`vfs`]: the file-system calls, behind a trait, so the simulator runs this very code on a
 //!   disk that loses unsynced writes and tears the last one.
+//! - [`direct`]: the real file system's log files, written past the page cache (`O_DIRECT`)
+//!   where the file system allows it.
 //!
 //! ```
 //! use balsa_raft::{Entry, EntryKind, HardState, Membership, Config, InitialState, Raft};
@@ -54,6 +56,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod direct;
 pub mod error;
 pub mod group;
 pub mod record;

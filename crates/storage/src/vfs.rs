@@ -6,9 +6,12 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::direct::DirectLog;
+
 /// An open file the store writes to.
 pub trait VfsFile {
-    /// Writes `buf` at `offset`, extending the file if needed (not yet durable).
+    /// Writes `buf` at `offset`, extending the file if needed (not yet durable). A file opened
+    /// with [`Vfs::open_log`] may hold the bytes in memory until [`VfsFile::sync_data`].
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
     /// Makes every append so far durable (fdatasync).
     fn sync_data(&mut self) -> io::Result<()>;
@@ -26,6 +29,13 @@ pub trait Vfs {
     fn create(&self, path: &Path) -> io::Result<Self::File>;
     /// Opens an existing file for writing.
     fn open_write(&self, path: &Path) -> io::Result<Self::File>;
+    /// Opens an existing file for a log's appends: writes go on from where the last one ended,
+    /// each is synced before anything depends on it, and nothing follows the last append but
+    /// zeros or the end of the file. The real file system writes such a file past the page cache
+    /// where it can ([`crate::direct`]); by default it is [`Vfs::open_write`].
+    fn open_log(&self, path: &Path) -> io::Result<Self::File> {
+        self.open_write(path)
+    }
     /// The whole content of a file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// `len` bytes at `offset`.
@@ -145,19 +155,29 @@ impl Drop for ZeroFill {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StdFs;
 
-/// A real file opened for appending.
+/// A real file opened for appending: through the page cache, or (a log's, where the file
+/// system allows) past it.
 #[derive(Debug)]
-pub struct StdFile {
-    file: File,
+pub enum StdFile {
+    /// Written through the page cache.
+    Buffered(File),
+    /// Written with `O_DIRECT` ([`Vfs::open_log`]).
+    Direct(DirectLog),
 }
 
 impl VfsFile for StdFile {
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
+        match self {
+            StdFile::Buffered(file) => file.write_all_at(buf, offset),
+            StdFile::Direct(log) => log.write_at(offset, buf),
+        }
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
-        self.file.sync_data()
+        match self {
+            StdFile::Buffered(file) => file.sync_data(),
+            StdFile::Direct(log) => log.sync_data(),
+        }
     }
 }
 
@@ -179,12 +199,19 @@ impl Vfs for StdFs {
 
     fn create(&self, path: &Path) -> io::Result<StdFile> {
         let file = OpenOptions::new().create(true).write(true).truncate(true).open(path)?;
-        Ok(StdFile { file })
+        Ok(StdFile::Buffered(file))
     }
 
     fn open_write(&self, path: &Path) -> io::Result<StdFile> {
         let file = OpenOptions::new().write(true).open(path)?;
-        Ok(StdFile { file })
+        Ok(StdFile::Buffered(file))
+    }
+
+    fn open_log(&self, path: &Path) -> io::Result<StdFile> {
+        match DirectLog::open(path)? {
+            Some(log) => Ok(StdFile::Direct(log)),
+            None => self.open_write(path),
+        }
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {

@@ -156,7 +156,7 @@ impl<V: Vfs> Wal<V> {
         let Recovery { segments, hard_state, torn, .. } = recovery;
         let (active, segments) = match segments.last() {
             Some(last) => {
-                let file = vfs.open_write(&last.path).map_err(|e| StorageError::io("open", &last.path, e))?;
+                let file = vfs.open_log(&last.path).map_err(|e| StorageError::io("open", &last.path, e))?;
                 (file, segments)
             }
             None => {
@@ -507,6 +507,9 @@ fn create_segment<V: Vfs>(
         .map_err(|e| StorageError::io("preallocate", &path, e))?;
     file.sync_data().map_err(|source| StorageError::SyncFailed { path: path.clone(), source })?;
     sync_dir(vfs, dir)?;
+    // Made and filled, it is now a log: appends from here on go as the log's do.
+    drop(file);
+    let file = vfs.open_log(&path).map_err(|e| StorageError::io("open", &path, e))?;
     let segment = Segment { seq, path, first_index, slots: Vec::new(), size: buf.len() as u64 };
     Ok((file, segment))
 }
@@ -539,7 +542,7 @@ fn install_spare<V: Vfs>(
     hs: &HardState,
 ) -> Result<(V::File, Segment)> {
     let path = dir.join(segment_name(seq, first_index));
-    let mut file = vfs.open_write(spare).map_err(|e| StorageError::io("open", spare, e))?;
+    let mut file = vfs.open_log(spare).map_err(|e| StorageError::io("open", spare, e))?;
     let buf = segment_start(seq, first_index, hs);
     file.write_at(0, &buf).map_err(|e| StorageError::io("write", spare, e))?;
     file.sync_data().map_err(|source| StorageError::SyncFailed { path: spare.to_path_buf(), source })?;

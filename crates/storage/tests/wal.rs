@@ -261,7 +261,10 @@ fn a_damaged_middle_segment_is_an_error_even_at_its_end() {
     }
     let segs = segment_files(&d.0);
     let mut data = fs::read(&segs[0]).unwrap();
-    data.truncate(data.len() - 3);
+    // The last record loses its last 3 bytes (a log written past the page cache is padded with
+    // zeros to a whole block, so the file's own end may be zeros).
+    let records_end = data.iter().rposition(|&b| b != 0).expect("records") + 1;
+    data.truncate(records_end - 3);
     fs::write(&segs[0], &data).unwrap();
     assert!(matches!(open(&d.0, 1_000), Err(StorageError::Corrupt { .. })));
 }

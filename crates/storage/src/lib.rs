@@ -67,5 +67,5 @@ pub mod wal;
 
 pub use error::{Result, StorageError};
 pub use store::{disk_usage, DiskStore, DiskUsage, LogStore, MemStore, SnapshotWriter, StoreOptions};
-pub use vfs::{StdFs, Vfs, VfsFile, ZeroFill};
+pub use vfs::{Background, StdFs, Vfs, VfsFile};
 pub use wal::{TornTail, Wal, WalOptions};

@@ -15,7 +15,7 @@ use bytes::{Buf, Bytes};
 
 use crate::codec;
 use crate::error::{Result, StorageError};
-use crate::vfs::{Vfs, VfsFile};
+use crate::vfs::{Background, Vfs, VfsFile};
 
 const MAGIC: &[u8; 8] = b"BALSASNP";
 const VERSION: u32 = 1;
@@ -193,16 +193,35 @@ impl<V: Vfs> SnapshotStore<V> {
             .map_err(|source| StorageError::SyncFailed { path: self.dir.clone(), source })
     }
 
+    /// The directory the snapshot files are in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Removes all but the newest `keep` snapshot files.
     pub fn retain(&self) -> Result<()> {
-        let all = self.list()?;
-        if all.len() <= self.keep {
+        let old = self.beyond_retention()?;
+        if old.is_empty() {
             return Ok(());
         }
-        for (_, _, path) in &all[..all.len() - self.keep] {
+        for path in &old {
             self.vfs.remove(path).map_err(|e| StorageError::io("remove", path, e))?;
         }
         self.sync_dir()
+    }
+
+    /// As [`SnapshotStore::retain`], through [`Vfs::remove_all`] (in the background on the real
+    /// file system); `None` if nothing is to go.
+    pub fn retain_in_background(&self) -> Result<Option<Background>> {
+        let old = self.beyond_retention()?;
+        Ok((!old.is_empty()).then(|| self.vfs.remove_all(old, &self.dir)))
+    }
+
+    /// Every snapshot file but the newest `keep`.
+    fn beyond_retention(&self) -> Result<Vec<PathBuf>> {
+        let all = self.list()?;
+        let old = all.len().saturating_sub(self.keep);
+        Ok(all.into_iter().take(old).map(|(_, _, path)| path).collect())
     }
 
     /// The newest snapshot. If it fails verification that is an error, not a reason to fall

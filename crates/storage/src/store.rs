@@ -6,7 +6,7 @@ use balsa_raft::{Entry, HardState, InitialState, Membership, PersistBatch, Snaps
 
 use crate::error::{Result, StorageError};
 use crate::snapshot::SnapshotStore;
-use crate::vfs::{StdFs, Vfs};
+use crate::vfs::{Background, StdFs, Vfs};
 use crate::wal::{TornTail, Wal, WalOptions};
 
 /// The persistence contract of `shared/DESIGN.md`, as a trait.
@@ -46,6 +46,9 @@ pub struct DiskStore<V: Vfs + Clone = StdFs> {
     wal: Wal<V>,
     snapshots: SnapshotStore<V>,
     snapshot: Option<Snapshot>,
+    /// Snapshot files past retention being removed after an install (see [`Vfs::remove_all`]);
+    /// collected at the next install, so a failure still stops the store, one install late.
+    snapshot_removal: Option<Background>,
 }
 
 /// What a store's files take on disk, for etcd's `Status` (`dbSize`, `dbSizeInUse`). Read
@@ -109,7 +112,7 @@ impl<V: Vfs + Clone> DiskStore<V> {
                 wal.reset(s.meta.last_included_index)?;
             }
         }
-        Ok(Self { wal, snapshots, snapshot })
+        Ok(Self { wal, snapshots, snapshot, snapshot_removal: None })
     }
 
     /// The log, for inspection.
@@ -164,7 +167,8 @@ impl<V: Vfs + Clone> DiskStore<V> {
                 "snapshot at {index} (term {term}) installed before it was written"
             )));
         }
-        self.snapshots.retain()?;
+        self.collect_snapshot_removal()?;
+        self.snapshot_removal = self.snapshots.retain_in_background()?;
         self.wal.compact(index)?;
         let data = self.snapshots.stored_data(snapshot)?;
         self.snapshot = Some(Snapshot { meta: snapshot.meta.clone(), data });
@@ -189,9 +193,23 @@ impl<V: Vfs + Clone> SnapshotWriter<V> {
     }
 }
 
+impl<V: Vfs + Clone> DiskStore<V> {
+    /// Waits for the removal of old snapshot files started by the last install, if any, and
+    /// returns its failure: before anything else lists or removes snapshot files.
+    fn collect_snapshot_removal(&mut self) -> Result<()> {
+        match self.snapshot_removal.take() {
+            Some(previous) => {
+                previous.wait().map_err(|e| StorageError::io("remove snapshots in", self.snapshots.dir(), e))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 impl<V: Vfs + Clone> LogStore for DiskStore<V> {
     fn write(&mut self, batch: &PersistBatch) -> Result<()> {
         if let Some(s) = &batch.snapshot {
+            self.collect_snapshot_removal()?;
             self.snapshots.save(s)?;
             self.wal.reset(s.meta.last_included_index)?;
             let data = self.snapshots.stored_data(s)?;

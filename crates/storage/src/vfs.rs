@@ -56,15 +56,38 @@ pub trait Vfs {
     /// Makes the directory's entries (creations, renames, removals) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Creates (or truncates) `path` and fills it with `len` zero bytes, synced (the directory
-    /// is not). The caller collects the outcome later with [`ZeroFill::wait`], so a file system
+    /// is not). The caller collects the outcome later with [`Background::wait`], so a file system
     /// may do the work in the background: the real one runs it on a thread of its own. This
     /// default does it at once, which keeps the simulator's disk deterministic.
-    fn zero_fill(&self, path: &Path, len: u64) -> ZeroFill
+    fn zero_fill(&self, path: &Path, len: u64) -> Background
     where
         Self: Sized,
     {
-        ZeroFill::done(zero_fill_now(self, path, len))
+        Background::done(zero_fill_now(self, path, len))
     }
+    /// Removes `paths`, then syncs `dir`: the clean-up of files nothing reads any more and whose
+    /// survival through a crash recovery tolerates (log segments and snapshots older than a
+    /// durable snapshot). As with [`Vfs::zero_fill`], the caller collects the outcome later; the
+    /// real file system works on a thread of its own (a removal and its directory sync took
+    /// 13–43 ms of a member's driver at 1M keys), this default at once.
+    fn remove_all(&self, paths: Vec<PathBuf>, dir: &Path) -> Background
+    where
+        Self: Sized,
+    {
+        Background::done(remove_all_now(self, &paths, dir))
+    }
+}
+
+/// Removes `paths` and syncs `dir`, on the calling thread. A file already gone is what was
+/// wanted, not an error.
+pub fn remove_all_now<V: Vfs>(vfs: &V, paths: &[PathBuf], dir: &Path) -> io::Result<()> {
+    for path in paths {
+        match vfs.remove(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    vfs.sync_dir(dir)
 }
 
 /// How much a background writer (a segment's zero-fill, a snapshot file) leaves unsynced at
@@ -95,11 +118,12 @@ pub fn zero_fill_now<V: Vfs>(vfs: &V, path: &Path, len: u64) -> io::Result<()> {
     file.sync_data()
 }
 
-/// A zero-fill started by [`Vfs::zero_fill`]: finished already, or running on a thread.
-/// Dropping it waits for the thread, so no fill outlives the store that started it (a store
-/// reopened on the same directory must not find a stale writer on its files).
+/// Work on a store's files started by [`Vfs::zero_fill`] or [`Vfs::remove_all`]: finished
+/// already, or running on a thread. Dropping it waits for the thread, so no such work outlives the
+/// store that started it (a store reopened on the same directory must not find a stale writer
+/// or remover on its files).
 #[derive(Debug)]
-pub struct ZeroFill {
+pub struct Background {
     state: Option<FillState>,
 }
 
@@ -109,21 +133,21 @@ enum FillState {
     Running(std::thread::JoinHandle<io::Result<()>>),
 }
 
-impl ZeroFill {
-    /// A fill that has already ended with `result`.
+impl Background {
+    /// Work that has already ended with `result`.
     pub fn done(result: io::Result<()>) -> Self {
         Self { state: Some(FillState::Done(result)) }
     }
 
-    /// Runs `fill` on a thread of its own.
-    pub fn spawn(fill: impl FnOnce() -> io::Result<()> + Send + 'static) -> Self {
-        match std::thread::Builder::new().name("balsa-zero-fill".into()).spawn(fill) {
+    /// Runs `work` on a thread of its own, named `name`.
+    pub fn spawn(name: &str, work: impl FnOnce() -> io::Result<()> + Send + 'static) -> Self {
+        match std::thread::Builder::new().name(name.into()).spawn(work) {
             Ok(thread) => Self { state: Some(FillState::Running(thread)) },
             Err(e) => Self::done(Err(e)),
         }
     }
 
-    /// Whether [`ZeroFill::wait`] would return at once.
+    /// Whether [`Background::wait`] would return at once.
     pub fn is_finished(&self) -> bool {
         match &self.state {
             Some(FillState::Running(thread)) => thread.is_finished(),
@@ -131,7 +155,7 @@ impl ZeroFill {
         }
     }
 
-    /// Waits for the fill to end and returns its outcome.
+    /// Waits for the work to end and returns its outcome.
     pub fn wait(mut self) -> io::Result<()> {
         match self.state.take().expect("taken only here and in drop") {
             FillState::Done(result) => result,
@@ -143,7 +167,7 @@ impl ZeroFill {
     }
 }
 
-impl Drop for ZeroFill {
+impl Drop for Background {
     fn drop(&mut self) {
         if let Some(FillState::Running(thread)) = self.state.take() {
             let _ = thread.join();
@@ -248,9 +272,14 @@ impl Vfs for StdFs {
         File::open(dir)?.sync_all()
     }
 
-    fn zero_fill(&self, path: &Path, len: u64) -> ZeroFill {
+    fn zero_fill(&self, path: &Path, len: u64) -> Background {
         let path = path.to_path_buf();
-        ZeroFill::spawn(move || zero_fill_now(&StdFs, &path, len))
+        Background::spawn("balsa-zero-fill", move || zero_fill_now(&StdFs, &path, len))
+    }
+
+    fn remove_all(&self, paths: Vec<PathBuf>, dir: &Path) -> Background {
+        let dir = dir.to_path_buf();
+        Background::spawn("balsa-remove", move || remove_all_now(&StdFs, &paths, &dir))
     }
 }
 

@@ -18,7 +18,7 @@ use bytes::{Buf, Bytes};
 use crate::codec;
 use crate::error::{Result, StorageError};
 use crate::record::{self, Decoded, RecordType, HEADER_BYTES};
-use crate::vfs::{Vfs, VfsFile, ZeroFill};
+use crate::vfs::{Background, Vfs, VfsFile};
 
 const MAGIC: &[u8; 8] = b"BALSAWAL";
 const VERSION: u32 = 1;
@@ -117,7 +117,10 @@ pub struct Wal<V: Vfs> {
     /// Segments started since open (rolls), so a driver can tell which writes paid for one.
     rolls: u64,
     /// The spare segment being zero-filled (see [`SPARE_NAME`]); `None` without preallocation.
-    spare: Option<ZeroFill>,
+    spare: Option<Background>,
+    /// Segments below the last compaction being removed (see [`Vfs::remove_all`]); collected
+    /// before the next removal starts, so a failure still stops the log, one compaction late.
+    removal: Option<Background>,
 }
 
 fn segment_name(seq: u64, first_index: Index) -> String {
@@ -168,6 +171,7 @@ impl<V: Vfs> Wal<V> {
         let spare = options.preallocate.then(|| vfs.zero_fill(&dir.join(SPARE_NAME), options.segment_bytes));
         Ok(Self {
             spare,
+            removal: None,
             vfs,
             dir: dir.to_path_buf(),
             options,
@@ -388,14 +392,19 @@ impl<V: Vfs> Wal<V> {
         self.remove_segments(removable)
     }
 
+    /// Drops the first `count` segments from the log, and removes their files: on the real file
+    /// system in the background, since nothing reads them any more and recovery skips them if a
+    /// crash leaves them (they hold nothing past the snapshot, or are superseded).
     fn remove_segments(&mut self, count: usize) -> Result<()> {
         if count == 0 {
             return Ok(());
         }
-        for seg in self.segments.drain(..count) {
-            self.vfs.remove(&seg.path).map_err(|e| StorageError::io("remove", &seg.path, e))?;
+        if let Some(previous) = self.removal.take() {
+            previous.wait().map_err(|e| StorageError::io("remove segments in", &self.dir, e))?;
         }
-        sync_dir(&self.vfs, &self.dir)
+        let paths = self.segments.drain(..count).map(|seg| seg.path).collect();
+        self.removal = Some(self.vfs.remove_all(paths, &self.dir));
+        Ok(())
     }
 
     /// Reads entries `lo..=hi` from disk.

@@ -306,12 +306,13 @@ fn snapshot_chunks_reassemble() {
     assert_eq!(joined, s.data.to_bytes().unwrap().to_vec());
 }
 
-/// A file system that runs out of space after a byte budget, or fails syncs on demand; it
-/// also records the most bytes any file held written but not yet synced.
+/// A file system that runs out of space after a byte budget, or fails syncs or removals on
+/// demand; it also records the most bytes any file held written but not yet synced.
 #[derive(Clone)]
 struct FaultyFs {
     budget: Arc<AtomicI64>,
     fail_sync: Arc<std::sync::atomic::AtomicBool>,
+    fail_remove: Arc<std::sync::atomic::AtomicBool>,
     most_unsynced: Arc<AtomicU64>,
 }
 
@@ -370,6 +371,9 @@ impl Vfs for FaultyFs {
         StdFs.rename(a, b)
     }
     fn remove(&self, p: &Path) -> io::Result<()> {
+        if self.fail_remove.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(5));
+        }
         StdFs.remove(p)
     }
     fn sync_dir(&self, d: &Path) -> io::Result<()> {
@@ -381,6 +385,7 @@ fn faulty(budget: i64) -> FaultyFs {
     FaultyFs {
         budget: Arc::new(AtomicI64::new(budget)),
         fail_sync: Arc::default(),
+        fail_remove: Arc::default(),
         most_unsynced: Arc::default(),
     }
 }
@@ -489,6 +494,26 @@ fn a_failed_sync_poisons_the_store() {
     fs.fail_sync.store(false, Ordering::SeqCst);
     assert!(matches!(disk.sync(), Err(StorageError::Poisoned)), "no retry after a failed fsync");
     assert!(matches!(disk.write(&batch(None, None, entries(7, 7, 1))), Err(StorageError::Poisoned)));
+}
+
+/// Old snapshot files and log segments are removed after the install that made them old, in the
+/// background on the real file system; a removal that failed is not forgotten: the next install
+/// returns its error (before, the install that started it did).
+#[test]
+fn a_failed_removal_of_old_files_stops_the_next_install() {
+    let d = TempDir::new("removefail");
+    let fs = faulty(i64::MAX);
+    let mut disk = DiskStore::open_with(fs.clone(), &d.0, options(1 << 20)).unwrap();
+    disk.write(&batch(None, None, entries(1, 40, 1))).unwrap();
+    disk.sync().unwrap();
+    // Two kept: nothing is removed by the first two.
+    disk.save_snapshot(&snapshot(10, 1)).unwrap();
+    disk.save_snapshot(&snapshot(20, 1)).unwrap();
+    fs.fail_remove.store(true, Ordering::SeqCst);
+    disk.save_snapshot(&snapshot(30, 1)).unwrap();
+    fs.fail_remove.store(false, Ordering::SeqCst);
+    let err = disk.save_snapshot(&snapshot(40, 1)).unwrap_err();
+    assert!(err.to_string().contains("remove"), "{err}");
 }
 
 /// The disk store keeps no snapshot bytes in memory: the snapshot it holds — after a local

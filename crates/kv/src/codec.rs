@@ -609,6 +609,29 @@ impl SnapshotEncoder {
         true
     }
 
+    /// The bytes encoded since the last call, for a caller that writes them out as it goes
+    /// (see [`SnapshotEncoder::finish_streamed`]). The buffer they were in is reused once they
+    /// are dropped.
+    pub fn take_output(&mut self) -> Bytes {
+        self.w.0.split().freeze()
+    }
+
+    /// For an encoding taken out a step at a time ([`SnapshotEncoder::take_output`]), once every
+    /// key is in: the encoding's first bytes as they must finally read (the key count, unknown
+    /// until now, filled in) and its last bytes, to follow what was taken. The first bytes
+    /// replace the same number of bytes at the start of what was taken.
+    pub fn finish_streamed(mut self) -> (Vec<u8>, Bytes) {
+        assert!(self.done, "a snapshot finished before every key was encoded");
+        let count = u32::try_from(self.keys).expect("fewer than 2^32 keys");
+        let mut head = Vec::with_capacity(20);
+        head.extend_from_slice(&self.revision.to_le_bytes());
+        head.extend_from_slice(&self.compacted.to_le_bytes());
+        head.extend_from_slice(&count.to_le_bytes());
+        let mut last = self.w.0.split();
+        last.extend_from_slice(&self.tail);
+        (head, last.freeze())
+    }
+
     /// The whole encoding, once [`step`](Self::step) has said every key is in.
     pub fn finish(mut self) -> Bytes {
         assert!(self.done, "a snapshot finished before every key was encoded");

@@ -32,13 +32,15 @@ proptest! {
 
     /// Whatever is applied between steps (no compaction), and however small the steps, the
     /// encoding equals the one taken at once when the snapshot began, and it restores to that
-    /// state.
+    /// state; so does one whose bytes are taken out after every step (`streamed`, as a server
+    /// writes them to the file), with its first bytes replaced and its last appended at the end.
     #[test]
     fn steps_between_writes_give_the_snapshot_of_the_beginning(
         before in prop::collection::vec((any::<u8>(), any::<u8>(), any::<u16>()), 0..120),
         during in prop::collection::vec((any::<u8>(), any::<u8>(), any::<u16>()), 0..120),
         budget in 1usize..400,
         per_step in 1usize..8,
+        streamed in any::<bool>(),
     ) {
         let mut sm = StateMachine::default();
         for (op, key, value) in before {
@@ -49,14 +51,26 @@ proptest! {
         let mut encoder = sm.begin_snapshot(0);
         let mut writes = during.into_iter();
         let mut steps = 0;
+        let mut taken = Vec::new();
         while !encoder.step(&sm, budget) {
             steps += 1;
             prop_assert!(steps < 100_000, "the encoding never finishes");
+            if streamed {
+                taken.extend_from_slice(&encoder.take_output());
+            }
             for (op, key, value) in writes.by_ref().take(per_step) {
                 let _ = sm.apply(&command(op, key, value));
             }
         }
-        let data = encoder.finish();
+        let data = if streamed {
+            taken.extend_from_slice(&encoder.take_output());
+            let (head, last) = encoder.finish_streamed();
+            taken[..head.len()].copy_from_slice(&head);
+            taken.extend_from_slice(&last);
+            Bytes::from(taken)
+        } else {
+            encoder.finish()
+        };
         prop_assert_eq!(&data, &expected);
         prop_assert_eq!(StateMachine::decode(data).unwrap(), at_beginning);
     }

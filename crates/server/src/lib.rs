@@ -25,6 +25,7 @@ mod payloads;
 mod round_timer;
 pub mod session;
 pub mod snapshot_file;
+mod snapshot_stream;
 pub mod stream_hub;
 pub mod transport;
 pub mod watch_hub;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use balsa_kv::{Command, KvError, MemberAttrs, RangeRequest, RangeResponse, Response, StateMachine};
 use balsa_raft::{
     ConfChangeError, Config, EntryKind, Index, Membership, MembershipChange, MessageBody, NodeId,
-    ProposeError, Raft, ReadIndexError, Role, Snapshot, Status, Term,
+    ProposeError, Raft, ReadIndexError, Role, Status, Term,
 };
 use balsa_storage::{DiskStore, LogStore, StoreOptions};
 use bytes::{BufMut, Bytes};
@@ -24,6 +24,7 @@ use crate::lease_clock::LeaseClock;
 use crate::metrics::Metrics;
 use crate::payloads::Payloads;
 use crate::round_timer::RoundTimer;
+use crate::snapshot_stream::Streamer;
 use crate::stream_hub::{StreamHub, StreamHubCommand};
 use crate::transport::{Transport, TransportConfig};
 use crate::watch_hub::{HubCommand, WatchHub};
@@ -614,13 +615,13 @@ struct Driver {
     storage_failure: Option<balsa_storage::StorageError>,
 }
 
-/// A snapshot whose file is being written and synced on a thread of its own, while the driver
-/// goes on. The core hears of it (and may compact its log) only once the file is durable.
+/// A snapshot whose encoding is complete and whose file the writer is finishing, while the
+/// driver goes on. The core hears of it (and may compact its log) only once the file is durable.
 struct SnapshotInFlight {
-    /// The snapshot, handed to the store and the core once written.
-    snapshot: Snapshot,
-    /// Writes the file.
-    writing: Writing,
+    /// Its index (an install checks it is still the newest).
+    index: Index,
+    /// The writer, with any of the encoding's last pieces it had no room for yet.
+    streamer: Streamer,
     /// The writer said it is done (so collecting it waits for nothing).
     written: bool,
     /// Driver time spent on it so far, and the encode part of it (for the metrics).
@@ -630,51 +631,19 @@ struct SnapshotInFlight {
     reply: Option<SnapshotNowReply>,
 }
 
-/// Drops an encoded snapshot on a thread of its own: giving back hundreds of MB took the
-/// driver 3–18 ms per snapshot at 1M keys (measured with timing logs around the drop), on every
-/// member at about the same moment. Without a thread it is dropped here.
-fn free_elsewhere(snapshot: Snapshot) {
-    // A thread that cannot start drops its closure, and the snapshot with it, right here.
-    let spawned = std::thread::Builder::new().name("balsa-free".into()).spawn(move || drop(snapshot));
-    if let Err(e) = spawned {
-        tracing::debug!(error = %e, "no thread to free a snapshot; freed on the driver");
-    }
-}
-
-/// A snapshot being encoded a step per driver round (see [`SNAPSHOT_STEP_BYTES`]).
+/// A snapshot being encoded a step per round (see [`SNAPSHOT_STEP_BYTES`]), each step's bytes
+/// streamed to its file by the writer thread ([`Streamer`]).
 struct SnapshotEncoding {
     /// Index, term and configuration it stands at.
     meta: balsa_raft::SnapshotMeta,
-    /// The encoding so far.
+    /// The encoding's state; its output is taken after every step.
     encoder: balsa_kv::SnapshotEncoder,
+    /// Writes the file as the steps go.
+    streamer: Streamer,
     /// Driver time spent encoding it so far (for the metrics).
     encode_time: Duration,
-}
-
-/// How long writing a snapshot file took, or why it failed.
-type WriteOutcome = Result<Duration, balsa_storage::StorageError>;
-
-/// A snapshot file's write: on its own thread, or (if no thread could be had) done already.
-enum Writing {
-    Thread(std::thread::JoinHandle<WriteOutcome>),
-    Done(WriteOutcome),
-}
-
-impl Writing {
-    fn is_finished(&self) -> bool {
-        match self {
-            Writing::Thread(thread) => thread.is_finished(),
-            Writing::Done(_) => true,
-        }
-    }
-
-    /// The outcome, waiting for the thread if it is still writing.
-    fn wait(self) -> WriteOutcome {
-        match self {
-            Writing::Thread(thread) => thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            Writing::Done(outcome) => outcome,
-        }
-    }
+    /// Maintenance.Defragment's caller, answered once the snapshot is installed.
+    reply: Option<SnapshotNowReply>,
 }
 
 /// Where the answer to `snapshot_now` goes.
@@ -686,7 +655,7 @@ impl Driver {
         let mut catching_up = false;
         loop {
             // Catch-up work left over (a budget ran out) is resumed at once, not after a tick.
-            let wait = if catching_up || self.snapshot_encoding.is_some() {
+            let wait = if catching_up || self.snapshot_has_work() {
                 Duration::ZERO
             } else {
                 next_tick.saturating_duration_since(Instant::now())
@@ -738,7 +707,7 @@ impl Driver {
             self.metrics.observe(&self.raft.status(), self.proposals.len());
             self.metrics.snapshot_read_errors(self.raft.snapshot_read_errors());
             self.metrics.peer_sent(self.peer_book.sent());
-            if catching_up || self.snapshot_encoding.is_some() || !input.is_empty() {
+            if catching_up || self.snapshot_has_work() || !input.is_empty() {
                 // The wait above will not yield (work is left, or input is waiting): let the
                 // peer readers on this runtime run first, or a steady stream of proposals, a
                 // watcher's catch-up or a snapshot's encoding would keep peers' messages unread
@@ -1183,7 +1152,7 @@ impl Driver {
 
     /// Begins a snapshot of the state at `index` (the last applied entry): encoded here, a step
     /// per round ([`Driver::continue_snapshot`]; at once for Maintenance.Defragment's caller,
-    /// `reply`), then written by a thread of its own.
+    /// `reply`), each step's bytes written to the file by a thread of its own as they are made.
     fn start_snapshot(&mut self, index: Index, reply: Option<SnapshotNowReply>) {
         assert!(self.snapshot_in_flight.is_none(), "one snapshot at a time");
         assert!(self.snapshot_encoding.is_none(), "one snapshot at a time");
@@ -1195,67 +1164,75 @@ impl Driver {
             last_included_term: term,
             membership: self.raft.membership_at(index),
         };
-        // The last snapshot's size and an eighth more: a state that grew since needs no
-        // doubling of the buffer (a copy of hundreds of MB) at the end.
-        let last_bytes = self.last_snapshot_bytes();
-        let capacity = usize::try_from(last_bytes + last_bytes / 8).unwrap_or(0);
-        let encoder = self.sm.begin_snapshot(capacity);
-        self.snapshot_encoding = Some(SnapshotEncoding { meta, encoder, encode_time: start.elapsed() });
+        let wake = self.wake.clone();
+        let wake = move || {
+            let _ = wake.send(Input::SnapshotWritten);
+        };
+        let streamer = match Streamer::start(self.store.snapshot_writer(), meta.clone(), wake) {
+            Ok(streamer) => streamer,
+            Err(e) => {
+                // Tried again when the next one is due (the log keeps everything meanwhile).
+                tracing::warn!(error = %e, index, "no thread to write a snapshot; not taken");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(NodeError::Dropped));
+                }
+                return;
+            }
+        };
+        // Room for two steps: a step's bytes are taken out after it, and reused once written.
+        let encoder = self.sm.begin_snapshot(2 * snapshot_step_bytes().min(64 << 20));
+        self.snapshot_encoding =
+            Some(SnapshotEncoding { meta, encoder, streamer, encode_time: start.elapsed(), reply: None });
         // The driver's loop takes the steps; Defragment's caller waits for the whole of it.
         if let Some(reply) = reply {
             self.continue_snapshot(usize::MAX);
-            if let Some(f) = &mut self.snapshot_in_flight {
-                f.reply = Some(reply);
+            match (&mut self.snapshot_in_flight, &mut self.snapshot_encoding) {
+                (Some(f), _) => f.reply = Some(reply),
+                (None, Some(e)) => e.reply = Some(reply),
+                (None, None) => unreachable!("the snapshot just started is encoding or written"),
             }
         }
     }
 
-    /// Encodes up to `budget_bytes` more of the snapshot being encoded, if any; once every key is
-    /// in, hands the file's write and sync to a thread of its own.
+    /// Whether a snapshot's encoding has a step to take now (it has not, while its writer is
+    /// behind: the driver then waits for input or the tick as usual instead of spinning).
+    fn snapshot_has_work(&self) -> bool {
+        self.snapshot_encoding.as_ref().is_some_and(|e| !e.streamer.is_backed_up())
+    }
+
+    /// Encodes up to `budget_bytes` more of the snapshot being encoded, if any, and hands the
+    /// bytes to its writer; once every key is in, tells the writer to finish the file. No step is
+    /// taken while the writer has no room for the last one's bytes.
     fn continue_snapshot(&mut self, budget_bytes: usize) {
+        if let Some(f) = &mut self.snapshot_in_flight {
+            f.streamer.flush();
+        }
         let Some(encoding) = &mut self.snapshot_encoding else { return };
+        if !encoding.streamer.flush() && budget_bytes != usize::MAX {
+            return;
+        }
         let start = Instant::now();
         let done = encoding.encoder.step(&self.sm, budget_bytes);
+        let output = encoding.encoder.take_output();
+        encoding.streamer.send(output);
         encoding.encode_time += start.elapsed();
         if !done {
             return;
         }
-        let SnapshotEncoding { meta, encoder, encode_time } =
+        let SnapshotEncoding { meta, encoder, mut streamer, encode_time, reply } =
             self.snapshot_encoding.take().expect("checked above");
         let start = Instant::now();
-        let snapshot = Snapshot { meta, data: encoder.finish().into() };
+        let (head, last) = encoder.finish_streamed();
+        streamer.send(last);
+        streamer.finish(head);
         let encode_time = encode_time + start.elapsed();
-        let write = {
-            let (writer, snapshot) = (self.store.snapshot_writer(), snapshot.clone());
-            move || {
-                let begun = Instant::now();
-                writer.write(&snapshot).map(|()| begun.elapsed())
-            }
-        };
-        let wake = self.wake.clone();
-        let spawned = std::thread::Builder::new().name("balsa-snapshot".into()).spawn(move || {
-            let outcome = write();
-            let _ = wake.send(Input::SnapshotWritten);
-            outcome
-        });
-        let writing = match spawned {
-            Ok(thread) => Writing::Thread(thread),
-            Err(e) => {
-                // Without a thread the file is written here, as it was before it had one.
-                tracing::warn!(error = %e, "no thread for the snapshot; written on the driver");
-                let writer = self.store.snapshot_writer();
-                let begun = Instant::now();
-                Writing::Done(writer.write(&snapshot).map(|()| begun.elapsed()))
-            }
-        };
-        let driver_time = encode_time + start.elapsed();
         self.snapshot_in_flight = Some(SnapshotInFlight {
-            snapshot,
-            writing,
+            index: meta.last_included_index,
+            streamer,
             written: false,
-            driver_time,
+            driver_time: encode_time,
             encode_time,
-            reply: None,
+            reply,
         });
     }
 
@@ -1265,12 +1242,12 @@ impl Driver {
     /// one from the leader is dropped (its file goes with the store's retention).
     fn collect_snapshot(&mut self, wait: bool) -> Result<(), balsa_storage::StorageError> {
         match &self.snapshot_in_flight {
-            Some(f) if wait || f.written || f.writing.is_finished() => {}
+            Some(f) if wait || f.written || f.streamer.is_finished() => {}
             _ => return Ok(()),
         }
         let f = self.snapshot_in_flight.take().expect("checked above");
-        let save_time = match f.writing.wait() {
-            Ok(took) => took,
+        let (snapshot, save_time) = match f.streamer.wait() {
+            Ok(written) => written,
             Err(e) => {
                 if let Some(reply) = f.reply {
                     let _ = reply.send(Err(NodeError::Stopped));
@@ -1280,12 +1257,10 @@ impl Driver {
         };
         self.metrics.snapshot_save_time(save_time);
         let start = Instant::now();
-        let index = f.snapshot.meta.last_included_index;
+        let index = f.index;
         let latest = self.raft.latest_snapshot().map_or(0, |(meta, _)| meta.last_included_index);
-        if index > latest && self.store.install_snapshot(&f.snapshot)? {
+        if index > latest && self.store.install_snapshot(&snapshot)? {
             self.metrics.snapshot_saved();
-            // The core gets the store's handle on the file, not the encoded bytes, which go
-            // with `f` here: the state is then held once, by the state machine.
             let stored = self.store.snapshot().cloned().expect("just installed");
             self.raft.snapshot_taken(stored).expect("a snapshot of applied state");
         } else {
@@ -1295,7 +1270,6 @@ impl Driver {
         if let Some(reply) = f.reply {
             let _ = reply.send(Ok(Some(index)));
         }
-        free_elsewhere(f.snapshot);
         Ok(())
     }
 

@@ -61,6 +61,7 @@ pub mod error;
 pub mod group;
 pub mod record;
 pub mod snapshot;
+pub mod snapshot_stream;
 pub mod store;
 pub mod vfs;
 pub mod wal;

@@ -22,7 +22,7 @@ const VERSION: u32 = 1;
 
 /// Bytes written per step when a snapshot file is written; each step is synced before the next
 /// (see [`crate::vfs::BACKGROUND_SYNC_BYTES`]).
-const WRITE_STEP: usize = crate::vfs::BACKGROUND_SYNC_BYTES as usize;
+pub(crate) const WRITE_STEP: usize = crate::vfs::BACKGROUND_SYNC_BYTES as usize;
 
 /// The snapshot directory.
 #[derive(Clone)]
@@ -32,7 +32,7 @@ pub struct SnapshotStore<V: Vfs> {
     keep: usize,
 }
 
-fn snapshot_name(index: Index, term: Term) -> String {
+pub(crate) fn snapshot_name(index: Index, term: Term) -> String {
     format!("{index:016x}-{term:016x}.snap")
 }
 
@@ -43,7 +43,7 @@ fn parse_name(name: &str) -> Option<(Index, Term)> {
 }
 
 /// The file's bytes before the data: magic, version, metadata, data length.
-fn header(meta: &SnapshotMeta, data_len: u64) -> Vec<u8> {
+pub(crate) fn header(meta: &SnapshotMeta, data_len: u64) -> Vec<u8> {
     let mut encoded = Vec::new();
     codec::put_snapshot_meta(&mut encoded, meta);
     let mut out = Vec::with_capacity(24 + encoded.len());
@@ -187,7 +187,7 @@ impl<V: Vfs> SnapshotStore<V> {
         Ok(path)
     }
 
-    fn sync_dir(&self) -> Result<()> {
+    pub(crate) fn sync_dir(&self) -> Result<()> {
         self.vfs
             .sync_dir(&self.dir)
             .map_err(|source| StorageError::SyncFailed { path: self.dir.clone(), source })
@@ -196,6 +196,10 @@ impl<V: Vfs> SnapshotStore<V> {
     /// The directory the snapshot files are in.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub(crate) fn vfs(&self) -> &V {
+        &self.vfs
     }
 
     /// Removes all but the newest `keep` snapshot files.
@@ -262,6 +266,20 @@ impl<V: Vfs> SnapshotStore<V> {
         };
         let source = FileSource { file, path: path.to_path_buf(), data_offset, data_len };
         Ok(Some(SnapshotData::from_source(Arc::new(source))))
+    }
+
+    /// The data of the snapshot file at `path` (`data_len` bytes from `data_offset`), as the
+    /// store keeps it: read from the file if the file system can share a handle on it, else
+    /// read into memory. Not verified again: the file was just written and synced.
+    pub(crate) fn data_at(&self, path: &Path, data_offset: u64, data_len: u64) -> Result<SnapshotData> {
+        if let Some(data) = self.shared_data(path, data_offset, data_len)? {
+            return Ok(data);
+        }
+        let len =
+            usize::try_from(data_len).map_err(|_| StorageError::Invalid("snapshot too large".into()))?;
+        let bytes =
+            self.vfs.read_at(path, data_offset, len).map_err(|e| StorageError::io("read", path, e))?;
+        Ok(Bytes::from(bytes).into())
     }
 
     /// The data of `snapshot`, whose file [`SnapshotStore::write`] has written, as the store

@@ -6,6 +6,7 @@ use balsa_raft::{Entry, HardState, InitialState, Membership, PersistBatch, Snaps
 
 use crate::error::{Result, StorageError};
 use crate::snapshot::SnapshotStore;
+use crate::snapshot_stream::SnapshotStream;
 use crate::vfs::{Background, StdFs, Vfs};
 use crate::wal::{TornTail, Wal, WalOptions};
 
@@ -190,6 +191,12 @@ impl<V: Vfs + Clone> SnapshotWriter<V> {
     /// the store is opened).
     pub fn write(&self, snapshot: &Snapshot) -> Result<()> {
         self.snapshots.write(snapshot).map(|_| ())
+    }
+
+    /// Starts writing the file of a snapshot with `meta` as its data is produced (the same file
+    /// [`SnapshotWriter::write`] makes, without the data held whole; see [`SnapshotStream`]).
+    pub fn stream(&self, meta: balsa_raft::SnapshotMeta) -> Result<SnapshotStream<V>> {
+        self.snapshots.stream(meta)
     }
 }
 

@@ -544,3 +544,33 @@ fn the_disk_store_keeps_snapshot_data_in_its_file() {
     disk.write(&batch(None, Some(snapshot(80, 2)), vec![])).unwrap();
     assert_eq!(stored.data.to_bytes().unwrap(), Bytes::from("state up to 10"));
 }
+
+/// A snapshot file streamed piece by piece, its first bytes patched at the end, is the file that
+/// writing the whole snapshot at once makes, byte for byte, and reads back as that snapshot; a
+/// stream dropped before its finish leaves no file behind.
+#[test]
+fn a_streamed_snapshot_file_is_the_file_written_whole() {
+    let d = TempDir::new("stream");
+    let limit = balsa_storage::vfs::BACKGROUND_SYNC_BYTES as usize;
+    let data: Vec<u8> = (0..2 * limit + 77).map(|i| (i % 241) as u8).collect();
+    let whole = Snapshot { data: Bytes::from(data.clone()).into(), ..snapshot(9, 2) };
+    let one = balsa_storage::snapshot::SnapshotStore::open(StdFs, &d.0.join("whole"), 2).unwrap();
+    let path = one.write(&whole).unwrap();
+    let streamed = balsa_storage::snapshot::SnapshotStore::open(StdFs, &d.0.join("streamed"), 2).unwrap();
+    let mut stream = streamed.stream(whole.meta.clone()).unwrap();
+    // The first 20 bytes go out as zeros and are given at the finish, as a state's key count is.
+    let mut first = data.clone();
+    first[..20].fill(0);
+    for piece in first.chunks(limit / 3 + 1) {
+        stream.append(piece).unwrap();
+    }
+    let read = stream.finish(&data[..20]).unwrap();
+    let name = path.file_name().unwrap();
+    assert_eq!(std::fs::read(d.0.join("streamed").join(name)).unwrap(), std::fs::read(&path).unwrap());
+    assert_eq!(read, whole);
+    let abandoned = streamed.stream(snapshot(11, 2).meta).unwrap();
+    drop(abandoned);
+    let left: Vec<_> =
+        std::fs::read_dir(d.0.join("streamed")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![name.to_owned()], "only the finished file");
+}

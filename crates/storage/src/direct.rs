@@ -54,7 +54,7 @@ pub struct DirectLog {
 
 impl DirectLog {
     /// Opens `path` for direct appends; `None` if the file system does not do direct I/O (tmpfs
-    /// refuses the flag; a device may refuse every block size tried).
+    /// before Linux 6.6 refuses the flag; a device may refuse every block size tried).
     pub fn open(path: &Path) -> io::Result<Option<Self>> {
         let opened = OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(path);
         let file = match opened {

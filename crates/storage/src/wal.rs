@@ -313,12 +313,19 @@ impl<V: Vfs> Wal<V> {
         Ok(())
     }
 
-    /// Makes every append so far durable (fdatasync). A failure poisons the log.
+    /// Makes every append so far durable (fdatasync). A failure poisons the log. A full disk is
+    /// reported as such ([`StorageError::NoSpace`]), wherever it shows: a log written past the
+    /// page cache writes its appends at the sync ([`crate::direct`]), so that is where it runs
+    /// out of room, where a buffered one ran out at the write.
     pub fn sync(&mut self) -> Result<()> {
         self.check_usable()?;
         if let Err(source) = self.active.sync_data() {
             self.poisoned = true;
-            return Err(StorageError::SyncFailed { path: self.active_segment().path.clone(), source });
+            let path = self.active_segment().path.clone();
+            if source.raw_os_error() == Some(libc::ENOSPC) {
+                return Err(StorageError::io("write", path, source));
+            }
+            return Err(StorageError::SyncFailed { path, source });
         }
         Ok(())
     }

@@ -634,8 +634,8 @@ struct SnapshotInFlight {
 /// A snapshot being encoded a step per round (see [`SNAPSHOT_STEP_BYTES`]), each step's bytes
 /// streamed to its file by the writer thread ([`Streamer`]).
 struct SnapshotEncoding {
-    /// Index, term and configuration it stands at.
-    meta: balsa_raft::SnapshotMeta,
+    /// The index it stands at (its term and configuration went to the writer, for the file).
+    index: Index,
     /// The encoding's state; its output is taken after every step.
     encoder: balsa_kv::SnapshotEncoder,
     /// Writes the file as the steps go.
@@ -1168,7 +1168,7 @@ impl Driver {
         let wake = move || {
             let _ = wake.send(Input::SnapshotWritten);
         };
-        let streamer = match Streamer::start(self.store.snapshot_writer(), meta.clone(), wake) {
+        let streamer = match Streamer::start(self.store.snapshot_writer(), meta, wake) {
             Ok(streamer) => streamer,
             Err(e) => {
                 // Tried again when the next one is due (the log keeps everything meanwhile).
@@ -1182,7 +1182,7 @@ impl Driver {
         // Room for two steps: a step's bytes are taken out after it, and reused once written.
         let encoder = self.sm.begin_snapshot(2 * snapshot_step_bytes().min(64 << 20));
         self.snapshot_encoding =
-            Some(SnapshotEncoding { meta, encoder, streamer, encode_time: start.elapsed(), reply: None });
+            Some(SnapshotEncoding { index, encoder, streamer, encode_time: start.elapsed(), reply: None });
         // The driver's loop takes the steps; Defragment's caller waits for the whole of it.
         if let Some(reply) = reply {
             self.continue_snapshot(usize::MAX);
@@ -1219,7 +1219,7 @@ impl Driver {
         if !done {
             return;
         }
-        let SnapshotEncoding { meta, encoder, mut streamer, encode_time, reply } =
+        let SnapshotEncoding { index, encoder, mut streamer, encode_time, reply } =
             self.snapshot_encoding.take().expect("checked above");
         let start = Instant::now();
         let (head, last) = encoder.finish_streamed();
@@ -1227,7 +1227,7 @@ impl Driver {
         streamer.finish(head);
         let encode_time = encode_time + start.elapsed();
         self.snapshot_in_flight = Some(SnapshotInFlight {
-            index: meta.last_included_index,
+            index,
             streamer,
             written: false,
             driver_time: encode_time,

@@ -15,7 +15,7 @@ use bytes::{Buf, Bytes};
 
 use crate::codec;
 use crate::error::{Result, StorageError};
-use crate::vfs::{Background, Vfs, VfsFile};
+use crate::vfs::{Background, Vfs};
 
 const MAGIC: &[u8; 8] = b"BALSASNP";
 const VERSION: u32 = 1;
@@ -146,7 +146,10 @@ impl<V: Vfs> SnapshotStore<V> {
     }
 
     /// Writes a snapshot durably, then removes all but the newest `keep`.
-    pub fn save(&self, snapshot: &Snapshot) -> Result<PathBuf> {
+    pub fn save(&self, snapshot: &Snapshot) -> Result<PathBuf>
+    where
+        V: Clone,
+    {
         let path = self.write(snapshot)?;
         self.retain()?;
         Ok(path)
@@ -155,36 +158,26 @@ impl<V: Vfs> SnapshotStore<V> {
     /// Writes a snapshot durably (temporary file, sync, rename, directory sync) and removes
     /// nothing, so it may run on another thread while the owner of the store goes on: a crash
     /// at any point leaves the previous snapshots intact, and only the owner removes files
-    /// ([`SnapshotStore::retain`]).
-    pub fn write(&self, snapshot: &Snapshot) -> Result<PathBuf> {
-        let name = snapshot_name(snapshot.meta.last_included_index, snapshot.meta.last_included_term);
-        let path = self.dir.join(&name);
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        let mut file = self.vfs.create(&tmp).map_err(|e| StorageError::io("create", &tmp, e))?;
-        // Piece by piece, so that writing never makes a second copy of the whole state.
-        let head = header(&snapshot.meta, snapshot.data.len());
-        file.write_at(0, &head).map_err(|e| StorageError::io("write", &tmp, e))?;
-        let mut crc = crc32c::crc32c(&head);
+    /// ([`SnapshotStore::retain`]). Piece by piece, through a [`SnapshotStream`], so that
+    /// writing never makes a second copy of the whole state.
+    ///
+    /// [`SnapshotStream`]: crate::snapshot_stream::SnapshotStream
+    pub fn write(&self, snapshot: &Snapshot) -> Result<PathBuf>
+    where
+        V: Clone,
+    {
+        let mut stream = self.stream(snapshot.meta.clone())?;
         let mut at = 0u64;
         while at < snapshot.data.len() {
-            let piece = snapshot.data.read(at, WRITE_STEP).map_err(|e| StorageError::io("read", &tmp, e))?;
+            let piece =
+                snapshot.data.read(at, WRITE_STEP).map_err(|e| StorageError::io("read", self.dir(), e))?;
             if piece.is_empty() {
                 return Err(StorageError::Invalid(format!("snapshot data ended at {at}")));
             }
-            file.write_at(head.len() as u64 + at, &piece).map_err(|e| StorageError::io("write", &tmp, e))?;
-            crc = crc32c::crc32c_append(crc, &piece);
+            stream.append(&piece)?;
             at += piece.len() as u64;
-            if at < snapshot.data.len() {
-                // Not all at the end: the WAL's fsyncs would wait behind the whole file.
-                file.sync_data().map_err(|source| StorageError::SyncFailed { path: tmp.clone(), source })?;
-            }
         }
-        file.write_at(head.len() as u64 + at, &crc.to_le_bytes())
-            .map_err(|e| StorageError::io("write", &tmp, e))?;
-        file.sync_data().map_err(|source| StorageError::SyncFailed { path: tmp.clone(), source })?;
-        self.vfs.rename(&tmp, &path).map_err(|e| StorageError::io("rename", &tmp, e))?;
-        self.sync_dir()?;
-        Ok(path)
+        stream.finish_file(&[])
     }
 
     pub(crate) fn sync_dir(&self) -> Result<()> {

@@ -89,7 +89,16 @@ impl<V: Vfs + Clone> SnapshotStream<V> {
     /// Rewrites the data's first `head.len()` bytes (at most [`PATCHABLE_BYTES`], and no more
     /// than were appended) with `head`, completes the header and the checksum, syncs, and
     /// renames the file into place. Returns the snapshot with its data as the store keeps it.
-    pub fn finish(mut self, head: &[u8]) -> Result<Snapshot> {
+    pub fn finish(self, head: &[u8]) -> Result<Snapshot> {
+        let (store, meta, head_len, data_len) =
+            (self.store.clone(), self.meta.clone(), self.head_len, self.data_len);
+        let path = self.finish_file(head)?;
+        let data = store.data_at(&path, head_len, data_len)?;
+        Ok(Snapshot { meta, data })
+    }
+
+    /// As [`SnapshotStream::finish`], returning where the file is.
+    pub(crate) fn finish_file(mut self, head: &[u8]) -> Result<PathBuf> {
         if head.len() > self.prefix.len() {
             return Err(StorageError::Invalid(format!(
                 "a snapshot's first {} bytes patched, {} written and {PATCHABLE_BYTES} patchable",
@@ -113,8 +122,7 @@ impl<V: Vfs + Clone> SnapshotStream<V> {
         vfs.rename(&self.tmp, &self.path).map_err(|e| StorageError::io("rename", &self.tmp, e))?;
         self.finished = true;
         self.store.sync_dir()?;
-        let data = self.store.data_at(&self.path, self.head_len, self.data_len)?;
-        Ok(Snapshot { meta: self.meta.clone(), data })
+        Ok(self.path.clone())
     }
 
     fn sync(&mut self) -> Result<()> {

@@ -204,12 +204,8 @@ impl<V: Vfs + Clone> DiskStore<V> {
     /// Waits for the removal of old snapshot files started by the last install, if any, and
     /// returns its failure: before anything else lists or removes snapshot files.
     fn collect_snapshot_removal(&mut self) -> Result<()> {
-        match self.snapshot_removal.take() {
-            Some(previous) => {
-                previous.wait().map_err(|e| StorageError::io("remove snapshots in", self.snapshots.dir(), e))
-            }
-            None => Ok(()),
-        }
+        Background::collect(&mut self.snapshot_removal)
+            .map_err(|e| StorageError::io("remove snapshots in", self.snapshots.dir(), e))
     }
 }
 

@@ -147,6 +147,12 @@ impl Background {
         }
     }
 
+    /// Waits for the work in `slot`, if any, leaving it empty, and returns its outcome: the
+    /// previous job's, collected before the next one starts.
+    pub fn collect(slot: &mut Option<Self>) -> io::Result<()> {
+        slot.take().map_or(Ok(()), Self::wait)
+    }
+
     /// Whether [`Background::wait`] would return at once.
     pub fn is_finished(&self) -> bool {
         match &self.state {

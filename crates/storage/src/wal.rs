@@ -406,9 +406,8 @@ impl<V: Vfs> Wal<V> {
         if count == 0 {
             return Ok(());
         }
-        if let Some(previous) = self.removal.take() {
-            previous.wait().map_err(|e| StorageError::io("remove segments in", &self.dir, e))?;
-        }
+        Background::collect(&mut self.removal)
+            .map_err(|e| StorageError::io("remove segments in", &self.dir, e))?;
         let paths = self.segments.drain(..count).map(|seg| seg.path).collect();
         self.removal = Some(self.vfs.remove_all(paths, &self.dir));
         Ok(())

@@ -14,6 +14,14 @@ mod client_cmd;
 mod dev;
 mod txn_syntax;
 
+/// jemalloc instead of glibc's malloc. A member allocates and frees small blocks on every request
+/// (gRPC's frames, headers and futures, the log's entries); glibc's bins and consolidation were
+/// about a seventh of the members' CPU at 256-client puts, and jemalloc took 4% off the CPU per
+/// put at a fixed rate (docs/BENCHMARKS.md, "sixth pass"). Its tuning, which keeps the resident
+/// size at 1M keys where glibc's was, is in `.cargo/config.toml`.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 

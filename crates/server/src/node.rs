@@ -154,6 +154,22 @@ fn snapshot_pays_off(log_bytes: u64, last_snapshot_bytes: u64) -> bool {
     log_bytes.saturating_mul(2) >= last_snapshot_bytes.saturating_sub(SNAPSHOT_FREE_BYTES)
 }
 
+/// A snapshot is due once the log applied since the last one holds this many bytes, whatever its
+/// count of entries.
+const SNAPSHOT_LOG_BYTES: u64 = 64 << 20;
+
+/// A snapshot threshold (entries or bytes) for the member at `place` among `voters`, until its
+/// first snapshot: the member at place k of n waits k/n of a threshold more. Members apply the
+/// same entries at about the same time, so with one threshold all of them encoded and wrote
+/// every snapshot at once, and on a machine they share (this one: 2 cores, three members) that
+/// took most of both cores for a while, the client's included (put p99 at 256 clients 36-38 ms,
+/// 29-30 with snapshots off). Staggered once, they stay apart, as each member's next snapshot is
+/// counted from its own last one under the same rules: p99 25-28 ms (docs/BENCHMARKS.md).
+fn staggered_threshold(threshold: u64, place: usize, voters: usize) -> u64 {
+    let share = threshold.saturating_mul(place as u64) / (voters.max(1) as u64);
+    threshold.saturating_add(share)
+}
+
 /// How long a proposal may take before its client is told the outcome is unknown.
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -334,6 +350,7 @@ impl NodeHandle {
             wake: input_tx.clone(),
             snapshot_in_flight: None,
             snapshot_encoding: None,
+            snapshot_began: false,
             storage_failure: None,
             metrics: metrics.clone(),
             raft,
@@ -611,6 +628,9 @@ struct Driver {
     snapshot_in_flight: Option<SnapshotInFlight>,
     /// A snapshot still being encoded, a step per round; written once every key is in.
     snapshot_encoding: Option<SnapshotEncoding>,
+    /// Whether this member began a snapshot since it started: until then its thresholds are
+    /// staggered by its place among the voters ([`staggered_threshold`]).
+    snapshot_began: bool,
     /// A storage failure met outside `carry_out_readies`, which returns it (stopping the node).
     storage_failure: Option<balsa_storage::StorageError>,
 }
@@ -1144,7 +1164,14 @@ impl Driver {
         if self.snapshot_in_flight.is_some() || self.snapshot_encoding.is_some() {
             return;
         }
-        let Some(index) = self.raft.snapshot_due(self.config.snapshot_entries, 64 << 20) else { return };
+        let (mut max_entries, mut max_bytes) = (self.config.snapshot_entries, SNAPSHOT_LOG_BYTES);
+        if !self.snapshot_began {
+            let voters = &self.raft.membership().voters;
+            let place = voters.iter().position(|&v| v == self.raft.id()).unwrap_or(0);
+            max_entries = staggered_threshold(max_entries, place, voters.len());
+            max_bytes = staggered_threshold(max_bytes, place, voters.len());
+        }
+        let Some(index) = self.raft.snapshot_due(max_entries, max_bytes) else { return };
         if snapshot_pays_off(self.raft.applied_bytes_since_snapshot(), self.last_snapshot_bytes()) {
             self.start_snapshot(index, None);
         }
@@ -1158,6 +1185,7 @@ impl Driver {
         assert!(self.snapshot_encoding.is_none(), "one snapshot at a time");
         assert_eq!(index, self.raft.status().last_applied, "the state machine is at the snapshot's index");
         let start = Instant::now();
+        self.snapshot_began = true;
         let term = self.raft.term_at(index).expect("applied entries are in the log");
         let meta = balsa_raft::SnapshotMeta {
             last_included_index: index,
@@ -1377,5 +1405,14 @@ mod tests {
         assert!(!snapshot_pays_off((50 << 20) - 1, state), "one byte short of half");
         assert!(snapshot_pays_off(50 << 20, state));
         assert!(snapshot_pays_off(u64::MAX, u64::MAX), "no overflow");
+    }
+
+    #[test]
+    fn first_snapshots_are_staggered_by_place_among_voters() {
+        let thresholds: Vec<u64> = (0..3).map(|place| staggered_threshold(100_000, place, 3)).collect();
+        assert_eq!(thresholds, [100_000, 133_333, 166_666], "a third of the threshold apart");
+        assert_eq!(staggered_threshold(100_000, 0, 1), 100_000, "a single member waits no longer");
+        assert_eq!(staggered_threshold(100_000, 0, 0), 100_000, "no voters (a learner): no stagger");
+        assert_eq!(staggered_threshold(u64::MAX, 4, 5), u64::MAX, "no overflow");
     }
 }

@@ -1412,7 +1412,11 @@ mod tests {
         let thresholds: Vec<u64> = (0..3).map(|place| staggered_threshold(100_000, place, 3)).collect();
         assert_eq!(thresholds, [100_000, 133_333, 166_666], "a third of the threshold apart");
         assert_eq!(staggered_threshold(100_000, 0, 1), 100_000, "a single member waits no longer");
-        assert_eq!(staggered_threshold(100_000, 0, 0), 100_000, "no voters (a learner): no stagger");
+        assert_eq!(
+            staggered_threshold(100_000, 0, 0),
+            100_000,
+            "no voters known yet (a member still joining): no stagger"
+        );
         assert_eq!(staggered_threshold(u64::MAX, 4, 5), u64::MAX, "no overflow");
     }
 }

@@ -479,14 +479,21 @@ fn a_full_tmpfs_gives_a_clear_error() {
     }
 }
 
+/// A store in `d` on a file system that fails only when told to, holding entries 1..=`last`
+/// (term 1), synced.
+fn synced_on_faulty_fs(d: &TempDir, last: u64) -> (FaultyFs, DiskStore<FaultyFs>) {
+    let fs = faulty(i64::MAX);
+    let mut disk = DiskStore::open_with(fs.clone(), &d.0, options(1 << 20)).unwrap();
+    disk.write(&batch(None, None, entries(1, last, 1))).unwrap();
+    disk.sync().unwrap();
+    (fs, disk)
+}
+
 /// fsyncgate: after a failed sync the data's fate is unknown; the store must stop, not retry.
 #[test]
 fn a_failed_sync_poisons_the_store() {
     let d = TempDir::new("fsyncfail");
-    let fs = faulty(i64::MAX);
-    let mut disk = DiskStore::open_with(fs.clone(), &d.0, options(1 << 20)).unwrap();
-    disk.write(&batch(None, None, entries(1, 5, 1))).unwrap();
-    disk.sync().unwrap();
+    let (fs, mut disk) = synced_on_faulty_fs(&d, 5);
     fs.fail_sync.store(true, Ordering::SeqCst);
     disk.write(&batch(None, None, entries(6, 6, 1))).unwrap();
     let err = disk.sync().unwrap_err();
@@ -502,10 +509,7 @@ fn a_failed_sync_poisons_the_store() {
 #[test]
 fn a_failed_removal_of_old_files_stops_the_next_install() {
     let d = TempDir::new("removefail");
-    let fs = faulty(i64::MAX);
-    let mut disk = DiskStore::open_with(fs.clone(), &d.0, options(1 << 20)).unwrap();
-    disk.write(&batch(None, None, entries(1, 40, 1))).unwrap();
-    disk.sync().unwrap();
+    let (fs, mut disk) = synced_on_faulty_fs(&d, 40);
     // Two kept: nothing is removed by the first two.
     disk.save_snapshot(&snapshot(10, 1)).unwrap();
     disk.save_snapshot(&snapshot(20, 1)).unwrap();

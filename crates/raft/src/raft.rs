@@ -128,6 +128,10 @@ pub struct Raft {
     pub(crate) commit_broadcast: Index,
     /// ReadIndex bookkeeping.
     pub(crate) reads: ReadIndexState,
+    /// Followers only: the term, highest read round and highest match this server answered an
+    /// AppendEntries with. An empty one that would answer nothing newer (a leader's notice of a
+    /// new commit index) goes unanswered: the answer would tell the leader nothing.
+    pub(crate) answered_append: (Term, u64, Index),
     /// Outgoing messages collected since the last Ready.
     pub(crate) outbox: Vec<Message>,
     /// Read outcomes collected since the last Ready.
@@ -182,6 +186,7 @@ impl Raft {
             lease_revoked: false,
             broadcast_pending: false,
             commit_broadcast: 0,
+            answered_append: (0, 0, 0),
             reads: ReadIndexState::default(),
             outbox: Vec::new(),
             read_states: Vec::new(),

@@ -118,6 +118,7 @@ impl Raft {
             let hint = self.conflict_hint(prev);
             return self.reply_append(from, false, 0, prev, hint, read_round);
         }
+        let empty = entries.is_empty();
         let (last_new, first_written) = self.log.merge(prev, entries);
         if let Some(from) = first_written {
             // New entries (and maybe a truncation): the configuration follows the log.
@@ -126,6 +127,19 @@ impl Raft {
         }
         // Figure 2: "set commitIndex = min(leaderCommit, index of last new entry)".
         self.log.commit_to(ae.leader_commit.min(last_new));
+        let (term, round, matched) = self.answered_append;
+        let answered = term == self.current_term && read_round <= round && last_new <= matched;
+        if empty && answered {
+            // A notice of the new commit index: the leader already heard this round and this
+            // match from us. Heartbeats open a new round each, so they are always answered
+            // (CheckQuorum, ReadIndex and leases count those answers).
+            return;
+        }
+        self.answered_append = if term == self.current_term {
+            (term, round.max(read_round), matched.max(last_new))
+        } else {
+            (self.current_term, read_round, last_new)
+        };
         self.reply_append(from, true, last_new, 0, ConflictHint::default(), read_round);
     }
 

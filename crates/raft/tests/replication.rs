@@ -611,6 +611,51 @@ fn a_follower_acknowledging_after_the_quorum_learns_the_commit_without_a_tick() 
     assert_eq!(c.raft(slow).status().last_applied, index);
 }
 
+/// A follower answers an AppendEntries when the answer tells the leader something: a match or a
+/// read round it has not heard from this follower. The leader's notice of a new commit index (an
+/// empty AppendEntries, section 5.3: followers learn commits from later AppendEntries) repeats
+/// both, so it is not answered, which saves each write two messages; a heartbeat opens a read
+/// round of its own, so it is always answered (CheckQuorum, ReadIndex and leases count those).
+#[test]
+fn a_commit_notice_goes_unanswered_and_a_heartbeat_is_answered() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.deliver_all();
+    let is_answer = |m: &Message| matches!(m.body, MessageBody::AppendEntriesResponse(_));
+    let is_empty_append =
+        |m: &Message| matches!(&m.body, MessageBody::AppendEntries(ae) if ae.entries.is_empty());
+    let index = c.propose(1, "x").expect("leader");
+    c.deliver_matching(|m| m.from == 1 && carries_entry_at_or_after(m, index));
+    assert_eq!(c.deliver_matching(is_answer), 2, "both followers acknowledge the entry");
+    assert_eq!(c.raft(1).status().commit_index, index);
+    // The leader tells both followers of the commit (one follower may hear twice: its
+    // acknowledgement came after the commit); they learn it and stay silent.
+    let notices = c.take_matching(|m| m.from == 1 && is_empty_append(m));
+    for follower in [2, 3] {
+        assert!(notices.iter().any(|m| m.to == follower), "a commit notice to n{follower}");
+    }
+    for m in notices {
+        c.deliver(m);
+    }
+    for follower in [2, 3] {
+        assert_eq!(c.raft(follower).status().commit_index, index, "n{follower} learned the commit");
+    }
+    assert!(c.take_matching(is_answer).is_empty(), "a commit notice is not answered");
+    // A heartbeat is answered by both, though it carries nothing new for their logs.
+    c.tick(1);
+    let heartbeats = c.take_matching(|m| m.from == 1 && is_empty_append(m));
+    assert_eq!(heartbeats.len(), 2, "the tick sent a heartbeat to each follower");
+    for m in heartbeats {
+        c.deliver(m);
+    }
+    let answers = c.take_matching(is_answer);
+    assert_eq!(answers.len(), 2, "every heartbeat is answered");
+    // A new entry is acknowledged as ever.
+    let next = c.propose(1, "y").expect("leader");
+    c.deliver_matching(|m| m.from == 1 && carries_entry_at_or_after(m, next));
+    assert_eq!(c.take_matching(is_answer).len(), 2, "appended entries are acknowledged");
+}
+
 /// Commands proposed at a follower before its next Ready are forwarded to the leader in one
 /// Propose, in the order they were proposed (the leader then steps one message for them, as it
 /// appends its own clients' commands together); a command that would take the message past

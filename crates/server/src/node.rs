@@ -374,6 +374,7 @@ impl NodeHandle {
             last_publish: None,
             watch_hub: WatchHub::default(),
             stream_hub: StreamHub::default(),
+            after_replies: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("balsa-node".into())
@@ -633,6 +634,10 @@ struct Driver {
     snapshot_began: bool,
     /// A storage failure met outside `carry_out_readies`, which returns it (stopping the node).
     storage_failure: Option<balsa_storage::StorageError>,
+    /// Messages of Readies that persisted nothing (commit notices, heartbeat answers), held until
+    /// the round's answers to clients are written: nothing waits on them as it waits on
+    /// an append, and sent first they put two peers' wake-ups ahead of the client's.
+    after_replies: Vec<balsa_raft::Message>,
 }
 
 /// A snapshot whose encoding is complete and whose file the writer is finishing, while the
@@ -717,6 +722,11 @@ impl Driver {
                 // longer be trusted, and continuing could acknowledge what is not durable.
                 tracing::error!(error = %e, "storage failed; the node stops");
                 return self.stop();
+            }
+            if !self.after_replies.is_empty() {
+                // The answers' tasks run on this thread: let them write before the peers' turn.
+                tokio::task::yield_now().await;
+                self.peer_book.send_all(std::mem::take(&mut self.after_replies));
             }
             self.continue_snapshot(snapshot_step_bytes());
             let ready = round.lap();
@@ -842,9 +852,15 @@ impl Driver {
         self.collect_snapshot(false)?;
         while self.raft.has_ready() {
             let mut ready = self.raft.ready();
-            // Sent before the write and sync below (the leader replicates while it syncs).
-            self.peer_book.send_all(std::mem::take(&mut ready.messages));
             let batch = std::mem::take(&mut ready.persist);
+            if !batch.must_sync() {
+                self.after_replies.append(&mut ready.messages);
+            } else {
+                // Sent before the write and sync below (the leader replicates while it syncs);
+                // held messages first, so each peer's messages leave in order.
+                self.peer_book.send_all(std::mem::take(&mut self.after_replies));
+                self.peer_book.send_all(std::mem::take(&mut ready.messages));
+            }
             let (rolls, start) = (self.store.wal().rolls(), Instant::now());
             if !batch.is_empty() {
                 self.store.write(&batch)?;

@@ -158,6 +158,14 @@ fn snapshot_pays_off(log_bytes: u64, last_snapshot_bytes: u64) -> bool {
 /// count of entries.
 const SNAPSHOT_LOG_BYTES: u64 = 64 << 20;
 
+/// Whether a member quiet for `quiet` (nothing applied), holding `keys` keys and `repacked_at`
+/// at its last repack, repacks its key index now: once quiet for [`REPACK_AFTER_QUIET`], and once
+/// enough keys came to have loosened the tree ([`REPACK_MIN_NEW_KEYS`], [`REPACK_GROWTH_DIVISOR`]).
+fn repack_due(keys: usize, repacked_at: usize, quiet: Duration) -> bool {
+    let due = REPACK_MIN_NEW_KEYS.max(repacked_at / REPACK_GROWTH_DIVISOR);
+    quiet >= REPACK_AFTER_QUIET && keys >= repacked_at + due
+}
+
 /// A snapshot threshold (entries or bytes) for the member at `place` among `voters`, until its
 /// first snapshot: the member at place k of n waits k/n of a threshold more. Members apply the
 /// same entries at about the same time, so with one threshold all of them encoded and wrote
@@ -172,6 +180,17 @@ fn staggered_threshold(threshold: u64, place: usize, voters: usize) -> u64 {
 
 /// How long a proposal may take before its client is told the outcome is unknown.
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a member must have applied nothing before it repacks its key index
+/// ([`balsa_kv::Mvcc::repack`]): the rebuild holds the driver for 60-190 ms at 1M
+/// keys, which a busy member's clients would see.
+const REPACK_AFTER_QUIET: Duration = Duration::from_secs(1);
+
+/// Keys added since the last repack before the next pays off: at least this many, and at least
+/// [`REPACK_GROWTH_DIVISOR`]th of those held then. A tree grown by keys in random order is about
+/// 70% full and goes back there as it takes more; one grown by keys in order is 55% full.
+const REPACK_MIN_NEW_KEYS: usize = 50_000;
+const REPACK_GROWTH_DIVISOR: usize = 8;
 
 /// Where the answer to a read goes.
 type ReadReply = oneshot::Sender<Result<RangeResponse, NodeError>>;
@@ -355,6 +374,7 @@ impl NodeHandle {
             metrics: metrics.clone(),
             raft,
             store,
+            repacked_at_keys: 0,
             sm,
             config,
             proposals: BTreeMap::new(),
@@ -375,6 +395,7 @@ impl NodeHandle {
             watch_hub: WatchHub::default(),
             stream_hub: StreamHub::default(),
             after_replies: Vec::new(),
+            quiet_since: (0, Instant::now()),
         };
         let thread = std::thread::Builder::new()
             .name("balsa-node".into())
@@ -638,6 +659,11 @@ struct Driver {
     /// the round's answers to clients are written: nothing waits on them as it waits on
     /// an append, and sent first they put two peers' wake-ups ahead of the client's.
     after_replies: Vec<balsa_raft::Message>,
+    /// The applied index last seen and since when it has not moved: a member quiet for
+    /// [`REPACK_AFTER_QUIET`] may repack its key index.
+    quiet_since: (Index, Instant),
+    /// Keys the keyspace held at its last repack (or start).
+    repacked_at_keys: usize,
 }
 
 /// A snapshot whose encoding is complete and whose file the writer is finishing, while the
@@ -716,6 +742,7 @@ impl Driver {
                 self.commit_clock();
                 self.refresh_peers();
                 self.publish_attrs();
+                self.repack_if_quiet();
             }
             if let Err(e) = self.carry_out_readies() {
                 // A storage failure (a failed fsync above all) stops the node: its disk can no
@@ -878,6 +905,8 @@ impl Driver {
                 self.snapshot_encoding = None;
                 self.sm = StateMachine::decode(data)
                     .unwrap_or_else(|e| panic!("a snapshot from the leader does not decode: {e}"));
+                // Decoded key by key, in order: as loose as a tree grown by keys in order.
+                self.repacked_at_keys = 0;
                 // The core assembled it in memory; from now on it reads chunks from the file, so
                 // the bytes go with this batch.
                 if let Some(stored) = self.store.snapshot().filter(|stored| stored.meta == s.meta) {
@@ -1160,6 +1189,29 @@ impl Driver {
         }
     }
 
+    /// Repacks the key index once the member has been quiet a while and enough keys came since
+    /// the last repack (see [`REPACK_AFTER_QUIET`]); never while a snapshot is being encoded from it.
+    fn repack_if_quiet(&mut self) {
+        let (applied, now) = (self.raft.status().last_applied, Instant::now());
+        if applied != self.quiet_since.0 {
+            self.quiet_since = (applied, now);
+            return;
+        }
+        let keys = self.sm.mvcc.key_count();
+        if !repack_due(keys, self.repacked_at_keys, now - self.quiet_since.1)
+            || self.snapshot_encoding.is_some()
+        {
+            return;
+        }
+        self.sm.mvcc.repack();
+        self.repacked_at_keys = keys;
+        tracing::info!(
+            keys,
+            took_ms = now.elapsed().as_millis() as u64,
+            "repacked the key index while quiet"
+        );
+    }
+
     fn serve_reads(&mut self) {
         let applied = self.raft.status().last_applied;
         let (ready, waiting): (Vec<_>, Vec<_>) =
@@ -1421,6 +1473,18 @@ mod tests {
         assert!(!snapshot_pays_off((50 << 20) - 1, state), "one byte short of half");
         assert!(snapshot_pays_off(50 << 20, state));
         assert!(snapshot_pays_off(u64::MAX, u64::MAX), "no overflow");
+    }
+
+    #[test]
+    fn repacks_wait_for_quiet_and_for_enough_new_keys() {
+        let quiet = REPACK_AFTER_QUIET;
+        assert!(repack_due(50_000, 0, quiet), "a first bulk load of 50,000 keys");
+        assert!(!repack_due(49_999, 0, quiet), "fewer new keys than the minimum");
+        assert!(!repack_due(1_000_000, 0, quiet - Duration::from_millis(1)), "not quiet long enough");
+        // Past 400,000 keys the growth needed is an eighth of the keys at the last repack.
+        assert!(!repack_due(1_124_999, 1_000_000, quiet));
+        assert!(repack_due(1_125_000, 1_000_000, quiet));
+        assert!(!repack_due(10_000, 10_000, 10 * quiet), "a keyspace that does not grow is left alone");
     }
 
     #[test]

@@ -374,7 +374,6 @@ impl NodeHandle {
             metrics: metrics.clone(),
             raft,
             store,
-            repacked_at_keys: 0,
             sm,
             config,
             proposals: BTreeMap::new(),
@@ -396,6 +395,7 @@ impl NodeHandle {
             stream_hub: StreamHub::default(),
             after_replies: Vec::new(),
             quiet_since: (0, Instant::now()),
+            repacked_at_keys: 0,
         };
         let thread = std::thread::Builder::new()
             .name("balsa-node".into())
@@ -662,7 +662,8 @@ struct Driver {
     /// The applied index last seen and since when it has not moved: a member quiet for
     /// [`REPACK_AFTER_QUIET`] may repack its key index.
     quiet_since: (Index, Instant),
-    /// Keys the keyspace held at its last repack (or start).
+    /// Keys the keyspace held at its last repack; 0 before the first, since a state restored at
+    /// start, or installed from the leader, was decoded key by key, as loose as a bulk load.
     repacked_at_keys: usize,
 }
 
@@ -1475,6 +1476,8 @@ mod tests {
         assert!(snapshot_pays_off(u64::MAX, u64::MAX), "no overflow");
     }
 
+    /// A repack waits for a quiet second and for enough new keys, and then for an eighth more
+    /// once the keyspace is large; a keyspace that only rewrites its keys is never repacked.
     #[test]
     fn repacks_wait_for_quiet_and_for_enough_new_keys() {
         let quiet = REPACK_AFTER_QUIET;

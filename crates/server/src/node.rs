@@ -158,14 +158,6 @@ fn snapshot_pays_off(log_bytes: u64, last_snapshot_bytes: u64) -> bool {
 /// count of entries.
 const SNAPSHOT_LOG_BYTES: u64 = 64 << 20;
 
-/// Whether a member quiet for `quiet` (nothing applied), holding `keys` keys and `repacked_at`
-/// at its last repack, repacks its key index now: once quiet for [`REPACK_AFTER_QUIET`], and once
-/// enough keys came to have loosened the tree ([`REPACK_MIN_NEW_KEYS`], [`REPACK_GROWTH_DIVISOR`]).
-fn repack_due(keys: usize, repacked_at: usize, quiet: Duration) -> bool {
-    let due = REPACK_MIN_NEW_KEYS.max(repacked_at / REPACK_GROWTH_DIVISOR);
-    quiet >= REPACK_AFTER_QUIET && keys >= repacked_at + due
-}
-
 /// A snapshot threshold (entries or bytes) for the member at `place` among `voters`, until its
 /// first snapshot: the member at place k of n waits k/n of a threshold more. Members apply the
 /// same entries at about the same time, so with one threshold all of them encoded and wrote
@@ -191,6 +183,14 @@ const REPACK_AFTER_QUIET: Duration = Duration::from_secs(1);
 /// 70% full and goes back there as it takes more; one grown by keys in order is 55% full.
 const REPACK_MIN_NEW_KEYS: usize = 50_000;
 const REPACK_GROWTH_DIVISOR: usize = 8;
+
+/// Whether a member quiet for `quiet` (nothing applied), holding `keys` keys and `repacked_at`
+/// at its last repack, repacks its key index now: once quiet for [`REPACK_AFTER_QUIET`], and once
+/// enough keys came to have loosened the tree ([`REPACK_MIN_NEW_KEYS`], [`REPACK_GROWTH_DIVISOR`]).
+fn repack_due(keys: usize, repacked_at: usize, quiet: Duration) -> bool {
+    let due = REPACK_MIN_NEW_KEYS.max(repacked_at / REPACK_GROWTH_DIVISOR);
+    quiet >= REPACK_AFTER_QUIET && keys >= repacked_at + due
+}
 
 /// Where the answer to a read goes.
 type ReadReply = oneshot::Sender<Result<RangeResponse, NodeError>>;
@@ -754,7 +754,7 @@ impl Driver {
             if !self.after_replies.is_empty() {
                 // The answers' tasks run on this thread: let them write before the peers' turn.
                 tokio::task::yield_now().await;
-                self.peer_book.send_all(std::mem::take(&mut self.after_replies));
+                self.send_held_messages();
             }
             self.continue_snapshot(snapshot_step_bytes());
             let ready = round.lap();
@@ -886,7 +886,7 @@ impl Driver {
             } else {
                 // Sent before the write and sync below (the leader replicates while it syncs);
                 // held messages first, so each peer's messages leave in order.
-                self.peer_book.send_all(std::mem::take(&mut self.after_replies));
+                self.send_held_messages();
                 self.peer_book.send_all(std::mem::take(&mut ready.messages));
             }
             let (rolls, start) = (self.store.wal().rolls(), Instant::now());
@@ -1188,6 +1188,11 @@ impl Driver {
         if let Err(e) = self.raft.propose(data) {
             tracing::debug!(error = %e, "clock not committed yet");
         }
+    }
+
+    /// Sends the messages held for after the round's answers ([`Driver::after_replies`]).
+    fn send_held_messages(&mut self) {
+        self.peer_book.send_all(std::mem::take(&mut self.after_replies));
     }
 
     /// Repacks the key index once the member has been quiet a while and enough keys came since

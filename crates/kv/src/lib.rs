@@ -47,7 +47,7 @@ pub use command::{
 pub use error::KvError;
 pub use machine::{Lease, StateMachine};
 pub use members::{MemberAttrs, MemberTable};
-pub use mvcc::Mvcc;
+pub use mvcc::{Mvcc, Put};
 pub use sessions::{Admission, Session, Sessions};
 pub use streams::{Retention, StreamCommand, StreamError, StreamInfo, StreamRead, StreamResponse, Streams};
 pub use types::{prefix_end, Event, EventKind, KeyRange, KeyValue, Revision};

@@ -271,8 +271,8 @@ impl StateMachine {
         } else {
             (req.value.clone(), req.lease)
         };
-        let prev = self.mvcc.put(ctx, req.key.clone(), value, lease);
-        let old_lease = prev.as_ref().map_or(0, |kv| kv.lease);
+        let put = self.mvcc.put(ctx, req.key.clone(), value, lease, req.prev_kv);
+        let old_lease = put.prev_lease;
         if old_lease != lease {
             if let Some(l) = self.leases.get_mut(&old_lease) {
                 l.keys.remove(&req.key);
@@ -281,7 +281,7 @@ impl StateMachine {
                 l.keys.insert(req.key.clone());
             }
         }
-        PutResponse { revision: 0, prev_kv: if req.prev_kv { prev } else { None } }
+        PutResponse { revision: 0, prev_kv: put.prev }
     }
 
     fn delete_range(&mut self, ctx: &mut WriteCtx, req: &DeleteRangeRequest) -> DeleteRangeResponse {

@@ -115,6 +115,17 @@ pub struct History {
     pub keys_visited: usize,
 }
 
+/// What a put replaced, from [`Mvcc::put`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Put {
+    /// The previous value, when the caller asked for it (`prev_kv`): building it clones the old
+    /// value's handle, a cache miss on a buffer written long ago, which most puts never read.
+    pub prev: Option<KeyValue>,
+    /// The lease the key was attached to (0: none, or no previous value), which the caller
+    /// needs to move the key between leases whether or not it asked for the value.
+    pub prev_lease: i64,
+}
+
 /// A write transaction in progress: its main revision and the next sub-revision.
 #[derive(Debug)]
 pub struct WriteCtx {
@@ -199,26 +210,26 @@ impl Mvcc {
         versions.last()?.kv_of(key)
     }
 
-    /// Writes `key`; returns its previous value.
-    pub fn put(&mut self, ctx: &mut WriteCtx, key: Bytes, value: Bytes, lease: i64) -> Option<KeyValue> {
+    /// Writes `key`; returns its previous value, built only when `want_prev` asks for it or the
+    /// transaction is being recorded (see [`Put`]).
+    pub fn put(&mut self, ctx: &mut WriteCtx, key: Bytes, value: Bytes, lease: i64, want_prev: bool) -> Put {
         let revision = Revision { main: ctx.main, sub: ctx.sub };
         ctx.sub += 1;
         ctx.wrote = true;
         // Most keys hold one version: room for exactly one, where `Vec`'s first push would make
         // room for four (3 x 112 unused bytes per key, a quarter of a node's memory at 1M keys).
         let versions = self.keys.entry(Key::from(&key)).or_insert_with(|| Vec::with_capacity(1));
-        let prev = versions.last().and_then(|v| v.kv(&key));
-        let (create_revision, version) = match &prev {
-            Some(p) => (p.create_revision, p.version + 1),
-            None => (ctx.main, 1),
-        };
+        let last = versions.last().filter(|v| !v.is_tombstone());
+        let (create_revision, version) = last.map_or((ctx.main, 1), |p| (p.create_revision, p.version + 1));
+        let prev_lease = last.map_or(0, |p| p.lease);
+        let prev = if want_prev || ctx.events.is_some() { last.and_then(|v| v.kv(&key)) } else { None };
         let written = Version { create_revision, version, value, lease, ..Version::tombstone(revision) };
         if let Some(events) = &mut ctx.events {
             let kv = written.kv(&key).expect("a put is not a tombstone");
             events.push((revision, Event { kind: EventKind::Put, kv, prev_kv: prev.clone() }));
         }
         versions.push(written);
-        prev
+        Put { prev: if want_prev { prev } else { None }, prev_lease }
     }
 
     /// Deletes `key` if it exists; returns what it held.
@@ -416,8 +427,37 @@ mod tests {
 
     fn put(m: &mut Mvcc, k: &str, v: &str) -> i64 {
         let mut ctx = m.begin();
-        m.put(&mut ctx, b(k), b(v), 0);
+        m.put(&mut ctx, b(k), b(v), 0, false);
         m.finish(ctx)
+    }
+
+    /// A put reports the lease it replaced every time and the previous value only when asked
+    /// (or when the transaction is recorded for watchers, whose events carry it); a tombstone
+    /// or a new key has neither.
+    #[test]
+    fn a_put_returns_the_previous_value_only_when_asked() {
+        let mut m = Mvcc::default();
+        let mut ctx = m.begin();
+        assert_eq!(m.put(&mut ctx, b("k"), b("1"), 7, true), Put { prev: None, prev_lease: 0 }, "a new key");
+        let unasked = m.put(&mut ctx, b("k"), b("2"), 8, false);
+        assert_eq!(unasked, Put { prev: None, prev_lease: 7 });
+        let asked = m.put(&mut ctx, b("k"), b("3"), 0, true);
+        let prev = asked.prev.expect("asked for");
+        assert_eq!((&prev.value[..], prev.lease, prev.version, asked.prev_lease), (&b"2"[..], 8, 2, 8));
+        m.delete(&mut ctx, &b("k"));
+        assert_eq!(
+            m.put(&mut ctx, b("k"), b("4"), 0, true),
+            Put { prev: None, prev_lease: 0 },
+            "after a delete"
+        );
+        m.finish(ctx);
+
+        let mut ctx = m.begin_recording();
+        assert_eq!(m.put(&mut ctx, b("k"), b("5"), 0, false).prev, None, "not asked, though recorded");
+        let events = ctx.take_events();
+        let recorded = events[0].1.prev_kv.as_ref().expect("a watcher's event carries the old value");
+        assert_eq!(&recorded.value[..], b"4");
+        m.finish(ctx);
     }
 
     /// Repacking rebuilds the index and nothing else: the same keys, versions, tombstones and
@@ -483,7 +523,7 @@ mod tests {
                 if i % 5 == 0 && j == 0 {
                     m.delete(&mut ctx, &key);
                 } else {
-                    m.put(&mut ctx, key, b(&format!("{i}.{j}")), 0);
+                    m.put(&mut ctx, key, b(&format!("{i}.{j}")), 0, false);
                 }
             }
             m.finish(ctx);
@@ -650,15 +690,15 @@ mod tests {
     fn snapshots_keep_their_format() {
         let mut m = Mvcc::default();
         let mut ctx = m.begin();
-        m.put(&mut ctx, b("a"), b("1"), 0);
-        m.put(&mut ctx, b("b"), b("2"), 7);
+        m.put(&mut ctx, b("a"), b("1"), 0, false);
+        m.put(&mut ctx, b("b"), b("2"), 7, false);
         m.finish(ctx);
         let mut ctx = m.begin();
         m.delete(&mut ctx, &b("a"));
         m.finish(ctx);
         let mut ctx = m.begin();
-        m.put(&mut ctx, b("a"), b("3"), 0);
-        m.put(&mut ctx, b("b"), b("4"), 7);
+        m.put(&mut ctx, b("a"), b("3"), 0, false);
+        m.put(&mut ctx, b("b"), b("4"), 7, false);
         m.finish(ctx);
         let sm = crate::machine::StateMachine { mvcc: m, ..Default::default() };
         let hex: String = sm.encode().iter().map(|x| format!("{x:02x}")).collect();

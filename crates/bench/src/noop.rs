@@ -5,9 +5,8 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use balsa_server::pb::etcdserverpb::{
-    kv_server::{Kv, KvServer},
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    kv_server::Kv, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -67,6 +66,7 @@ impl Kv for NoopKv {
 /// balsa serves its clients with (`balsa_server::client_server`), so the ceiling and balsa pay
 /// the same for gRPC.
 pub async fn serve(listener: tokio::net::TcpListener) {
-    let service = balsa_server::client_server::Only(KvServer::new(NoopKv::default()));
+    let max = balsa_server::kv_service::MAX_DECODING_BYTES;
+    let service = balsa_server::unary::KvCalls::new(NoopKv::default(), max);
     balsa_server::client_server::serve(listener, service).await;
 }

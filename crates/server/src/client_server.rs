@@ -4,10 +4,11 @@
 //! Why not `tonic::transport::Server`: every request it serves passes through a stack of
 //! general-purpose layers (a boxed, cloned service per request, an axum path router, oneshot
 //! wrappers, a boxed request body), which took about 6% of a member's CPU at 256-client puts
-//! (`perf`, innermost frames in those layers, socket I/O excluded). Here a request for
-//! `etcdserverpb.KV` or `balsapb.Log`, the methods that carry the load, goes straight to its
-//! generated service, one boxed future per request; every other path (Watch, Lease, Cluster,
-//! Maintenance, Session, the HTTP routes) goes to the router as before.
+//! (`perf`, innermost frames in those layers, socket I/O excluded). Here the methods that carry
+//! the load go straight to their service: `etcdserverpb.KV`'s, all unary, to the handlers
+//! without tonic's codec ([`crate::unary`]), `balsapb.Log`'s to its generated service, one boxed
+//! future per request; every other path (Watch, Lease, Cluster, Maintenance, Session, the HTTP
+//! routes) goes to the router as before.
 //!
 //! Connections are tasks of a [`JoinSet`] owned by the accept loop, so dropping the server
 //! (a member stopping) closes them too. HTTP/2 settings are hyper's defaults, which are also
@@ -31,19 +32,20 @@ use tower::{Service, ServiceExt};
 use crate::kv_service::KvService;
 use crate::log_service::LogService;
 use crate::pb::balsapb::log_server::LogServer;
-use crate::pb::etcdserverpb::kv_server::KvServer;
+use crate::unary::KvCalls;
 
 /// A request and what answers it.
 pub type Request = http::Request<Incoming>;
 /// The answer: a gRPC (or plain HTTP) response.
 pub type Response = http::Response<BoxBody>;
-type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+/// What a route's call returns: the answer, when it is ready.
+pub type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 /// Routes a request by its path: the hot services directly, the rest through `router`.
 #[derive(Clone)]
 pub struct Dispatch {
-    /// `/etcdserverpb.KV/*`: puts, ranges, transactions, compaction.
-    pub kv: Only<KvServer<KvService>>,
+    /// `/etcdserverpb.KV/*`: puts, ranges, transactions, compaction, without tonic's codec.
+    pub kv: KvCalls<KvService>,
     /// `/balsapb.Log/*`: log-stream appends and reads.
     pub log: Only<LogServer<LogService>>,
     /// Every other path: the remaining gRPC services and the plain HTTP routes.
@@ -71,8 +73,7 @@ impl hyper::service::Service<Request> for Dispatch {
     }
 }
 
-/// One generated gRPC service, called without a router: a [`Dispatch`] route, or the whole
-/// server (the load generator's no-op server).
+/// One generated gRPC service, called without a router (a [`Dispatch`] route).
 #[derive(Clone)]
 pub struct Only<S>(pub S);
 

@@ -458,7 +458,7 @@ pub async fn serve_all(
     .into_axum_router();
     use crate::client_server::Only;
     let dispatch = crate::client_server::Dispatch {
-        kv: Only(pb::kv_server::KvServer::new(service).max_decoding_message_size(MAX_DECODING_BYTES)),
+        kv: crate::unary::KvCalls::new(service, MAX_DECODING_BYTES),
         log: Only(
             crate::pb::balsapb::log_server::LogServer::new(log).max_decoding_message_size(MAX_DECODING_BYTES),
         ),

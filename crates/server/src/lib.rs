@@ -28,6 +28,7 @@ pub mod snapshot_file;
 mod snapshot_stream;
 pub mod stream_hub;
 pub mod transport;
+pub mod unary;
 pub mod watch_hub;
 pub mod watch_service;
 

@@ -144,12 +144,19 @@ where
 /// tonic answered).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Malformed {
+    /// The body ended before any byte.
     NoMessage,
+    /// The body ended inside the 5-byte prefix.
     CutPrefix,
+    /// The prefix says compressed, but no `grpc-encoding` says how.
     CompressedWithoutEncoding,
+    /// The prefix's flag is neither 0 nor 1.
     UnknownFlag(u8),
+    /// The prefix announces more than the limit: refused before the rest is read.
     TooLarge { length: usize, max: usize },
+    /// The body ended before the announced length.
     CutMessage,
+    /// Bytes follow the one message a unary call carries.
     SeveralMessages,
 }
 

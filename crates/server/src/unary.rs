@@ -180,10 +180,11 @@ impl From<Malformed> for Status {
     }
 }
 
-/// Checks a message's prefix once it has arrived: an uncompressed message within the limit. A
-/// message over the limit is refused before the rest of it is read.
-fn check_prefix(bytes: &[u8], max_message_bytes: usize) -> Result<(), Malformed> {
-    let Some(prefix) = bytes.get(..PREFIX_BYTES) else { return Ok(()) };
+/// Checks a message's prefix once it has arrived: an uncompressed message within the limit,
+/// whose announced length it returns (`None` before the prefix is whole). A message over the
+/// limit is refused before the rest of it is read.
+fn check_prefix(bytes: &[u8], max_message_bytes: usize) -> Result<Option<usize>, Malformed> {
+    let Some(prefix) = bytes.get(..PREFIX_BYTES) else { return Ok(None) };
     match prefix[0] {
         0 => {}
         1 => return Err(Malformed::CompressedWithoutEncoding),
@@ -193,7 +194,7 @@ fn check_prefix(bytes: &[u8], max_message_bytes: usize) -> Result<(), Malformed>
     if length > max_message_bytes {
         return Err(Malformed::TooLarge { length, max: max_message_bytes });
     }
-    Ok(())
+    Ok(Some(length))
 }
 
 /// The message of a whole unary request body: exactly one, whole.
@@ -201,11 +202,7 @@ fn message_of(mut body: Bytes, max_message_bytes: usize) -> Result<Bytes, Malfor
     if body.is_empty() {
         return Err(Malformed::NoMessage);
     }
-    if body.len() < PREFIX_BYTES {
-        return Err(Malformed::CutPrefix);
-    }
-    check_prefix(&body, max_message_bytes)?;
-    let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    let Some(length) = check_prefix(&body, max_message_bytes)? else { return Err(Malformed::CutPrefix) };
     let message = body.split_off(PREFIX_BYTES);
     match message.len().cmp(&length) {
         std::cmp::Ordering::Less => Err(Malformed::CutMessage),
@@ -336,6 +333,6 @@ mod tests {
         let refused = check_prefix(&prefix, 1 << 20).unwrap_err();
         assert_eq!(refused, Malformed::TooLarge { length: 1 << 30, max: 1 << 20 });
         assert_eq!(Status::from(refused).code(), Code::OutOfRange);
-        assert!(check_prefix(&prefix[..3], 1 << 20).is_ok(), "not judged before the prefix is whole");
+        assert_eq!(check_prefix(&prefix[..3], 1 << 20), Ok(None), "not judged before the prefix is whole");
     }
 }

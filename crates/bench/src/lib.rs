@@ -17,6 +17,7 @@
 pub mod args;
 pub mod chart;
 pub mod cpu;
+pub mod grpc;
 pub mod memory;
 pub mod noop;
 pub mod report;

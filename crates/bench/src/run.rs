@@ -7,17 +7,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use balsa_server::pb::balsapb::{log_client::LogClient, CreateStreamRequest};
-use balsa_server::pb::etcdserverpb::kv_client::KvClient;
 use balsa_server::pb::etcdserverpb::maintenance_client::MaintenanceClient;
-use balsa_server::pb::etcdserverpb::StatusRequest;
+use balsa_server::pb::etcdserverpb::{PutResponse, StatusRequest};
 use indicatif::{ProgressBar, ProgressStyle};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::args::{LoadFlags, DEFAULT_DURATION};
 use crate::cpu::CpuMeter;
+use crate::grpc::UnaryChannel;
 use crate::report::RunResult;
 use crate::stats::{latency_from, Latencies, Schedule};
-use crate::workload::{ClientOp, Conn, KeyPick, Keys, LogStreams, Rng, Workload};
+use crate::workload::{ClientOp, KeyPick, Keys, LogStreams, Rng, Workload, KV_PUT};
 use crate::{watch, BenchError};
 
 /// The longest a `--total` run may take before it stops anyway.
@@ -80,8 +80,8 @@ pub struct ClientOutcome {
 
 /// Everything a client task needs.
 pub struct ClientSetup {
-    /// Its stubs.
-    pub conn: Conn,
+    /// Its connection: a clone of one of the run's, shared with the other clients on it.
+    pub conn: UnaryChannel,
     /// Key layout.
     pub keys: Arc<Keys>,
     /// The value written.
@@ -152,7 +152,18 @@ pub async fn client(
     out
 }
 
-/// Opens `count` connections, spread over `endpoints` in turn.
+/// Opens `count` connections for the load's calls ([`UnaryChannel`]), spread over `endpoints`
+/// in turn.
+pub async fn connect_unary(endpoints: &[String], count: u32) -> Result<Vec<UnaryChannel>, BenchError> {
+    let mut channels = Vec::new();
+    for i in 0..count as usize {
+        channels.push(UnaryChannel::connect(&endpoints[i % endpoints.len()]).await?);
+    }
+    Ok(channels)
+}
+
+/// Opens `count` tonic channels (for watch streams and the run's setup), spread over `endpoints`
+/// in turn.
 pub async fn connect(endpoints: &[String], count: u32) -> Result<Vec<Channel>, BenchError> {
     let mut channels = Vec::new();
     for i in 0..count as usize {
@@ -208,7 +219,7 @@ pub fn pick_leaders(statuses: &[(String, u64, u64)]) -> Result<Vec<String>, Benc
 
 /// Writes every key of the key space once (not measured), `clients` at a time, within 5 minutes.
 async fn preload(
-    channels: &[Channel],
+    channels: &[UnaryChannel],
     keys: &Arc<Keys>,
     value: &Arc<Vec<u8>>,
     clients: u32,
@@ -217,7 +228,7 @@ async fn preload(
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut tasks = Vec::new();
     for c in 0..clients as usize {
-        let mut kv = KvClient::new(channels[c % channels.len()].clone());
+        let mut conn = channels[c % channels.len()].clone();
         let (next, keys, value) = (next.clone(), keys.clone(), value.clone());
         tasks.push(tokio::spawn(async move {
             loop {
@@ -230,7 +241,10 @@ async fn preload(
                     value: value.to_vec(),
                     ..Default::default()
                 };
-                kv.put(put).await.map_err(|s| BenchError::Connect(format!("preload: {}", s.message())))?;
+                let _: PutResponse = conn
+                    .call(KV_PUT, &put)
+                    .await
+                    .map_err(|s| BenchError::Connect(format!("preload: {}", s.message())))?;
             }
         }));
     }
@@ -315,12 +329,12 @@ pub async fn run(workload: Workload, load: &LoadFlags, preload_keys: bool) -> Re
     let value = Arc::new(vec![b'v'; load.value_size]);
     let endpoints =
         if load.at_leader { leader_endpoints(&load.endpoints).await? } else { load.endpoints.clone() };
-    let channels = connect(&endpoints, load.connections).await?;
+    let unary = connect_unary(&endpoints, load.connections).await?;
     if preload_keys {
-        preload(&channels, &keys, &value, load.clients).await?;
+        preload(&unary, &keys, &value, load.clients).await?;
     }
     if let Workload::LogAppend(streams) = &workload {
-        create_streams(&channels[0], streams).await?;
+        create_streams(&connect(&endpoints, 1).await?[0], streams).await?;
     }
     let meter = if load.pids.is_empty() {
         None
@@ -328,7 +342,10 @@ pub async fn run(workload: Workload, load: &LoadFlags, preload_keys: bool) -> Re
         Some(CpuMeter::new(load.pids.clone()).map_err(BenchError::Io)?)
     };
     let watchers = match workload {
-        Workload::Watch { watchers } => Some(watch::Watchers::start(&channels, &keys, watchers).await?),
+        Workload::Watch { watchers } => {
+            let channels = connect(&endpoints, load.connections).await?;
+            Some(watch::Watchers::start(&channels, &keys, watchers).await?)
+        }
         _ => None,
     };
 
@@ -352,7 +369,7 @@ pub async fn run(workload: Workload, load: &LoadFlags, preload_keys: bool) -> Re
             false => KeyPick::Random(Rng::new(0x5eed_0000 + c as u64)),
         };
         let setup = ClientSetup {
-            conn: Conn::new(channels[c % channels.len()].clone()),
+            conn: unary[c % unary.len()].clone(),
             keys: keys.clone(),
             value: value.clone(),
             pick,

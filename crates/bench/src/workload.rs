@@ -1,7 +1,7 @@
 //! What one client sends: keys, values, and one operation per workload.
 //!
 //! **Adding a workload.** A new workload is a variant of [`Workload`] and of [`ClientOp`], plus an
-//! arm in [`ClientOp::call`] that sends one request over the client's [`Conn`] and returns what
+//! arm in [`ClientOp::call`] that sends one request over the client's [`UnaryChannel`] and returns what
 //! the run needs (`Ok` with the write's revision, if any), and any setup it needs before the run
 //! in `run.rs` (log-append creates its streams there). The runner handles timing, warmup, rate,
 //! histograms and reporting for every workload alike.
@@ -10,15 +10,24 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use balsa_server::pb::balsapb::{log_client::LogClient, AppendRequest};
+use balsa_server::pb::balsapb::{AppendRequest, AppendResponse};
 use balsa_server::pb::etcdserverpb::{
-    compare, kv_client::KvClient, request_op, response_op, Compare, PutRequest, RangeRequest, RequestOp,
-    TxnRequest,
+    compare, request_op, response_op, Compare, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    RequestOp, TxnRequest, TxnResponse,
 };
-use tonic::transport::Channel;
 use tonic::Status;
 
+use crate::grpc::UnaryChannel;
 use crate::BenchError;
+
+/// etcd's KV.Put.
+pub const KV_PUT: &str = "/etcdserverpb.KV/Put";
+/// etcd's KV.Range.
+pub const KV_RANGE: &str = "/etcdserverpb.KV/Range";
+/// etcd's KV.Txn.
+pub const KV_TXN: &str = "/etcdserverpb.KV/Txn";
+/// balsa's Log.Append.
+pub const LOG_APPEND: &str = "/balsapb.Log/Append";
 
 /// A workload, as named in results.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,22 +197,6 @@ impl KeyPick {
     }
 }
 
-/// One client's gRPC stubs (cheap clones sharing one of the run's connections).
-#[derive(Clone)]
-pub struct Conn {
-    /// etcd's KV service.
-    pub kv: KvClient<Channel>,
-    /// balsa's Log service (log-append only).
-    pub log: LogClient<Channel>,
-}
-
-impl Conn {
-    /// The stubs over `channel`.
-    pub fn new(channel: Channel) -> Self {
-        Self { kv: KvClient::new(channel.clone()), log: LogClient::new(channel) }
-    }
-}
-
 /// What one client sends, with the state its workload keeps between operations.
 pub enum ClientOp {
     /// A put of a random key.
@@ -245,7 +238,7 @@ impl ClientOp {
     /// created a revision.
     pub async fn call(
         &mut self,
-        conn: &mut Conn,
+        conn: &mut UnaryChannel,
         keys: &Keys,
         value: &[u8],
         pick: &mut KeyPick,
@@ -254,13 +247,13 @@ impl ClientOp {
             ClientOp::Put => {
                 let key = keys.key(pick.next(keys.space));
                 let put = PutRequest { key, value: value.to_vec(), ..Default::default() };
-                let response = conn.kv.put(put).await?.into_inner();
+                let response: PutResponse = conn.call(KV_PUT, &put).await?;
                 Ok(response.header.map(|h| h.revision))
             }
             ClientOp::Get { serializable } => {
                 let key = keys.key(pick.next(keys.space));
                 let range = RangeRequest { key, serializable: *serializable, ..Default::default() };
-                conn.kv.range(range).await?;
+                let _: RangeResponse = conn.call(KV_RANGE, &range).await?;
                 Ok(None)
             }
             ClientOp::Txn { seen, succeeded } => {
@@ -282,7 +275,7 @@ impl ClientOp {
                 // No key: the record goes to the end of the stream. No revision either (offsets
                 // are the stream's own), so nothing for the run to match.
                 let append = AppendRequest { stream: stream.clone(), records: vec![value.to_vec()] };
-                conn.log.append(append).await?;
+                let _: AppendResponse = conn.call(LOG_APPEND, &append).await?;
                 Ok(None)
             }
         }
@@ -300,7 +293,7 @@ impl ClientOp {
 /// One compare-and-swap: put `key` if its mod_revision is `expected`, else read it. Returns the
 /// header revision and, when the compare failed, the key's current mod_revision (0 if absent).
 async fn compare_and_swap(
-    conn: &mut Conn,
+    conn: &mut UnaryChannel,
     key: Vec<u8>,
     value: &[u8],
     expected: i64,
@@ -319,7 +312,7 @@ async fn compare_and_swap(
         success: vec![RequestOp { request: Some(request_op::Request::RequestPut(put)) }],
         failure: vec![RequestOp { request: Some(request_op::Request::RequestRange(get)) }],
     };
-    let response = conn.kv.txn(txn).await?.into_inner();
+    let response: TxnResponse = conn.call(KV_TXN, &txn).await?;
     let revision = response.header.map_or(0, |h| h.revision);
     if response.succeeded {
         return Ok((revision, None));

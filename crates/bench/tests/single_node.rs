@@ -199,3 +199,32 @@ async fn memory_reads_this_process() {
     .unwrap_err();
     assert!(error.to_string().contains("is process"), "{error}");
 }
+
+/// The load's calls against a real member: an answer decodes to what was written, an error comes
+/// back as the member's status (a trailers-only answer), and a method the member does not serve
+/// is Unimplemented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_calls_carry_answers_and_errors() {
+    use balsa_bench::grpc::UnaryChannel;
+    use balsa_bench::workload::{KV_PUT, KV_RANGE};
+    use balsa_server::pb::etcdserverpb::{PutRequest, PutResponse, RangeRequest, RangeResponse};
+
+    let dir = common::Dir::new("bench-unary");
+    let (_node, addr) = common::single_node(&dir).await;
+    let mut channel = UnaryChannel::connect(&format!("http://{addr}")).await.unwrap();
+    let put = PutRequest { key: b"k".to_vec(), value: b"v1".to_vec(), ..Default::default() };
+    let written: PutResponse = channel.call(KV_PUT, &put).await.unwrap();
+    let revision = written.header.unwrap().revision;
+    assert!(revision > 1, "a put makes a revision");
+    let read: RangeResponse =
+        channel.call(KV_RANGE, &RangeRequest { key: b"k".to_vec(), ..Default::default() }).await.unwrap();
+    assert_eq!(read.kvs.len(), 1);
+    assert_eq!((read.kvs[0].value.as_slice(), read.kvs[0].mod_revision), (&b"v1"[..], revision));
+
+    let leased = PutRequest { lease: 0x1234, ..put };
+    let refused = channel.call::<_, PutResponse>(KV_PUT, &leased).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    assert!(refused.message().contains("lease"), "{refused:?}");
+    let unknown = channel.call::<_, PutResponse>("/etcdserverpb.KV/NoSuchCall", &leased).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::Unimplemented, "{unknown:?}");
+}

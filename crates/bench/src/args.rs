@@ -50,7 +50,8 @@ pub enum BenchCommand {
     /// Watch fan-out: W watchers on the key prefix while the clients put; the latency reported is
     /// from each put's acknowledgement to each watcher's event.
     Watch {
-        /// Watchers (each its own Watch stream), spread over the connections.
+        /// Watchers (each its own Watch stream), spread over `--connections` connections of their
+        /// own (the writers' are apart).
         #[arg(long, default_value_t = 16)]
         watchers: usize,
         /// The load (the writers).

@@ -4,9 +4,10 @@
 //! Every KV call is unary, yet tonic serves it as a stream of one: a decoder over the request
 //! body with a buffer of its own the message is copied into, an encoder stream and a boxed body
 //! for the answer, tower's `Oneshot` around the call, and the generated service's boxed future
-//! inside that. Here the request's body is read to its end (a put arrives in one HTTP/2 DATA frame,
-//! which is then decoded in place, not copied), the handler is called, and its answer is encoded
-//! once into a buffer of exactly its size, sent as one DATA frame and the `grpc-status` trailer.
+//! inside that. Here the request's body is read until its one message is whole, not to its end (a
+//! put arrives in one HTTP/2 DATA frame, which is then decoded in place, not copied), the handler
+//! is called, and its answer is encoded once into a buffer of exactly its size, sent as one DATA
+//! frame and the `grpc-status` trailer.
 //! At 256-client puts tonic's layers (`tonic::`, `tower::`, `http_body_util`) held about 4% of the
 //! members' CPU samples (docs/BENCHMARKS.md, eighth pass).
 //!

@@ -22,16 +22,14 @@
 
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use balsa_server::unary;
+use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use tonic::{Code, Status};
 
 use crate::BenchError;
-
-/// A gRPC message's prefix: a compression flag and a big-endian length.
-const PREFIX_BYTES: usize = 5;
 
 /// How long connecting to an endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -140,16 +138,10 @@ fn authority_of(endpoint: &str) -> Result<Authority, BenchError> {
         .ok_or_else(|| BenchError::Usage(format!("--endpoints {endpoint}: not host:port")))
 }
 
-/// `message` encoded behind gRPC's prefix (uncompressed).
+/// `message` behind gRPC's prefix, as balsa's server frames its answers.
 fn framed<M: prost::Message>(message: &M) -> Result<Bytes, Status> {
-    let length = message.encoded_len();
-    let prefix_length =
-        u32::try_from(length).map_err(|_| Status::out_of_range(format!("a message of {length} bytes")))?;
-    let mut buf = BytesMut::with_capacity(PREFIX_BYTES + length);
-    buf.put_u8(0);
-    buf.put_u32(prefix_length);
-    message.encode(&mut buf).expect("the buffer has room for the whole message");
-    Ok(buf.freeze())
+    unary::framed(message)
+        .ok_or_else(|| Status::out_of_range(format!("a message of {} bytes", message.encoded_len())))
 }
 
 /// Checks an answer's HTTP status and headers: a status other than 200 is mapped as gRPC maps
@@ -174,29 +166,15 @@ fn answer_status(status: StatusCode, headers: &HeaderMap) -> Result<(), Status> 
 }
 
 /// The message of an answer whose trailers say success: exactly one, uncompressed.
-fn decode_answer<Resp: prost::Message + Default>(
-    mut data: Bytes,
-    trailers: &HeaderMap,
-) -> Result<Resp, Status> {
+fn decode_answer<Resp: prost::Message + Default>(data: Bytes, trailers: &HeaderMap) -> Result<Resp, Status> {
     match Status::from_header_map(trailers) {
         Some(s) if s.code() != Code::Ok => return Err(s),
         Some(_) => {}
         None => return Err(Status::internal("the answer ended without a grpc-status")),
     }
-    if data.len() < PREFIX_BYTES {
-        return Err(Status::internal(format!("the answer holds {} bytes, not a message", data.len())));
-    }
-    if data[0] != 0 {
-        return Err(Status::internal(format!("the answer's message has compression flag {}", data[0])));
-    }
-    let length = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
-    let message = data.split_off(PREFIX_BYTES);
-    if message.len() != length {
-        return Err(Status::internal(format!(
-            "the answer's prefix announces {length} bytes, {} followed",
-            message.len()
-        )));
-    }
+    // The message's size is the server's to bound; the answer is in memory already.
+    let message =
+        unary::message_of(data, usize::MAX).map_err(|m| Status::internal(format!("the answer {m}")))?;
     Resp::decode(message).map_err(|e| Status::internal(format!("the answer does not decode: {e}")))
 }
 
@@ -204,6 +182,7 @@ fn decode_answer<Resp: prost::Message + Default>(
 mod tests {
     use super::*;
     use balsa_server::pb::etcdserverpb::{PutResponse, ResponseHeader};
+    use balsa_server::unary::PREFIX_BYTES;
 
     fn ok_trailers() -> HeaderMap {
         let mut t = HeaderMap::new();

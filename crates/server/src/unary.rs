@@ -33,7 +33,7 @@ use crate::client_server::{Answer, Request, Response};
 use crate::pb::etcdserverpb::kv_server::Kv;
 
 /// A gRPC message's prefix: a compression flag and a big-endian length.
-const PREFIX_BYTES: usize = 5;
+pub const PREFIX_BYTES: usize = 5;
 
 /// The KV service `S` called without tonic's codec: a route of [`crate::client_server::Dispatch`],
 /// or the whole of the load generator's no-op server.
@@ -149,10 +149,10 @@ where
     Ok(message_of(joined.map_or(whole, BytesMut::freeze), max_message_bytes)?)
 }
 
-/// What is wrong with a request's body, as the client is told (all Internal but the size, as
-/// tonic answered).
+/// What is wrong with a unary body (a request's here, an answer's in the load generator). A
+/// request's client is told it as tonic told it: all Internal but the size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Malformed {
+pub enum Malformed {
     /// The body ended before any byte.
     NoMessage,
     /// The body ended inside the 5-byte prefix.
@@ -162,29 +162,46 @@ enum Malformed {
     /// The prefix's flag is neither 0 nor 1.
     UnknownFlag(u8),
     /// The prefix announces more than the limit: refused before the rest is read.
-    TooLarge { length: usize, max: usize },
+    TooLarge {
+        /// The length announced.
+        length: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The body ended before the announced length.
     CutMessage,
     /// Bytes follow the one message a unary call carries.
     SeveralMessages,
 }
 
+/// What is wrong, said of the body ("the request ...", "the answer ...").
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Malformed::NoMessage => write!(f, "has no message"),
+            Malformed::CutPrefix => write!(f, "ends inside a message's prefix"),
+            Malformed::CompressedWithoutEncoding => {
+                write!(f, "marks its message compressed but names no encoding")
+            }
+            Malformed::UnknownFlag(flag) => {
+                write!(f, "has a message whose compression flag is {flag}, not 0 or 1")
+            }
+            Malformed::TooLarge { length, max } => {
+                write!(f, "announces a message of {length} bytes, over the limit of {max}")
+            }
+            Malformed::CutMessage => write!(f, "ends inside its message"),
+            Malformed::SeveralMessages => write!(f, "holds more than one message"),
+        }
+    }
+}
+
 impl From<Malformed> for Status {
     fn from(m: Malformed) -> Status {
         match m {
-            Malformed::NoMessage => Status::internal("the request has no message"),
-            Malformed::CutPrefix => Status::internal("the request ends inside a message's prefix"),
-            Malformed::CompressedWithoutEncoding => {
-                Status::internal("the message is marked compressed but the request names no encoding")
-            }
-            Malformed::UnknownFlag(flag) => {
-                Status::internal(format!("the message's compression flag is {flag}, not 0 or 1"))
-            }
             Malformed::TooLarge { length, max } => Status::out_of_range(format!(
                 "decoded message length too large: {length} bytes, over the limit of {max}"
             )),
-            Malformed::CutMessage => Status::internal("the request ends inside its message"),
-            Malformed::SeveralMessages => Status::internal("the request holds more than one message"),
+            m => Status::internal(format!("the request {m}")),
         }
     }
 }
@@ -206,8 +223,9 @@ fn check_prefix(bytes: &[u8], max_message_bytes: usize) -> Result<Option<usize>,
     Ok(Some(length))
 }
 
-/// The message of a whole unary request body: exactly one, whole.
-fn message_of(mut body: Bytes, max_message_bytes: usize) -> Result<Bytes, Malformed> {
+/// The message of a whole unary body (a request's, or an answer's whose trailers said success):
+/// exactly one, whole, within `max_message_bytes`, uncompressed.
+pub fn message_of(mut body: Bytes, max_message_bytes: usize) -> Result<Bytes, Malformed> {
     if body.is_empty() {
         return Err(Malformed::NoMessage);
     }
@@ -224,21 +242,29 @@ fn message_of(mut body: Bytes, max_message_bytes: usize) -> Result<Bytes, Malfor
 /// message in one DATA frame, then `grpc-status: 0`.
 fn answer<M: prost::Message>(response: tonic::Response<M>) -> Response {
     let (metadata, message, extensions) = response.into_parts();
-    let length = message.encoded_len();
-    let Ok(prefix_length) = u32::try_from(length) else {
+    let Some(encoded) = framed(&message) else {
+        let length = message.encoded_len();
         return Status::resource_exhausted(format!("the answer ({length} bytes) is over gRPC's 4 GiB"))
             .into_http();
     };
-    let mut encoded = BytesMut::with_capacity(PREFIX_BYTES + length);
-    encoded.put_u8(0);
-    encoded.put_u32(prefix_length);
-    message.encode(&mut encoded).expect("the buffer has room for the whole message");
     let mut response =
-        http::Response::new(tonic::body::boxed(OneMessage { message: Some(encoded.freeze()), ended: false }));
+        http::Response::new(tonic::body::boxed(OneMessage { message: Some(encoded), ended: false }));
     *response.headers_mut() = metadata.into_headers();
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     *response.extensions_mut() = extensions;
     response
+}
+
+/// `message` behind gRPC's prefix (uncompressed), in a buffer of exactly its size; `None` for a
+/// message over the 4 GiB the prefix can announce.
+pub fn framed<M: prost::Message>(message: &M) -> Option<Bytes> {
+    let length = message.encoded_len();
+    let prefix_length = u32::try_from(length).ok()?;
+    let mut encoded = BytesMut::with_capacity(PREFIX_BYTES + length);
+    encoded.put_u8(0);
+    encoded.put_u32(prefix_length);
+    message.encode(&mut encoded).expect("the buffer has room for the whole message");
+    Some(encoded.freeze())
 }
 
 /// A unary answer's body: one message, then the trailers of success.

@@ -16,6 +16,7 @@ pub mod kv_service;
 pub mod lease_clock;
 pub mod lease_service;
 pub mod log_service;
+pub mod log_writer;
 pub mod maintenance;
 pub mod member;
 pub mod metrics;

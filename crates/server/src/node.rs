@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::lease_clock::LeaseClock;
+use crate::log_writer::LogWriter;
 use crate::metrics::Metrics;
 use crate::payloads::Payloads;
 use crate::round_timer::RoundTimer;
@@ -377,7 +378,7 @@ impl NodeHandle {
             storage_failure: None,
             metrics: metrics.clone(),
             raft,
-            store,
+            log_writer: LogWriter::new(store, metrics.clone()),
             sm,
             config,
             proposals: BTreeMap::new(),
@@ -608,7 +609,8 @@ struct Driver {
     _data_dir_lock: std::fs::File,
     metrics: Arc<Metrics>,
     raft: Raft,
-    store: DiskStore,
+    /// The store, and the log's writes of busy rounds on a thread of their own.
+    log_writer: LogWriter,
     sm: StateMachine,
     config: NodeConfig,
     /// Proposals waiting to be applied, by request id: when they were made, and where to answer.
@@ -749,7 +751,7 @@ impl Driver {
                 self.publish_attrs();
                 self.repack_if_quiet();
             }
-            if let Err(e) = self.carry_out_readies() {
+            if let Err(e) = self.carry_out_readies().await {
                 // A storage failure (a failed fsync above all) stops the node: its disk can no
                 // longer be trusted, and continuing could acknowledge what is not durable.
                 tracing::error!(error = %e, "storage failed; the node stops");
@@ -877,7 +879,7 @@ impl Driver {
         (id, data)
     }
 
-    fn carry_out_readies(&mut self) -> Result<(), balsa_storage::StorageError> {
+    async fn carry_out_readies(&mut self) -> Result<(), balsa_storage::StorageError> {
         if let Some(e) = self.storage_failure.take() {
             return Err(e);
         }
@@ -893,16 +895,22 @@ impl Driver {
                 self.send_held_messages();
                 self.peer_book.send_all(std::mem::take(&mut ready.messages));
             }
-            let (rolls, start) = (self.store.wal().rolls(), Instant::now());
-            if !batch.is_empty() {
-                self.store.write(&batch)?;
+            // Once per Ready: only catch-up (outside this loop) makes a watcher synced.
+            let record = self.watch_hub.wants_events();
+            if batch.must_sync() && batch.snapshot.is_none() && !ready.committed_entries.is_empty() {
+                // Committed entries are durable here already (the core hands out none past what
+                // an earlier Ready made durable): apply them, and let their answers go out, before
+                // this Ready's write and sync, which take a disk's round trip.
+                let answered = self.proposals.len();
+                for entry in std::mem::take(&mut ready.committed_entries) {
+                    self.apply(&entry, record);
+                }
+                if self.proposals.len() != answered && !self.log_writer.offloads(&batch) {
+                    // Written in place, the batch holds the thread: the answers' tasks go first.
+                    tokio::task::yield_now().await;
+                }
             }
-            if self.store.wal().rolls() != rolls {
-                self.metrics.wal_roll_time(start.elapsed());
-            }
-            if batch.must_sync() {
-                self.metrics.time_fsync(|| self.store.sync())?;
-            }
+            let batch = self.log_writer.persist(batch).await?;
             if let Some(s) = &batch.snapshot {
                 let before = self.sm.mvcc.revision();
                 let data = s.data.to_bytes().expect("a snapshot from the leader is assembled in memory");
@@ -914,7 +922,9 @@ impl Driver {
                 self.repacked_at_keys = 0;
                 // The core assembled it in memory; from now on it reads chunks from the file, so
                 // the bytes go with this batch.
-                if let Some(stored) = self.store.snapshot().filter(|stored| stored.meta == s.meta) {
+                if let Some(stored) =
+                    self.log_writer.store().snapshot().filter(|stored| stored.meta == s.meta)
+                {
                     self.raft.replace_snapshot_data(&stored.meta, stored.data.clone());
                 }
                 self.lease_clock.restart_all(&self.sm.leases, Instant::now());
@@ -922,8 +932,6 @@ impl Driver {
             }
             let receipt = batch.durable();
             self.peer_book.send_all(ready.gated_messages.release(&receipt));
-            // Once per Ready: only catch-up (outside this loop) makes a watcher synced.
-            let record = self.watch_hub.wants_events();
             for entry in std::mem::take(&mut ready.committed_entries) {
                 self.apply(&entry, record);
             }
@@ -1274,7 +1282,7 @@ impl Driver {
         let wake = move || {
             let _ = wake.send(Input::SnapshotWritten);
         };
-        let streamer = match Streamer::start(self.store.snapshot_writer(), meta, wake) {
+        let streamer = match Streamer::start(self.log_writer.store().snapshot_writer(), meta, wake) {
             Ok(streamer) => streamer,
             Err(e) => {
                 // Tried again when the next one is due (the log keeps everything meanwhile).
@@ -1365,9 +1373,9 @@ impl Driver {
         let start = Instant::now();
         let index = f.index;
         let latest = self.raft.latest_snapshot().map_or(0, |(meta, _)| meta.last_included_index);
-        if index > latest && self.store.install_snapshot(&snapshot)? {
+        if index > latest && self.log_writer.store_mut().install_snapshot(&snapshot)? {
             self.metrics.snapshot_saved();
-            let stored = self.store.snapshot().cloned().expect("just installed");
+            let stored = self.log_writer.store().snapshot().cloned().expect("just installed");
             self.raft.snapshot_taken(stored).expect("a snapshot of applied state");
         } else {
             tracing::info!(index, latest, "snapshot overtaken by a newer one while it was written");
@@ -1392,8 +1400,10 @@ impl Driver {
     /// The applied state, encoded, with the index and term it stands at.
     fn snapshot_image(&self) -> SnapshotImage {
         let index = self.raft.status().last_applied;
-        let term =
-            self.raft.term_at(index).or_else(|| self.store.snapshot().map(|s| s.meta.last_included_term));
+        let term = self
+            .raft
+            .term_at(index)
+            .or_else(|| self.log_writer.store().snapshot().map(|s| s.meta.last_included_term));
         SnapshotImage {
             data: self.sm.encode(),
             index,

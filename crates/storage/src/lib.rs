@@ -63,6 +63,7 @@ pub mod record;
 pub mod snapshot;
 pub mod snapshot_stream;
 pub mod store;
+pub mod testing;
 pub mod vfs;
 pub mod wal;
 

@@ -2,15 +2,12 @@
 
 mod common;
 
-use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use balsa_raft::{HardState, Membership, PersistBatch, Snapshot, SnapshotMeta};
-use balsa_storage::{
-    DiskStore, LogStore, MemStore, StdFs, StorageError, StoreOptions, Vfs, VfsFile, WalOptions,
-};
+use balsa_storage::testing::FaultyFs;
+use balsa_storage::{DiskStore, LogStore, MemStore, StdFs, StorageError, StoreOptions, WalOptions};
 use bytes::Bytes;
 use common::{entries, TempDir};
 use proptest::prelude::*;
@@ -306,97 +303,13 @@ fn snapshot_chunks_reassemble() {
     assert_eq!(joined, s.data.to_bytes().unwrap().to_vec());
 }
 
-/// A file system that runs out of space after a byte budget, or fails syncs or removals on
-/// demand; it also records the most bytes any file held written but not yet synced.
-#[derive(Clone)]
-struct FaultyFs {
-    budget: Arc<AtomicI64>,
-    fail_sync: Arc<std::sync::atomic::AtomicBool>,
-    fail_remove: Arc<std::sync::atomic::AtomicBool>,
-    most_unsynced: Arc<AtomicU64>,
-}
-
-struct FaultyFile {
-    inner: balsa_storage::vfs::StdFile,
-    fs: FaultyFs,
-    unsynced: u64,
-}
-
-impl VfsFile for FaultyFile {
-    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        let left = self.fs.budget.fetch_sub(buf.len() as i64, Ordering::SeqCst);
-        if left < buf.len() as i64 {
-            // Like a real full disk: part of the write may land.
-            let part = left.max(0) as usize;
-            self.inner.write_at(offset, &buf[..part])?;
-            return Err(io::Error::from_raw_os_error(28));
-        }
-        self.unsynced += buf.len() as u64;
-        self.fs.most_unsynced.fetch_max(self.unsynced, Ordering::SeqCst);
-        self.inner.write_at(offset, buf)
-    }
-    fn sync_data(&mut self) -> io::Result<()> {
-        if self.fs.fail_sync.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(5));
-        }
-        self.unsynced = 0;
-        self.inner.sync_data()
-    }
-}
-
-impl Vfs for FaultyFs {
-    type File = FaultyFile;
-    fn create_dir_all(&self, d: &Path) -> io::Result<()> {
-        StdFs.create_dir_all(d)
-    }
-    fn list(&self, d: &Path) -> io::Result<Vec<String>> {
-        StdFs.list(d)
-    }
-    fn create(&self, p: &Path) -> io::Result<FaultyFile> {
-        Ok(FaultyFile { inner: StdFs.create(p)?, fs: self.clone(), unsynced: 0 })
-    }
-    fn open_write(&self, p: &Path) -> io::Result<FaultyFile> {
-        Ok(FaultyFile { inner: StdFs.open_write(p)?, fs: self.clone(), unsynced: 0 })
-    }
-    fn read(&self, p: &Path) -> io::Result<Vec<u8>> {
-        StdFs.read(p)
-    }
-    fn read_at(&self, p: &Path, o: u64, l: usize) -> io::Result<Vec<u8>> {
-        StdFs.read_at(p, o, l)
-    }
-    fn truncate(&self, p: &Path, l: u64) -> io::Result<()> {
-        StdFs.truncate(p, l)
-    }
-    fn rename(&self, a: &Path, b: &Path) -> io::Result<()> {
-        StdFs.rename(a, b)
-    }
-    fn remove(&self, p: &Path) -> io::Result<()> {
-        if self.fail_remove.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(5));
-        }
-        StdFs.remove(p)
-    }
-    fn sync_dir(&self, d: &Path) -> io::Result<()> {
-        StdFs.sync_dir(d)
-    }
-}
-
-fn faulty(budget: i64) -> FaultyFs {
-    FaultyFs {
-        budget: Arc::new(AtomicI64::new(budget)),
-        fail_sync: Arc::default(),
-        fail_remove: Arc::default(),
-        most_unsynced: Arc::default(),
-    }
-}
-
 /// Background writers sync as they go: a disk's cache flush waits for every write before it, so
 /// the WAL's fsyncs would otherwise wait behind a whole snapshot file or spare segment.
 #[test]
 fn snapshot_files_and_zero_fills_never_leave_much_unsynced() {
     let d = TempDir::new("background-sync");
     let limit = balsa_storage::vfs::BACKGROUND_SYNC_BYTES;
-    let fs = faulty(i64::MAX);
+    let fs = FaultyFs::healthy();
     let data: Vec<u8> = (0..10 * limit + 12_345).map(|i| (i % 251) as u8).collect();
     let s = Snapshot { data: Bytes::from(data.clone()).into(), ..snapshot(9, 2) };
     let store = balsa_storage::snapshot::SnapshotStore::open(fs.clone(), &d.0.join("snap"), 2).unwrap();
@@ -418,7 +331,7 @@ fn snapshot_files_and_zero_fills_never_leave_much_unsynced() {
 #[test]
 fn a_full_disk_gives_a_clear_error_and_loses_nothing_synced() {
     let d = TempDir::new("enospc");
-    let fs = faulty(40_000);
+    let fs = FaultyFs::with_budget(40_000);
     let mut disk = DiskStore::open_with(fs.clone(), &d.0, options(4_096)).unwrap();
     let mut synced = 0;
     let err = loop {
@@ -482,7 +395,7 @@ fn a_full_tmpfs_gives_a_clear_error() {
 /// A store in `d` on a file system that fails only when told to, holding entries 1..=`last`
 /// (term 1), synced.
 fn synced_on_faulty_fs(d: &TempDir, last: u64) -> (FaultyFs, DiskStore<FaultyFs>) {
-    let fs = faulty(i64::MAX);
+    let fs = FaultyFs::healthy();
     let mut disk = DiskStore::open_with(fs.clone(), &d.0, options(1 << 20)).unwrap();
     disk.write(&batch(None, None, entries(1, last, 1))).unwrap();
     disk.sync().unwrap();

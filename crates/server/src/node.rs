@@ -404,7 +404,20 @@ impl NodeHandle {
         };
         let thread = std::thread::Builder::new()
             .name("balsa-node".into())
-            .spawn(move || driver_runtime.block_on(driver.run(input_rx)))
+            // A task, not `block_on`'s own future: waking `block_on`'s future writes the
+            // runtime's eventfd (a system call) even from a task on this thread, while waking a
+            // task from this thread only queues it. The driver is woken by the client
+            // connections' and peer readers' tasks on this thread, and yields to them.
+            .spawn(move || {
+                driver_runtime.block_on(async move {
+                    if let Err(e) = tokio::spawn(driver.run(input_rx)).await {
+                        if e.is_panic() {
+                            // A broken invariant ends the thread, as it did run in place.
+                            std::panic::resume_unwind(e.into_panic());
+                        }
+                    }
+                })
+            })
             .map_err(|e| e.to_string())?;
         Ok(Self {
             input: input_tx,

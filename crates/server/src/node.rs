@@ -724,20 +724,34 @@ impl Driver {
     async fn run(mut self, mut input: mpsc::UnboundedReceiver<Input>) {
         let mut next_tick = Instant::now() + self.config.tick;
         let mut catching_up = false;
+        // One timer for the whole loop, moved to each round's tick. A timer made afresh for every
+        // wait registers with the runtime's time driver when first polled, and that wrote the
+        // runtime's eventfd (a system call) in every round that waited: once per put at one
+        // client. Moving a registered timer to the same or a later tick only stores it.
+        let tick_timer = tokio::time::sleep_until(next_tick.into());
+        tokio::pin!(tick_timer);
         loop {
             // Catch-up work left over (a budget ran out) is resumed at once, not after a tick.
-            let wait = if catching_up || self.snapshot_has_work() {
-                Duration::ZERO
-            } else {
-                next_tick.saturating_duration_since(Instant::now())
-            };
             // Waiting yields to the peer readers on this thread's runtime; the rest of a round
-            // runs without yielding.
-            let received = tokio::time::timeout(wait, input.recv()).await;
+            // runs without yielding. `None`: nothing came before the tick.
+            let received = if catching_up || self.snapshot_has_work() {
+                match input.try_recv() {
+                    Ok(i) => Some(Some(i)),
+                    Err(mpsc::error::TryRecvError::Empty) => None,
+                    Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
+                }
+            } else {
+                tick_timer.as_mut().reset(next_tick.into());
+                tokio::select! {
+                    biased;
+                    i = input.recv() => Some(i),
+                    () = &mut tick_timer => None,
+                }
+            };
             let mut round = RoundTimer::start();
             match received {
-                Ok(Some(Input::Stop) | None) => return self.stop(),
-                Ok(Some(i)) => {
+                Some(Some(Input::Stop) | None) => return self.stop(),
+                Some(Some(i)) => {
                     round.time(i.kind(), || self.handle(i));
                     // Take what else is waiting before carrying out the Ready: proposals (and
                     // peers' messages) that arrive together are appended, written and synced
@@ -750,7 +764,7 @@ impl Driver {
                         }
                     }
                 }
-                Err(_elapsed) => {}
+                None => {}
             }
             self.ask_read_index();
             let inputs = round.lap();

@@ -77,14 +77,45 @@ async fn version(m: &Member, k: &str) -> i64 {
     r.into_inner().kvs.first().map_or(0, |kv| kv.version)
 }
 
+/// Runs `call` until it is not refused as Unavailable (a member that knows no leader refuses
+/// what it cannot forward, and proposes nothing): on a busy machine an election can move the lead
+/// between finding the leader and the call. Other errors, and 15 s of refusals, fail the test.
+async fn until_a_leader_takes<T, F, Fut>(mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match call().await {
+            Ok(r) => return r.into_inner(),
+            Err(s) if s.code() == Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => panic!("refused: {s:?}"),
+        }
+    }
+}
+
+/// Registers a session with `timeout_ms`, through whichever member `sessions` reaches.
+async fn register(
+    sessions: &SessionClient<tonic::transport::Channel>,
+    timeout_ms: u64,
+) -> balsa_server::pb::balsapb::RegisterSessionResponse {
+    until_a_leader_takes(|| {
+        let mut sessions = sessions.clone();
+        async move { sessions.register(RegisterSessionRequest { timeout_ms }).await }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_retried_after_the_leader_died_is_applied_once() {
     let dir = Dir::new("sessions-once");
     let mut members = cluster(&dir).await;
     let follower = (leader(&members).await + 1) % 3;
-    let mut sessions = SessionClient::connect(format!("http://{}", members[follower].client)).await.unwrap();
-    let session =
-        sessions.register(RegisterSessionRequest { timeout_ms: 30_000 }).await.unwrap().into_inner();
+    let sessions = SessionClient::connect(format!("http://{}", members[follower].client)).await.unwrap();
+    let session = register(&sessions, 30_000).await;
     assert!(session.client_id > 0 && session.timeout_ms == 30_000);
 
     // The write commits at the leader; then the leader dies, so (as far as the client knows) the
@@ -145,8 +176,8 @@ async fn sessions_expire_by_committed_leader_time_and_plain_requests_are_unaffec
     let members = cluster(&dir).await;
     let l = leader(&members).await;
     let mut sessions = SessionClient::connect(format!("http://{}", members[l].client)).await.unwrap();
-    let short = sessions.register(RegisterSessionRequest { timeout_ms: 1_000 }).await.unwrap().into_inner();
-    let long = sessions.register(RegisterSessionRequest { timeout_ms: 60_000 }).await.unwrap().into_inner();
+    let short = register(&sessions, 1_000).await;
+    let long = register(&sessions, 60_000).await;
     assert_ne!(short.client_id, long.client_id);
     kv(&members[l]).await.put(put_in_session(short.client_id, 1, "a", "1")).await.unwrap();
     // Idle for well over a second of leader time (the leader commits its clock every second).
@@ -190,16 +221,16 @@ async fn a_retried_append_in_a_session_adds_its_records_once() {
     let members = cluster(&dir).await;
     let l = leader(&members).await;
     let endpoint = format!("http://{}", members[(l + 1) % 3].client);
-    let mut log = LogClient::connect(endpoint.clone()).await.unwrap();
-    let mut sessions = SessionClient::connect(endpoint).await.unwrap();
-    let client = sessions
-        .register(RegisterSessionRequest { timeout_ms: 30_000 })
-        .await
-        .unwrap()
-        .into_inner()
-        .client_id;
-    let create = CreateStreamRequest { stream: "orders".into(), ..Default::default() };
-    log.create_stream(create).await.unwrap();
+    let log = LogClient::connect(endpoint.clone()).await.unwrap();
+    let sessions = SessionClient::connect(endpoint).await.unwrap();
+    let client = register(&sessions, 30_000).await.client_id;
+    until_a_leader_takes(|| {
+        let mut log = log.clone();
+        async move {
+            log.create_stream(CreateStreamRequest { stream: "orders".into(), ..Default::default() }).await
+        }
+    })
+    .await;
     let append = |seq: u64, payload: &str| {
         let mut r = tonic::Request::new(AppendRequest {
             stream: "orders".into(),
@@ -209,13 +240,26 @@ async fn a_retried_append_in_a_session_adds_its_records_once() {
         r.metadata_mut().insert("balsa-seq", seq.to_string().parse().unwrap());
         r
     };
-    let first = log.append(append(1, "a")).await.unwrap().into_inner();
-    let again = log.append(append(1, "a")).await.unwrap().into_inner();
+    // A client retries a refused append as it retries a lost answer: the session makes both safe.
+    let send = |seq: u64, payload: &'static str| {
+        let log = log.clone();
+        until_a_leader_takes(move || {
+            let mut log = log.clone();
+            let request = append(seq, payload);
+            async move { log.append(request).await }
+        })
+    };
+    let first = send(1, "a").await;
+    let again = send(1, "a").await;
     assert_eq!((again.first_offset, again.last_offset), (first.first_offset, first.last_offset));
-    let next = log.append(append(2, "b")).await.unwrap().into_inner();
+    let next = send(2, "b").await;
     assert_eq!(next.first_offset, first.last_offset + 1);
-    let read =
-        log.read(ReadRequest { stream: "orders".into(), ..Default::default() }).await.unwrap().into_inner();
+    let read = log
+        .clone()
+        .read(ReadRequest { stream: "orders".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let data: Vec<&[u8]> = read.records.iter().map(|r| r.data.as_slice()).collect();
     assert_eq!(data, [&b"a"[..], &b"b"[..]], "each record once");
 }

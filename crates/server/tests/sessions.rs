@@ -77,9 +77,10 @@ async fn version(m: &Member, k: &str) -> i64 {
     r.into_inner().kvs.first().map_or(0, |kv| kv.version)
 }
 
-/// Runs `call` until it is not refused as Unavailable (a member that knows no leader refuses
-/// what it cannot forward, and proposes nothing): on a busy machine an election can move the lead
-/// between finding the leader and the call. Other errors, and 15 s of refusals, fail the test.
+/// Runs `call` until it is not refused for want of a leader (a member that knows none refuses
+/// what it cannot forward, "not leader", and proposes nothing): on a busy machine an election can
+/// move the lead between finding the leader and the call. Other errors (an outcome unknown among
+/// them), and 15 s of refusals, fail the test.
 async fn until_a_leader_takes<T, F, Fut>(mut call: F) -> T
 where
     F: FnMut() -> Fut,
@@ -89,7 +90,11 @@ where
     loop {
         match call().await {
             Ok(r) => return r.into_inner(),
-            Err(s) if s.code() == Code::Unavailable && Instant::now() < deadline => {
+            Err(s)
+                if s.code() == Code::Unavailable
+                    && s.message().contains("not leader")
+                    && Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(s) => panic!("refused: {s:?}"),
@@ -240,7 +245,8 @@ async fn a_retried_append_in_a_session_adds_its_records_once() {
         r.metadata_mut().insert("balsa-seq", seq.to_string().parse().unwrap());
         r
     };
-    // A client retries a refused append as it retries a lost answer: the session makes both safe.
+    // A client retries a refused append, as it retries one whose answer was lost: the session
+    // makes either safe.
     let send = |seq: u64, payload: &'static str| {
         let log = log.clone();
         until_a_leader_takes(move || {

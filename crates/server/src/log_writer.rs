@@ -104,9 +104,7 @@ where
     /// [`PersistBatch::durable`]. A failure is the store's: the node must stop.
     pub async fn persist(&mut self, batch: PersistBatch) -> Result<PersistBatch, StorageError> {
         if !self.offloads(&batch) {
-            let store = self.store.as_mut().expect("the store is back once a round's batch is written");
-            write_and_sync(store, &batch, &self.metrics)?;
-            return Ok(batch);
+            return self.write_in_place(batch);
         }
         let store = self.store.take().expect("one batch at a time");
         let (done, answer) = oneshot::channel();
@@ -115,9 +113,8 @@ where
             // The thread is gone (it would only be if it panicked): write in place from now on.
             tracing::error!("the log's writer thread ended; the driver writes the log");
             self.jobs = None;
-            let store = self.store.insert(job.store);
-            write_and_sync(store, &job.batch, &self.metrics)?;
-            return Ok(job.batch);
+            self.store = Some(job.store);
+            return self.write_in_place(job.batch);
         }
         let Ok(Done { store, batch, result }) = answer.await else {
             tracing::error!("the log's writer thread ended during a write; the store is lost");
@@ -125,6 +122,15 @@ where
         };
         self.store = Some(store);
         result.map(|()| batch)
+    }
+}
+
+impl<V: Vfs + Clone> LogWriter<V> {
+    /// Writes `batch` on the caller's thread.
+    fn write_in_place(&mut self, batch: PersistBatch) -> Result<PersistBatch, StorageError> {
+        let store = self.store.as_mut().expect("the store is back once a round's batch is written");
+        write_and_sync(store, &batch, &self.metrics)?;
+        Ok(batch)
     }
 }
 

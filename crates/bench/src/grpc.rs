@@ -22,6 +22,7 @@
 
 use std::time::Duration;
 
+use balsa_server::flat_writes::FlatWrites;
 use balsa_server::unary;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, TE};
@@ -66,7 +67,7 @@ impl UnaryChannel {
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .handshake::<_, Bytes>(stream)
+            .handshake::<_, Bytes>(FlatWrites(stream))
             .await
             .map_err(|e| BenchError::Connect(format!("{endpoint}: HTTP/2 handshake: {e}")))?;
         tokio::spawn(async move {

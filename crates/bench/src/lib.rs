@@ -44,6 +44,25 @@ pub enum BenchError {
     Io(#[from] std::io::Error),
 }
 
+/// The runtime a command runs on: a workload's [`LoadFlags::client_threads`] (one thread: a
+/// single-threaded runtime), tokio's multi-threaded default for the rest (the no-op server
+/// among them, which may use every core a server could).
+pub fn runtime(args: &BenchArgs) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = match &args.command {
+        BenchCommand::Put(load) | BenchCommand::Txn(load) => Some(load.client_threads),
+        BenchCommand::Get { load, .. } | BenchCommand::Watch { load, .. } => Some(load.client_threads),
+        BenchCommand::LogAppend { load, .. } => Some(load.client_threads),
+        _ => None,
+    };
+    match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(n) => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(n as usize).enable_all().build()
+        }
+        None => tokio::runtime::Runtime::new(),
+    }
+}
+
 /// Runs one command of `balsa-bench` (printing its report to stdout).
 pub async fn execute(args: BenchArgs) -> Result<(), BenchError> {
     match args.command {
@@ -102,4 +121,25 @@ async fn workload(workload: Workload, load: &LoadFlags, preload: bool) -> Result
         chart::draw(&all, path)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use tokio::runtime::RuntimeFlavor;
+
+    fn flavor(args: &[&str]) -> RuntimeFlavor {
+        let cli =
+            args::Cli::try_parse_from(std::iter::once("balsa-bench").chain(args.iter().copied())).unwrap();
+        runtime(&cli.args).unwrap().handle().runtime_flavor()
+    }
+
+    #[test]
+    fn a_workload_runs_on_the_threads_its_flags_ask_for_and_the_noop_server_on_every_core() {
+        assert_eq!(flavor(&["put"]), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(&["get", "--client-threads", "1"]), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(&["txn", "--client-threads", "2"]), RuntimeFlavor::MultiThread);
+        assert_eq!(flavor(&["noop"]), RuntimeFlavor::MultiThread);
+    }
 }

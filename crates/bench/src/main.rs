@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = balsa_bench::args::Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match balsa_bench::runtime(&cli.args) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

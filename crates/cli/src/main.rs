@@ -90,7 +90,14 @@ fn main() -> ExitCode {
         Command::Server(flags) => runtime.block_on(server(*flags)),
         Command::Snapshot(command) => snapshot(command, &runtime),
         Command::Client(command) => runtime.block_on(client_cmd::run(command)),
-        Command::Bench(args) => runtime.block_on(balsa_bench::execute(args)).map_err(|e| e.to_string()),
+        Command::Bench(args) => {
+            // A workload runs on the runtime its flags ask for (one thread by default).
+            drop(runtime);
+            match balsa_bench::runtime(&args) {
+                Ok(runtime) => runtime.block_on(balsa_bench::execute(args)).map_err(|e| e.to_string()),
+                Err(e) => Err(format!("cannot start the runtime: {e}")),
+            }
+        }
         Command::Dev(flags) => {
             let result = runtime.block_on(dev::run(flags));
             // The members' nodes stop when the runtime drops the tasks holding them; only then

@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 use tonic::body::BoxBody;
 use tower::{Service, ServiceExt};
 
+use crate::flat_writes::FlatWrites;
 use crate::kv_service::KvService;
 use crate::log_service::LogService;
 use crate::pb::balsapb::log_server::LogServer;
@@ -113,7 +114,7 @@ where
                     let _ = stream.set_nodelay(true);
                     let (builder, service) = (builder.clone(), service.clone());
                     connections.spawn(async move {
-                        let served = builder.serve_connection(TokioIo::new(stream), service).await;
+                        let served = builder.serve_connection(TokioIo::new(FlatWrites(stream)), service).await;
                         if let Err(e) = served {
                             tracing::debug!(error = %e, "client connection ended with an error");
                         }

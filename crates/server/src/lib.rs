@@ -11,6 +11,7 @@
 pub mod client_server;
 pub mod cluster_service;
 pub mod config;
+pub mod flat_writes;
 pub mod grpc_codec;
 pub mod kv_service;
 pub mod lease_clock;

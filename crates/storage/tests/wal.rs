@@ -367,3 +367,23 @@ fn without_preallocation_no_spare_is_kept() {
     let wal = Wal::open(StdFs, &d.0, options, 0).unwrap();
     assert_eq!(wal.entries(1, 100).unwrap(), entries(1, 100, 1));
 }
+
+/// A spare's zero fill on the real file system (written past the page cache where it can): the
+/// file holds exactly `len` zero bytes afterwards, whatever a file of that name held before (a
+/// spare left by a crash is filled again), including a length that is no whole number of blocks.
+#[test]
+fn a_zero_fill_leaves_exactly_len_zeros_over_whatever_was_there() {
+    let d = TempDir::new("zero-fill");
+    let spare = d.0.join(SPARE_NAME);
+    for len in [(3 << 20) + 4096, (1 << 20) + 7, 0] {
+        fs::write(&spare, vec![0xA5u8; 5 << 20]).unwrap();
+        balsa_storage::vfs::zero_fill_now(&StdFs, &spare, len).unwrap();
+        let data = fs::read(&spare).unwrap();
+        assert!(
+            data.len() as u64 >= len && data.len() as u64 <= len.next_multiple_of(4096),
+            "{len}: {}",
+            data.len()
+        );
+        assert!(data.iter().all(|&b| b == 0), "{len}: a byte of the old content survived");
+    }
+}

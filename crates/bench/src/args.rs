@@ -141,7 +141,7 @@ pub struct LoadFlags {
     /// queued before it flushes; with more, tokio's multi-threaded runtime, whose other thread
     /// writes each call as soon as it is queued, for a machine where one core cannot keep up.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_024))]
-    pub client_threads: u32,
+    pub threads: u32,
     /// How many distinct keys the workload touches.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub key_space: u64,
@@ -292,11 +292,11 @@ mod tests {
         assert_eq!((load.clients, load.connections, load.value_size, load.key_size), (64, 8, 256, 16));
         assert_eq!(load.duration, None);
         assert_eq!(load.warmup, Duration::from_secs(1));
-        assert_eq!(load.client_threads, 1, "one thread unless asked: calls ready together leave together");
-        let cli = parse(&["put", "--client-threads", "2"]).unwrap();
+        assert_eq!(load.threads, 1, "one thread unless asked: calls ready together leave together");
+        let cli = parse(&["put", "--threads", "2"]).unwrap();
         let BenchCommand::Put(load) = cli.args.command else { panic!("a put") };
-        assert_eq!(load.client_threads, 2);
-        assert!(parse(&["put", "--client-threads", "0"]).is_err(), "no threads cannot run a load");
+        assert_eq!(load.threads, 2);
+        assert!(parse(&["put", "--threads", "0"]).is_err(), "no threads cannot run a load");
         let cli = parse(&["watch", "--watchers", "3", "--total", "50"]).unwrap();
         let BenchCommand::Watch { watchers, load } = cli.args.command else { panic!("a watch") };
         assert_eq!((watchers, load.total), (3, Some(50)));

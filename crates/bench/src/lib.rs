@@ -44,14 +44,14 @@ pub enum BenchError {
     Io(#[from] std::io::Error),
 }
 
-/// The runtime a command runs on: a workload's [`LoadFlags::client_threads`] (one thread: a
+/// The runtime a command runs on: a workload's [`LoadFlags::threads`] (one thread: a
 /// single-threaded runtime), tokio's multi-threaded default for the rest (the no-op server
 /// among them, which may use every core a server could).
 pub fn runtime(args: &BenchArgs) -> std::io::Result<tokio::runtime::Runtime> {
     let threads = match &args.command {
-        BenchCommand::Put(load) | BenchCommand::Txn(load) => Some(load.client_threads),
-        BenchCommand::Get { load, .. } | BenchCommand::Watch { load, .. } => Some(load.client_threads),
-        BenchCommand::LogAppend { load, .. } => Some(load.client_threads),
+        BenchCommand::Put(load) | BenchCommand::Txn(load) => Some(load.threads),
+        BenchCommand::Get { load, .. } | BenchCommand::Watch { load, .. } => Some(load.threads),
+        BenchCommand::LogAppend { load, .. } => Some(load.threads),
         _ => None,
     };
     match threads {
@@ -138,8 +138,8 @@ mod tests {
     #[test]
     fn a_workload_runs_on_the_threads_its_flags_ask_for_and_the_noop_server_on_every_core() {
         assert_eq!(flavor(&["put"]), RuntimeFlavor::CurrentThread);
-        assert_eq!(flavor(&["get", "--client-threads", "1"]), RuntimeFlavor::CurrentThread);
-        assert_eq!(flavor(&["txn", "--client-threads", "2"]), RuntimeFlavor::MultiThread);
+        assert_eq!(flavor(&["get", "--threads", "1"]), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(&["txn", "--threads", "2"]), RuntimeFlavor::MultiThread);
         assert_eq!(flavor(&["noop"]), RuntimeFlavor::MultiThread);
     }
 }

@@ -28,9 +28,9 @@ pub struct RunResult {
     pub clients: u32,
     /// gRPC connections.
     pub connections: u32,
-    /// The load generator's threads (`--client-threads`; 0 in results from before the flag).
+    /// The load generator's threads (`--threads`; 0 in results from before the flag).
     #[serde(default)]
-    pub client_threads: u32,
+    pub threads: u32,
     /// Distinct keys.
     pub key_space: u64,
     /// Bytes per key.
@@ -68,7 +68,7 @@ impl RunResult {
             endpoints: load.endpoints.clone(),
             clients: load.clients,
             connections: load.connections,
-            client_threads: load.client_threads,
+            threads: load.threads,
             key_space: load.key_space,
             key_size: load.key_size,
             value_size: load.value_size,
@@ -86,7 +86,7 @@ impl RunResult {
             endpoints: Vec::new(),
             clients: 0,
             connections: 0,
-            client_threads: 0,
+            threads: 0,
             key_space: 0,
             key_size: 0,
             value_size: 0,
@@ -171,7 +171,7 @@ impl RunResult {
             self.workload,
             self.clients,
             self.connections,
-            threads(self.client_threads)
+            threads(self.threads)
         );
         let _ = writeln!(s, "  ops         {} in {:.2} s, {} errors", self.ops, self.elapsed_s, self.errors);
         let _ = writeln!(s, "  throughput  {:.0} ops/s", self.throughput);
@@ -316,8 +316,8 @@ fn memory_row(
 }
 
 /// How a report names the load generator's threads.
-fn threads(client_threads: u32) -> String {
-    match client_threads {
+fn threads(count: u32) -> String {
+    match count {
         0 => "client threads not recorded".to_string(),
         1 => "1 client thread".to_string(),
         n => format!("{n} client threads"),

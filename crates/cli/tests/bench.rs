@@ -61,7 +61,9 @@ fn put_and_log_append_against_a_member() {
     let report = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        report.starts_with("log-append: 8 clients, 2 connections, 1 client thread, 2 streams, records of 256 B"),
+        report.starts_with(
+            "log-append: 8 clients, 2 connections, 1 client thread, 2 streams, records of 256 B"
+        ),
         "{report}"
     );
     assert!(report.contains("ops         100 in") && report.contains(", 0 errors"), "{report}");

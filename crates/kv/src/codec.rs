@@ -16,7 +16,6 @@ use crate::mvcc::{Mvcc, Version};
 use crate::sessions::{Session, Sessions};
 use crate::streams::{Retention, StreamError, StreamInfo, StreamResponse};
 use crate::types::{KeyRange, KeyValue, Revision};
-use crate::versions::Versions;
 
 /// The tag of [`Command::Sessioned`].
 const SESSIONED: u8 = 33;
@@ -417,28 +416,19 @@ impl StateMachine {
         let mut keys = BTreeMap::new();
         for _ in 0..r.len()? {
             let key = r.bytes()?;
-            // The older versions in exactly the room they need, the newest apart (see
-            // `Versions`); `len` has checked the count against the bytes left, so a hostile
-            // count cannot make this large.
+            // Exactly the room needed (see `Mvcc::put`); `len` has checked the count against
+            // the bytes left, so a hostile count cannot make this large.
             let count = r.len()?;
-            let mut older = Vec::with_capacity(count.saturating_sub(1));
-            let mut newest = None;
-            for i in 0..count {
+            let mut versions = Vec::with_capacity(count);
+            for _ in 0..count {
                 let rev = Revision { main: r.i64()?, sub: r.i64()? };
                 let kv = match r.u8()? {
                     0 => None,
                     1 => Some(get_kv(&mut r, &key)?),
                     _ => return Err(bad("version tag")),
                 };
-                let version = Version::restored(rev, kv)?;
-                if i + 1 < count {
-                    older.push(version);
-                } else {
-                    newest = Some(version);
-                }
+                versions.push(Version::restored(rev, kv)?);
             }
-            let newest = newest.ok_or_else(|| bad("a key without versions"))?;
-            let versions = Versions::from_parts(older, newest);
             keys.insert(Key::from(&key), versions);
         }
         let mut leases = BTreeMap::new();
@@ -611,7 +601,7 @@ impl SnapshotEncoder {
         let mut values_ahead = versions_from().skip(LOOKAHEAD_VERSIONS);
         let mut versions_ahead = versions_from().skip(2 * LOOKAHEAD_VERSIONS);
         for (key, versions) in sm.mvcc.keys.range::<Key, _>((from.as_ref(), Bound::Unbounded)) {
-            for _ in versions.iter() {
+            for _ in versions {
                 std::hint::black_box(versions_ahead.next().map(|v| v.main));
                 std::hint::black_box(values_ahead.next().map(|v| read_every_line(&v.value)));
             }
@@ -626,7 +616,7 @@ impl SnapshotEncoder {
             self.w.len(held);
             // The format of a `(Revision, Option<KeyValue>)` per version, as before the keyspace
             // held versions compactly: snapshots taken by earlier builds restore unchanged.
-            for v in versions.iter().take(held) {
+            for v in &versions[..held] {
                 self.w.i64(v.main);
                 self.w.i64(i64::from(v.sub));
                 if v.is_tombstone() {

@@ -37,7 +37,6 @@ pub mod mvcc;
 pub mod sessions;
 pub mod streams;
 pub mod types;
-mod versions;
 
 pub use codec::SnapshotEncoder;
 pub use command::{

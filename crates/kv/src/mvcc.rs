@@ -3,7 +3,6 @@
 //! from an old revision work until compaction.
 
 use std::cmp::Reverse;
-use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::ops::Bound;
 
@@ -12,7 +11,6 @@ use bytes::Bytes;
 use crate::error::KvError;
 use crate::key::Key;
 use crate::types::{Event, EventKind, KeyRange, KeyValue, Revision};
-use crate::versions::Versions;
 
 /// One version of a key as the keyspace holds it: etcd's `KeyValue` less what is known already
 /// (the key is the map's, the mod revision is the version's own main revision). It takes 72
@@ -92,8 +90,8 @@ impl Version {
 /// The keyspace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mvcc {
-    /// Every key's versions, oldest first (the newest in the tree's node: [`Versions`]).
-    pub(crate) keys: BTreeMap<Key, Versions>,
+    /// Every key's versions, oldest first.
+    pub(crate) keys: BTreeMap<Key, Vec<Version>>,
     /// Main revision of the last write transaction. Starts at 1, as in etcd.
     pub(crate) current: i64,
     /// Revisions below this were compacted away.
@@ -165,22 +163,8 @@ fn bounds(range: &KeyRange) -> (Bound<&[u8]>, Bound<&[u8]>) {
 /// A key's version as of main revision `at`: the last one written at or before it. Versions are
 /// in revision order, so this is a binary search; a read at an old revision of a key rewritten a
 /// million times used to walk back through them one by one, on the driver thread.
-fn version_at(versions: &Versions, at: i64) -> Option<&Version> {
+fn version_at(versions: &[Version], at: i64) -> Option<&Version> {
     versions.partition_point(|v| v.main <= at).checked_sub(1).map(|i| &versions[i])
-}
-
-/// Records the put of `written` as `key`'s version at `revision`, if the transaction is recorded.
-fn record_put(
-    ctx: &mut WriteCtx,
-    revision: Revision,
-    key: &Bytes,
-    written: &Version,
-    prev_kv: Option<KeyValue>,
-) {
-    if let Some(events) = &mut ctx.events {
-        let kv = written.kv(key).expect("a put is not a tombstone");
-        events.push((revision, Event { kind: EventKind::Put, kv, prev_kv }));
-    }
 }
 
 /// etcd's shape of a delete event: the key, the deleting revision, version 0, no value.
@@ -223,7 +207,7 @@ impl Mvcc {
     /// The current value of `key` (including writes of the transaction in progress).
     pub fn get(&self, key: &[u8]) -> Option<KeyValue> {
         let (key, versions) = self.keys.get_key_value(key)?;
-        versions.last().kv_of(key)
+        versions.last()?.kv_of(key)
     }
 
     /// Writes `key`; returns its previous value, built only when `want_prev` asks for it or the
@@ -232,28 +216,18 @@ impl Mvcc {
         let revision = Revision { main: ctx.main, sub: ctx.sub };
         ctx.sub += 1;
         ctx.wrote = true;
-        let versions = match self.keys.entry(Key::from(&key)) {
-            Entry::Occupied(held) => held.into_mut(),
-            Entry::Vacant(vacant) => {
-                // A new key: its first version, in the node, needs no vector (see `Versions`).
-                let written = Version {
-                    create_revision: ctx.main,
-                    version: 1,
-                    value,
-                    lease,
-                    ..Version::tombstone(revision)
-                };
-                record_put(ctx, revision, &key, &written, None);
-                vacant.insert(Versions::new(written));
-                return Put { prev: None, prev_lease: 0 };
-            }
-        };
-        let last = Some(versions.last()).filter(|v| !v.is_tombstone());
+        // Most keys hold one version: room for exactly one, where `Vec`'s first push would make
+        // room for four (3 x 112 unused bytes per key, a quarter of a node's memory at 1M keys).
+        let versions = self.keys.entry(Key::from(&key)).or_insert_with(|| Vec::with_capacity(1));
+        let last = versions.last().filter(|v| !v.is_tombstone());
         let (create_revision, version) = last.map_or((ctx.main, 1), |p| (p.create_revision, p.version + 1));
         let prev_lease = last.map_or(0, |p| p.lease);
         let prev = if want_prev || ctx.events.is_some() { last.and_then(|v| v.kv(&key)) } else { None };
         let written = Version { create_revision, version, value, lease, ..Version::tombstone(revision) };
-        record_put(ctx, revision, &key, &written, prev.clone());
+        if let Some(events) = &mut ctx.events {
+            let kv = written.kv(&key).expect("a put is not a tombstone");
+            events.push((revision, Event { kind: EventKind::Put, kv, prev_kv: prev.clone() }));
+        }
         versions.push(written);
         Put { prev: if want_prev { prev } else { None }, prev_lease }
     }
@@ -261,7 +235,7 @@ impl Mvcc {
     /// Deletes `key` if it exists; returns what it held.
     pub fn delete(&mut self, ctx: &mut WriteCtx, key: &Bytes) -> Option<KeyValue> {
         let versions = self.keys.get_mut(&key[..])?;
-        let prev = versions.last().kv(key)?;
+        let prev = versions.last().and_then(|v| v.kv(key))?;
         let revision = Revision { main: ctx.main, sub: ctx.sub };
         versions.push(Version::tombstone(revision));
         ctx.sub += 1;
@@ -276,7 +250,7 @@ impl Mvcc {
     pub fn current_keys(&self, range: &KeyRange) -> Vec<Bytes> {
         self.keys
             .range::<[u8], _>(bounds(range))
-            .filter(|(_, v)| !v.last().is_tombstone())
+            .filter(|(_, v)| v.last().is_some_and(|v| !v.is_tombstone()))
             .map(|(k, _)| k.to_bytes())
             .collect()
     }
@@ -303,7 +277,7 @@ impl Mvcc {
         let mut out = Vec::new();
         for (key, versions) in self.keys.range::<[u8], _>(bounds(range)) {
             let version = match at {
-                None => Some(versions.last()),
+                None => versions.last(),
                 Some(rev) => version_at(versions, rev),
             };
             if let Some(kv) = version.and_then(|v| v.kv_of(key)) {
@@ -322,7 +296,19 @@ impl Mvcc {
         if revision > self.current {
             return Err(KvError::FutureRevision);
         }
-        self.keys.retain(|_, versions| versions.compact(revision));
+        self.keys.retain(|_, versions| {
+            let keep_from = versions.partition_point(|v| v.main <= revision).saturating_sub(1);
+            versions.drain(..keep_from);
+            if versions.first().is_some_and(|v| v.is_tombstone() && v.main < revision) {
+                versions.remove(0);
+            }
+            // Give back the room of the history just dropped: a key rewritten a thousand times
+            // would otherwise keep space for a thousand versions after compaction.
+            if versions.capacity() > 2 * versions.len() {
+                versions.shrink_to_fit();
+            }
+            !versions.is_empty()
+        });
         self.compacted = revision;
         Ok(())
     }
@@ -343,12 +329,12 @@ impl Mvcc {
             return Err(KvError::Compacted { compact_revision: self.compacted });
         }
         // One cursor per key with versions at or after `start`, merged by revision.
-        let mut cursors: Vec<(Bytes, &Versions, usize)> = Vec::new();
+        let mut cursors: Vec<(Bytes, &[Version], usize)> = Vec::new();
         let mut heap = BinaryHeap::new();
         let mut keys_visited = 0;
         for (key, versions) in self.keys.range::<[u8], _>(bounds(range)) {
             keys_visited += 1;
-            if versions.last().main < start {
+            if versions.last().is_none_or(|v| v.main < start) {
                 continue;
             }
             let at = versions.partition_point(|v| v.main < start);
@@ -660,16 +646,15 @@ mod tests {
         assert!(!m.keys.contains_key(&b("b")[..]), "a key deleted before the compaction point is gone");
     }
 
-    /// The memory bound: a key written once holds its version in the tree's node, with no
-    /// vector; older versions take the room they need, and compaction gives back the room of the
-    /// history it drops.
+    /// The memory bound: a key's versions take the room they need, not `Vec`'s default of four,
+    /// and compaction gives back the room of the history it drops.
     #[test]
     fn versions_take_the_room_they_need() {
         let mut m = Mvcc::default();
         for i in 0..100 {
             put(&mut m, &format!("k{i:03}"), "v");
         }
-        assert!(m.keys.values().all(|v| (v.len(), v.older_capacity()) == (1, 0)), "one version, no vector");
+        assert!(m.keys.values().all(|v| (v.len(), v.capacity()) == (1, 1)), "one version, room for one");
         for round in 0..200 {
             put(&mut m, "k000", &round.to_string());
         }
@@ -677,37 +662,14 @@ mod tests {
         m.compact(m.revision()).unwrap();
         let versions = &m.keys[&b("k000")[..]];
         assert_eq!(versions.len(), 1);
-        assert_eq!(versions.older_capacity(), 0, "room for 256 older versions kept");
-        assert!(m.keys.values().all(|v| v.older_capacity() <= 2 * (v.len() - 1)));
+        assert!(versions.capacity() <= 2, "room for 256 versions kept: {}", versions.capacity());
+        assert!(m.keys.values().all(|v| v.capacity() <= 2 * v.len()));
 
         // A state restored from a snapshot is as compact.
-        for round in 0..3 {
-            put(&mut m, "k001", &round.to_string());
-        }
         let sm = crate::machine::StateMachine { mvcc: m, ..Default::default() };
         let restored = crate::machine::StateMachine::decode(sm.encode()).unwrap();
         assert_eq!(restored.mvcc, sm.mvcc);
-        assert!(restored.mvcc.keys.values().all(|v| v.older_capacity() == v.len() - 1));
-        assert_eq!(restored.mvcc.keys[&b("k001")[..]].len(), 4);
-    }
-
-    /// A snapshot that lists a key with no versions is refused: the keyspace never holds one
-    /// (a key's last version goes only with the key), and a restored state must not either.
-    #[test]
-    fn a_snapshot_key_without_versions_is_refused() {
-        let mut m = Mvcc::default();
-        put(&mut m, "k", "v");
-        let sm = crate::machine::StateMachine { mvcc: m, ..Default::default() };
-        let encoded = sm.encode();
-        // Revision, compaction point and key count (20 bytes), the key (4 + 1), then its count
-        // of versions (4) and its one version: main, sub, tag, value (4 + 1), four numbers.
-        let (count_at, version_bytes) = (25, 8 + 8 + 1 + 5 + 32);
-        assert_eq!(encoded[count_at..count_at + 4], 1u32.to_le_bytes(), "one version");
-        let mut emptied = encoded[..count_at].to_vec();
-        emptied.extend_from_slice(&0u32.to_le_bytes());
-        emptied.extend_from_slice(&encoded[count_at + 4 + version_bytes..]);
-        let refused = crate::machine::StateMachine::decode(Bytes::from(emptied));
-        assert_eq!(refused.err(), Some(KvError::Malformed("a key without versions")));
+        assert!(restored.mvcc.keys.values().all(|v| v.capacity() == v.len()));
     }
 
     /// A version is held in 72 bytes (a malloc chunk of 80), where a `(Revision,

@@ -419,6 +419,10 @@ impl StateMachine {
             // Exactly the room needed (see `Mvcc::put`); `len` has checked the count against
             // the bytes left, so a hostile count cannot make this large.
             let count = r.len()?;
+            if count == 0 {
+                // The keyspace never holds a key without versions (its last one goes with it).
+                return Err(bad("a key without versions"));
+            }
             let mut versions = Vec::with_capacity(count);
             for _ in 0..count {
                 let rev = Revision { main: r.i64()?, sub: r.i64()? };

@@ -672,6 +672,25 @@ mod tests {
         assert!(restored.mvcc.keys.values().all(|v| v.capacity() == v.len()));
     }
 
+    /// A snapshot that lists a key with no versions is refused: the keyspace never holds one
+    /// (a key's last version goes only with the key), and a restored state must not either.
+    #[test]
+    fn a_snapshot_key_without_versions_is_refused() {
+        let mut m = Mvcc::default();
+        put(&mut m, "k", "v");
+        let sm = crate::machine::StateMachine { mvcc: m, ..Default::default() };
+        let encoded = sm.encode();
+        // Revision, compaction point and key count (20 bytes), the key (4 + 1), then its count
+        // of versions (4) and its one version: main, sub, tag, value (4 + 1), four numbers.
+        let (count_at, version_bytes) = (25, 8 + 8 + 1 + 5 + 32);
+        assert_eq!(encoded[count_at..count_at + 4], 1u32.to_le_bytes(), "one version");
+        let mut emptied = encoded[..count_at].to_vec();
+        emptied.extend_from_slice(&0u32.to_le_bytes());
+        emptied.extend_from_slice(&encoded[count_at + 4 + version_bytes..]);
+        let refused = crate::machine::StateMachine::decode(Bytes::from(emptied));
+        assert_eq!(refused.err(), Some(KvError::Malformed("a key without versions")));
+    }
+
     /// A version is held in 72 bytes (a malloc chunk of 80), where a `(Revision,
     /// Option<KeyValue>)` took 112 (a chunk of 128): the key and the mod revision are not
     /// stored twice.

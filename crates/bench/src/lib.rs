@@ -49,9 +49,11 @@ pub enum BenchError {
 /// among them, which may use every core a server could).
 pub fn runtime(args: &BenchArgs) -> std::io::Result<tokio::runtime::Runtime> {
     let threads = match &args.command {
-        BenchCommand::Put(load) | BenchCommand::Txn(load) => Some(load.threads),
-        BenchCommand::Get { load, .. } | BenchCommand::Watch { load, .. } => Some(load.threads),
-        BenchCommand::LogAppend { load, .. } => Some(load.threads),
+        BenchCommand::Put(load)
+        | BenchCommand::Txn(load)
+        | BenchCommand::Get { load, .. }
+        | BenchCommand::Watch { load, .. }
+        | BenchCommand::LogAppend { load, .. } => Some(load.threads),
         _ => None,
     };
     match threads {

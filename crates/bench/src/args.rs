@@ -98,6 +98,10 @@ pub enum BenchCommand {
         /// Address to serve on.
         #[arg(long, default_value = "127.0.0.1:2379")]
         listen: std::net::SocketAddr,
+        /// Threads to serve on: 1 is a single-threaded runtime, as a balsa member serves its
+        /// clients on one thread; without it, tokio's multi-threaded runtime on every core.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_024))]
+        threads: Option<u32>,
     },
     /// Draws latency against throughput across JSON results, one line per label and workload.
     Chart {

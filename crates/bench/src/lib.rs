@@ -45,8 +45,9 @@ pub enum BenchError {
 }
 
 /// The runtime a command runs on: a workload's [`LoadFlags::threads`] (one thread: a
-/// single-threaded runtime), tokio's multi-threaded default for the rest (the no-op server
-/// among them, which may use every core a server could).
+/// single-threaded runtime), the no-op server's `--threads` likewise, tokio's multi-threaded
+/// default for the rest (the no-op server among them when not told, as it may use every core a
+/// server could).
 pub fn runtime(args: &BenchArgs) -> std::io::Result<tokio::runtime::Runtime> {
     let threads = match &args.command {
         BenchCommand::Put(load)
@@ -54,6 +55,7 @@ pub fn runtime(args: &BenchArgs) -> std::io::Result<tokio::runtime::Runtime> {
         | BenchCommand::Get { load, .. }
         | BenchCommand::Watch { load, .. }
         | BenchCommand::LogAppend { load, .. } => Some(load.threads),
+        BenchCommand::Noop { threads, .. } => *threads,
         _ => None,
     };
     match threads {
@@ -88,7 +90,7 @@ pub async fn execute(args: BenchArgs) -> Result<(), BenchError> {
             }
             Ok(())
         }
-        BenchCommand::Noop { listen } => {
+        BenchCommand::Noop { listen, .. } => {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             println!("no-op KV server on {}", listener.local_addr()?);
             tokio::select! {
@@ -143,5 +145,7 @@ mod tests {
         assert_eq!(flavor(&["get", "--threads", "1"]), RuntimeFlavor::CurrentThread);
         assert_eq!(flavor(&["txn", "--threads", "2"]), RuntimeFlavor::MultiThread);
         assert_eq!(flavor(&["noop"]), RuntimeFlavor::MultiThread);
+        assert_eq!(flavor(&["noop", "--threads", "1"]), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(&["noop", "--threads", "2"]), RuntimeFlavor::MultiThread);
     }
 }

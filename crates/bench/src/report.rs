@@ -286,6 +286,44 @@ pub fn table(results: &[RunResult], baseline: &str, candidate: &str) -> String {
             lat(Some(r))
         );
     }
+    s.push_str(&ceiling_lines(results, baseline, candidate));
+    s
+}
+
+/// For a workload run against more than one other server (the no-op server on one thread and on
+/// every core), the highest of them: the ceiling the candidate is measured against.
+fn ceiling_lines(results: &[RunResult], baseline: &str, candidate: &str) -> String {
+    let others: Vec<&RunResult> =
+        results.iter().filter(|r| r.label != baseline && r.label != candidate).collect();
+    let mut s = String::new();
+    let mut workloads: Vec<&str> = others.iter().map(|r| r.workload.as_str()).collect();
+    workloads.sort_unstable();
+    workloads.dedup();
+    for workload in workloads {
+        let runs: Vec<&&RunResult> = others.iter().filter(|r| r.workload == workload).collect();
+        let labels: std::collections::BTreeSet<&str> = runs.iter().map(|r| r.label.as_str()).collect();
+        if labels.len() < 2 {
+            continue;
+        }
+        let Some(top) = runs.iter().max_by(|a, b| a.throughput.total_cmp(&b.throughput)) else {
+            continue;
+        };
+        let reach = results
+            .iter()
+            .rev()
+            .find(|r| r.label == candidate && r.workload == workload)
+            .filter(|_| top.throughput > 0.0)
+            .map_or(String::new(), |c| {
+                format!("; {candidate} reaches {:.0}% of it", 100.0 * c.throughput / top.throughput)
+            });
+        let _ = writeln!(
+            s,
+            "ceiling for {workload}: {} ({:.0} ops/s), the highest of {}{reach}",
+            top.label,
+            top.throughput,
+            labels.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
     s
 }
 
@@ -376,6 +414,22 @@ mod tests {
         let get = t.lines().find(|l| l.starts_with("get ")).unwrap();
         assert!(get.contains(" - "), "a missing side is a dash: {get}");
         assert!(t.contains("noop put: 5000 ops/s") && t.contains("balsa reaches 50% of it"), "{t}");
+        assert!(!t.contains("ceiling for"), "one other server is its own ceiling: {t}");
+    }
+
+    #[test]
+    fn table_names_the_highest_of_several_ceilings() {
+        let results = [
+            result("etcd", "put", 1000.0, 40_000.0),
+            result("balsa", "put", 2500.0, 20_000.0),
+            result("noop-mt", "put", 4000.0, 1_000.0),
+            result("noop", "put", 10_000.0, 1_000.0),
+        ];
+        let t = table(&results, "etcd", "balsa");
+        assert!(t.contains("noop-mt put: 4000 ops/s") && t.contains("balsa reaches 62% of it"), "{t}");
+        let line = t.lines().find(|l| l.starts_with("ceiling for put")).expect("a ceiling line");
+        assert!(line.contains("noop (10000 ops/s)") && line.contains("noop, noop-mt"), "{line}");
+        assert!(line.ends_with("balsa reaches 25% of it"), "{line}");
     }
 
     #[test]

@@ -12,8 +12,9 @@
 //!
 //! Connections are tasks of a [`JoinSet`] owned by the accept loop, so dropping the server
 //! (a member stopping) closes them too. HTTP/2 settings are hyper's defaults, which are also
-//! what tonic's server used. A `grpc-timeout` header is not enforced here: a client that gives
-//! up resets its stream, which drops the handler's future.
+//! what tonic's server used, but for the `date` header, which answers here go without. A
+//! `grpc-timeout` header is not enforced here: a client that gives up resets its stream, which
+//! drops the handler's future.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -105,7 +106,9 @@ where
     S::Future: Send + 'static,
 {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http2().timer(TokioTimer::new());
+    // No `date` header on HTTP/2 answers: gRPC has no use for it (grpc-go sends none), and hyper
+    // would read the clock, allocate the value and HPACK-encode it for every call.
+    builder.http2().timer(TokioTimer::new()).auto_date_header(false);
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {

@@ -72,3 +72,20 @@ async fn stopping_the_server_closes_its_connections() {
     // gone and reconnecting was refused.
     assert!(matches!(error.code(), tonic::Code::Cancelled | tonic::Code::Unavailable), "{error:?}");
 }
+
+#[tokio::test]
+async fn answers_carry_grpc_headers_and_no_date() {
+    let dir = Dir::new("client-server-headers");
+    let (_node, addr) = single_node(&dir).await;
+    let mut grpc = tonic::client::Grpc::new(channel(addr).await);
+    grpc.ready().await.unwrap();
+    let request =
+        tonic::Request::new(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() });
+    let codec: ProstCodec<PutRequest, PutResponse> = ProstCodec::default();
+    let path = http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Put");
+    let answer = grpc.unary(request, path, codec).await.expect("a put");
+    let headers = answer.metadata().clone().into_headers();
+    assert_eq!(headers.get("content-type").map(|v| v.as_bytes()), Some(&b"application/grpc"[..]));
+    // hyper adds `date` to every HTTP/2 answer unless told not to; gRPC has no use for it.
+    assert!(headers.get("date").is_none(), "{headers:?}");
+}

@@ -750,7 +750,7 @@ impl Driver {
             };
             let mut round = RoundTimer::start();
             match received {
-                Some(Some(Input::Stop) | None) => return self.stop(),
+                Some(Some(Input::Stop) | None) => return self.stop(&mut input),
                 Some(Some(i)) => {
                     round.time(i.kind(), || self.handle(i));
                     // Take what else is waiting before carrying out the Ready: proposals (and
@@ -758,7 +758,7 @@ impl Driver {
                     // together, one fsync for many, instead of one round each.
                     for _ in 0..MAX_INPUTS_PER_READY {
                         match input.try_recv() {
-                            Ok(Input::Stop) => return self.stop(),
+                            Ok(Input::Stop) => return self.stop(&mut input),
                             Ok(i) => round.time(i.kind(), || self.handle(i)),
                             Err(_) => break,
                         }
@@ -782,7 +782,7 @@ impl Driver {
                 // A storage failure (a failed fsync above all) stops the node: its disk can no
                 // longer be trusted, and continuing could acknowledge what is not durable.
                 tracing::error!(error = %e, "storage failed; the node stops");
-                return self.stop();
+                return self.stop(&mut input);
             }
             if !self.after_replies.is_empty() {
                 // The answers' tasks run on this thread: let them write before the peers' turn.
@@ -1414,14 +1414,33 @@ impl Driver {
         Ok(())
     }
 
-    /// Stops the driver: a snapshot still being written is waited for and installed (its file
-    /// is then durable and older ones pruned, as in a running node), so nothing of this node
-    /// outlives it and a stopped node's directory looks like a running one's.
-    fn stop(&mut self) {
+    /// Stops the driver: everyone waiting on it is answered `Stopped` first, then a snapshot
+    /// still being written is waited for and installed (its file is then durable and older ones
+    /// pruned, as in a running node), so nothing of this node outlives it and a stopped node's
+    /// directory looks like a running one's.
+    fn stop(&mut self, input: &mut mpsc::UnboundedReceiver<Input>) {
+        self.hang_up(input);
         if let Err(e) = self.collect_snapshot(true) {
             tracing::error!(error = %e, "the snapshot being written when the node stopped failed");
         }
         self.metrics.node_stopped();
+    }
+
+    /// Answers every caller waiting on this driver with `Stopped` (their answer's sender
+    /// dropped), and every later one (the input closed). The rest of stopping may wait long: a
+    /// snapshot's write, and, as the store drops, a spare log segment's zero-fill on its thread
+    /// (seconds on a loaded disk); callers left to the driver's drop waited for all of it, as
+    /// the proposals are dropped after the store. CI saw a write unanswered 10 s that way.
+    fn hang_up(&mut self, input: &mut mpsc::UnboundedReceiver<Input>) {
+        input.close();
+        while let Ok(queued) = input.try_recv() {
+            drop(queued);
+        }
+        drop(std::mem::take(&mut self.proposals));
+        drop(std::mem::take(&mut self.reads));
+        drop(std::mem::take(&mut self.unasked_reads));
+        drop(std::mem::take(&mut self.read_contexts));
+        drop(std::mem::take(&mut self.conf_waiters));
     }
 
     /// The applied state, encoded, with the index and term it stands at.

@@ -5,6 +5,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::direct::DirectLog;
 
@@ -88,6 +90,16 @@ pub fn remove_all_now<V: Vfs>(vfs: &V, paths: &[PathBuf], dir: &Path) -> io::Res
         }
     }
     vfs.sync_dir(dir)
+}
+
+/// How long the real file system's zero-fills wait before they begin: 0 but in tests that need
+/// a disk slow to prepare a log segment (the wait is for everything that waits on the fill).
+static ZERO_FILL_DELAY_MS: AtomicU64 = AtomicU64::new(0);
+
+/// For tests: makes every later zero-fill of the real file system begin `delay` late, for the
+/// whole process (so a test that sets it has a test binary of its own).
+pub fn set_zero_fill_delay(delay: Duration) {
+    ZERO_FILL_DELAY_MS.store(delay.as_millis().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
 }
 
 /// How much a background writer (a segment's zero-fill, a snapshot file) leaves unsynced at
@@ -287,7 +299,11 @@ impl Vfs for StdFs {
 
     fn zero_fill(&self, path: &Path, len: u64) -> Background {
         let path = path.to_path_buf();
-        Background::spawn("balsa-zero-fill", move || zero_fill_now(&StdFs, &path, len))
+        let delay = Duration::from_millis(ZERO_FILL_DELAY_MS.load(Ordering::Relaxed));
+        Background::spawn("balsa-zero-fill", move || {
+            std::thread::sleep(delay);
+            zero_fill_now(&StdFs, &path, len)
+        })
     }
 
     fn remove_all(&self, paths: Vec<PathBuf>, dir: &Path) -> Background {

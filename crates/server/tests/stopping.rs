@@ -14,8 +14,9 @@ use common::Dir;
 use tokio::net::TcpListener;
 
 /// How late the spare log segment's zero-fill begins: the store's drop, at the end of stopping,
-/// waits for it.
-const FILL_DELAY: Duration = Duration::from_secs(6);
+/// waits for it. Long enough that a slow machine still stops well before the fill begins (the
+/// test checks it did, or it would prove nothing), and the test takes that long.
+const FILL_DELAY: Duration = Duration::from_secs(10);
 
 /// How long a write may wait for its answer: well under what is left of [`FILL_DELAY`] when
 /// the node stops.

@@ -300,7 +300,7 @@ fn ceiling_lines(results: &[RunResult], baseline: &str, candidate: &str) -> Stri
     workloads.sort_unstable();
     workloads.dedup();
     for workload in workloads {
-        let runs: Vec<&&RunResult> = others.iter().filter(|r| r.workload == workload).collect();
+        let runs: Vec<&RunResult> = others.iter().copied().filter(|r| r.workload == workload).collect();
         let labels: std::collections::BTreeSet<&str> = runs.iter().map(|r| r.label.as_str()).collect();
         if labels.len() < 2 {
             continue;

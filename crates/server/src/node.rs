@@ -1419,11 +1419,12 @@ impl Driver {
     /// pruned, as in a running node), so nothing of this node outlives it and a stopped node's
     /// directory looks like a running one's.
     fn stop(&mut self, input: &mut mpsc::UnboundedReceiver<Input>) {
+        // Marked stopped before anyone is told so: a caller answered `Stopped` reads it at once.
+        self.metrics.node_stopped();
         self.hang_up(input);
         if let Err(e) = self.collect_snapshot(true) {
             tracing::error!(error = %e, "the snapshot being written when the node stopped failed");
         }
-        self.metrics.node_stopped();
     }
 
     /// Answers every caller waiting on this driver with `Stopped` (their answer's sender

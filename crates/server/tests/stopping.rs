@@ -71,6 +71,9 @@ async fn a_write_pending_when_the_node_stops_is_answered_at_once() {
     // It stopped well before the fill could have ended, so the teardown was still waiting on it.
     assert!(begun.elapsed() + ANSWER_WITHIN < FILL_DELAY, "stopped only after {:?}", begun.elapsed());
     assert!(i >= 15, "it stopped at the snapshot, after {i} writes");
+    // Marked stopped before the answer went out.
+    let stopped = node.metrics().encode().lines().any(|l| l == "balsa_server_stopped 1");
+    assert!(stopped, "balsa_server_stopped is 1 once a caller is told Stopped");
     let status = tokio::time::timeout(ANSWER_WITHIN, node.status()).await;
     assert!(matches!(status, Ok(Err(NodeError::Stopped))), "{status:?}");
 }

@@ -208,7 +208,8 @@ fn ms(us: f64) -> String {
 const WORKLOAD_ORDER: [&str; 6] = ["put", "get", "get-serializable", "txn", "watch", "log-append"];
 
 /// The side-by-side table: one row per workload with both labels, ratio = candidate / baseline
-/// throughput; results under other labels (the no-op ceiling) are listed after it.
+/// throughput; results under other labels (the no-op servers, and references such as one balsa
+/// member) are listed after it, then the ceiling ([`ceiling_lines`]).
 pub fn table(results: &[RunResult], baseline: &str, candidate: &str) -> String {
     // The workloads in the order the issue lists them, then any other in order of appearance.
     let mut workloads: Vec<&str> = Vec::from(WORKLOAD_ORDER);
@@ -290,32 +291,52 @@ pub fn table(results: &[RunResult], baseline: &str, candidate: &str) -> String {
     s
 }
 
-/// For a workload run against more than one other server (the no-op server on one thread and on
-/// every core), the highest of them: the ceiling the candidate is measured against.
+/// Labels of the no-op servers (`noop`, `noop-mt`): their runs are the ceiling. Any other label
+/// beside the two compared is a reference (such as one balsa member, no replication), listed
+/// with the candidate's share of it but never taken for the ceiling.
+const CEILING_PREFIX: &str = "noop";
+
+/// For each workload run against a no-op server, the fastest of them (on one thread or on every
+/// core): the ceiling the candidate is measured against, with the candidate's share of it and
+/// each reference's.
 fn ceiling_lines(results: &[RunResult], baseline: &str, candidate: &str) -> String {
+    let is_ceiling = |r: &RunResult| r.label.starts_with(CEILING_PREFIX);
     let others: Vec<&RunResult> =
         results.iter().filter(|r| r.label != baseline && r.label != candidate).collect();
+    let latest = |label: &str, workload: &str| {
+        results.iter().rev().find(|r| r.label == label && r.workload == workload)
+    };
     let mut s = String::new();
-    let mut workloads: Vec<&str> = others.iter().map(|r| r.workload.as_str()).collect();
+    let mut workloads: Vec<&str> =
+        others.iter().filter(|r| is_ceiling(r)).map(|r| r.workload.as_str()).collect();
     workloads.sort_unstable();
     workloads.dedup();
     for workload in workloads {
-        let runs: Vec<&RunResult> = others.iter().copied().filter(|r| r.workload == workload).collect();
+        let runs: Vec<&RunResult> =
+            others.iter().copied().filter(|r| r.workload == workload && is_ceiling(r)).collect();
         let labels: std::collections::BTreeSet<&str> = runs.iter().map(|r| r.label.as_str()).collect();
-        if labels.len() < 2 {
-            continue;
-        }
         let Some(top) = runs.iter().max_by(|a, b| a.throughput.total_cmp(&b.throughput)) else {
             continue;
         };
-        let reach = results
+        if top.throughput <= 0.0 {
+            continue;
+        }
+        let mut reach: Vec<String> = Vec::new();
+        let mut share_of = |label: &str| {
+            if let Some(r) = latest(label, workload) {
+                reach.push(format!("{label} reaches {:.0}% of it", 100.0 * r.throughput / top.throughput));
+            }
+        };
+        share_of(candidate);
+        let references: std::collections::BTreeSet<&str> = others
             .iter()
-            .rev()
-            .find(|r| r.label == candidate && r.workload == workload)
-            .filter(|_| top.throughput > 0.0)
-            .map_or(String::new(), |c| {
-                format!("; {candidate} reaches {:.0}% of it", 100.0 * c.throughput / top.throughput)
-            });
+            .filter(|r| r.workload == workload && !is_ceiling(r))
+            .map(|r| r.label.as_str())
+            .collect();
+        for label in references {
+            share_of(label);
+        }
+        let reach: String = reach.iter().map(|r| format!("; {r}")).collect();
         let _ = writeln!(
             s,
             "ceiling for {workload}: {} ({:.0} ops/s), the highest of {}{reach}",
@@ -414,7 +435,9 @@ mod tests {
         let get = t.lines().find(|l| l.starts_with("get ")).unwrap();
         assert!(get.contains(" - "), "a missing side is a dash: {get}");
         assert!(t.contains("noop put: 5000 ops/s") && t.contains("balsa reaches 50% of it"), "{t}");
-        assert!(!t.contains("ceiling for"), "one other server is its own ceiling: {t}");
+        let line = t.lines().find(|l| l.starts_with("ceiling for put")).expect("a ceiling line");
+        assert!(line.contains("noop (5000 ops/s), the highest of noop; balsa reaches 50%"), "{line}");
+        assert!(!t.contains("ceiling for get"), "no no-op server ran get: {t}");
     }
 
     #[test]
@@ -430,6 +453,24 @@ mod tests {
         let line = t.lines().find(|l| l.starts_with("ceiling for put")).expect("a ceiling line");
         assert!(line.contains("noop (10000 ops/s)") && line.contains("noop, noop-mt"), "{line}");
         assert!(line.ends_with("balsa reaches 25% of it"), "{line}");
+    }
+
+    #[test]
+    fn a_reference_is_listed_with_its_share_but_is_never_the_ceiling() {
+        let results = [
+            result("etcd", "put", 1000.0, 40_000.0),
+            result("balsa", "put", 2500.0, 20_000.0),
+            // Faster than the no-op server: were it taken for the ceiling, balsa's share would be 25%.
+            result("balsa-one", "put", 10_000.0, 5_000.0),
+            result("noop", "put", 5000.0, 1_000.0),
+        ];
+        let t = table(&results, "etcd", "balsa");
+        assert!(t.contains("balsa-one put: 10000 ops/s") && t.contains("balsa reaches 25% of it"), "{t}");
+        let line = t.lines().find(|l| l.starts_with("ceiling for put")).expect("a ceiling line");
+        assert!(line.starts_with("ceiling for put: noop (5000 ops/s), the highest of noop;"), "{line}");
+        assert!(line.ends_with("; balsa reaches 50% of it; balsa-one reaches 200% of it"), "{line}");
+        let rows: Vec<&str> = t.lines().filter(|l| l.starts_with("put ")).collect();
+        assert_eq!(rows.len(), 1, "a reference is not a row of the table: {t}");
     }
 
     #[test]

@@ -270,8 +270,21 @@ async fn a_peer_that_stops_reading_fills_a_bounded_queue_and_then_gets_it_all_in
     let mut config = TransportConfig::new(1, CLUSTER);
     config.queue_messages = 4;
     let t1 = Transport::start(config, l1, peers, unused);
-    // The peer accepts the raft lane's connection and reads nothing yet.
-    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(5), silent.accept()).await.unwrap().unwrap();
+    // Both lanes (raft, snapshot) connect at once, in either order; each begins with a handshake
+    // whose last byte names the lane. The peer keeps both open, and from the raft lane's
+    // connection reads nothing past the handshake yet. (Taking the first connection for the
+    // raft lane's made this test wait on the snapshot lane in about one run in fifteen.)
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let (mut c, _) =
+            tokio::time::timeout(Duration::from_secs(5), silent.accept()).await.unwrap().unwrap();
+        let mut hello = [0u8; 25];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut hello)).await.unwrap().unwrap();
+        conns.push((hello[24], c));
+    }
+    let raft_lane = conns.iter().position(|(lane, _)| *lane == 0).expect("a connection on the raft lane (0)");
+    assert_eq!(conns.iter().filter(|(lane, _)| *lane == 0).count(), 1, "one connection per lane");
+    let conn = &mut conns[raft_lane].1;
     let sender = t1.clone_sender();
     let accepted = std::thread::spawn(move || {
         // 256 KiB heartbeats would be odd; a large AppendEntries stands in for a burst.
@@ -299,9 +312,7 @@ async fn a_peer_that_stops_reading_fills_a_bounded_queue_and_then_gets_it_all_in
     .unwrap();
     assert!(accepted.len() < 400, "a peer that reads nothing took 100 MiB");
     assert!(accepted.len() >= 4, "the queue took fewer than queue_messages: {}", accepted.len());
-    // Now the peer reads: the handshake, then every accepted message, whole and in order.
-    let mut hello = [0u8; 25];
-    conn.read_exact(&mut hello).await.unwrap();
+    // Now the peer reads every accepted message, whole and in order.
     let mut got = Vec::new();
     while got.len() < accepted.len() {
         let len = tokio::time::timeout(Duration::from_secs(5), conn.read_u32_le()).await.unwrap().unwrap();

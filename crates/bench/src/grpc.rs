@@ -90,8 +90,14 @@ impl UnaryChannel {
         let gone = |e: h2::Error| Status::unavailable(format!("the call failed: {e}"));
         let mut send = self.send.clone().ready().await.map_err(gone)?;
         let (answer, mut stream) = send.send_request(request, false).map_err(gone)?;
-        stream.send_data(body, true).map_err(gone)?;
-        let (parts, mut body) = answer.await.map_err(gone)?.into_parts();
+        // The connection's task may run on another thread: a server that answers from the headers
+        // alone (an unknown method: trailers only) can end the stream before the body is queued,
+        // and then the body's send fails where the call did not. Its answer decides.
+        let sent = stream.send_data(body, true);
+        let (parts, mut body) = match answer.await {
+            Ok(answer) => answer.into_parts(),
+            Err(e) => return Err(gone(sent.err().unwrap_or(e))),
+        };
         answer_status(parts.status, &parts.headers)?;
         let mut data = BytesMut::new();
         while let Some(chunk) = body.data().await {

@@ -74,6 +74,7 @@
 
 #![warn(missing_docs)]
 
+mod chunked;
 mod conf_change;
 mod config;
 mod election;

@@ -1,8 +1,7 @@
 //! The core's view of the replicated log: a compacted prefix (described by the last snapshot), the
 //! entries after it, and how far they have been committed, made durable and handed out to apply.
 
-use std::collections::VecDeque;
-
+use crate::chunked::ChunkedDeque;
 use crate::types::{Entry, Index, Term};
 
 /// The log as the core sees it. The driver keeps the durable copy; this copy tells the driver,
@@ -13,8 +12,9 @@ pub(crate) struct RaftLog {
     snapshot_index: Index,
     /// Term of that entry, for the consistency check at the snapshot boundary.
     snapshot_term: Term,
-    /// Entries after the snapshot: `entries[i].index == snapshot_index + 1 + i`.
-    entries: VecDeque<Entry>,
+    /// Entries after the snapshot: `entries[i].index == snapshot_index + 1 + i`. In chunks, so
+    /// that a log of millions of entries grows without copying itself (`chunked`).
+    entries: ChunkedDeque<Entry>,
     /// Highest index known committed (paper Figure 2, commitIndex).
     pub(crate) commit_index: Index,
     /// Highest index handed to the driver to apply (paper Figure 2, lastApplied).
@@ -99,7 +99,7 @@ impl RaftLog {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let start = (from - self.snapshot_index - 1) as usize;
-        for e in self.entries.range(start.min(self.entries.len())..) {
+        for e in self.entries.iter_from(start) {
             bytes += e.size_bytes();
             if !out.is_empty() && bytes > max_bytes {
                 break;
@@ -203,7 +203,7 @@ impl RaftLog {
         let lo = self.last_applied + 1;
         let start = (lo - self.snapshot_index - 1) as usize;
         let end = (hi - self.snapshot_index) as usize;
-        self.entries.range(start..end).cloned().collect()
+        self.entries.iter_from(start).take(end - start).cloned().collect()
     }
 
     /// The driver wrote everything up to `index` (whose term was `term` when written). Ignored if
@@ -222,7 +222,7 @@ impl RaftLog {
         }
         let term = self.term(index).expect("compaction point within the log");
         let drop = (index - self.snapshot_index) as usize;
-        self.entries.drain(..drop);
+        self.entries.drop_front(drop);
         self.snapshot_index = index;
         self.snapshot_term = term;
     }

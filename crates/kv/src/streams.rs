@@ -11,7 +11,9 @@
 //! retention is decided by committed data and applied identically everywhere (a proposer with a
 //! slow clock cannot move a stream's time backwards).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
+
+use balsa_chunked::ChunkedDeque;
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -51,8 +53,9 @@ pub struct Stream {
     pub retention: Retention,
     /// Offset of the first record kept (the end offset if none is).
     pub first_offset: u64,
-    /// The records kept, oldest first.
-    pub records: VecDeque<Record>,
+    /// The records kept, oldest first. In chunks: a stream kept without limits holds millions,
+    /// and a `VecDeque` that doubles copies them all (`balsa-chunked`).
+    pub records: ChunkedDeque<Record>,
     /// Payload bytes kept.
     pub bytes: u64,
     /// The stream's clock: the latest timestamp applied to it.
@@ -335,7 +338,7 @@ impl Streams {
         let mut records = Vec::new();
         let mut bytes = 0usize;
         let start = (from - s.first_offset) as usize;
-        for (i, r) in (start..).zip(s.records.range(start..)) {
+        for (i, r) in (start..).zip(s.records.iter_from(start)) {
             if records.len() >= max_records || (!records.is_empty() && bytes + r.data.len() > max_bytes) {
                 break;
             }
@@ -428,7 +431,7 @@ pub(crate) fn put_streams(w: &mut Writer, s: &Streams) {
             w.u64(v);
         }
         w.len(st.records.len());
-        for rec in &st.records {
+        for rec in st.records.iter() {
             w.u64(rec.timestamp_ms);
             w.bytes(&rec.data);
         }
@@ -442,7 +445,7 @@ pub(crate) fn get_streams(r: &mut Reader) -> Result<Streams, KvError> {
         let name = r.string()?;
         let (id, max_bytes, max_age_ms, first_offset, clock_ms) =
             (r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?);
-        let mut records = VecDeque::new();
+        let mut records = ChunkedDeque::default();
         let mut bytes = 0u64;
         for _ in 0..r.len()? {
             let rec = Record { timestamp_ms: r.u64()?, data: r.bytes()? };

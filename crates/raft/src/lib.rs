@@ -74,7 +74,6 @@
 
 #![warn(missing_docs)]
 
-mod chunked;
 mod conf_change;
 mod config;
 mod election;

@@ -1,7 +1,8 @@
 //! The core's view of the replicated log: a compacted prefix (described by the last snapshot), the
 //! entries after it, and how far they have been committed, made durable and handed out to apply.
 
-use crate::chunked::ChunkedDeque;
+use balsa_chunked::ChunkedDeque;
+
 use crate::types::{Entry, Index, Term};
 
 /// The log as the core sees it. The driver keeps the durable copy; this copy tells the driver,

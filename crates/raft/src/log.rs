@@ -14,7 +14,7 @@ pub(crate) struct RaftLog {
     /// Term of that entry, for the consistency check at the snapshot boundary.
     snapshot_term: Term,
     /// Entries after the snapshot: `entries[i].index == snapshot_index + 1 + i`. In chunks, so
-    /// that a log of millions of entries grows without copying itself (`chunked`).
+    /// that a log of millions of entries grows without copying itself (`balsa-chunked`).
     entries: ChunkedDeque<Entry>,
     /// Highest index known committed (paper Figure 2, commitIndex).
     pub(crate) commit_index: Index,

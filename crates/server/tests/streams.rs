@@ -248,12 +248,12 @@ async fn leader_of(members: &[Member]) -> usize {
     let deadline = Instant::now() + WAIT;
     loop {
         let leader = common::leader_index(&nodes).await;
-        let id = nodes[leader].expect("the leader is alive").status().await.map(|s| s.id);
-        let mut known = 0;
+        let id = nodes[leader].expect("the leader is alive").status().await.ok().map(|s| s.id);
+        let mut all_know = id.is_some();
         for node in nodes.iter().flatten() {
-            known += usize::from(node.status().await.is_ok_and(|s| Ok(s.leader_id.unwrap_or(0)) == id));
+            all_know &= node.status().await.is_ok_and(|s| s.leader_id == id);
         }
-        if known == nodes.iter().flatten().count() {
+        if all_know {
             return leader;
         }
         assert!(Instant::now() < deadline, "the live members never agreed on a leader");

@@ -200,15 +200,16 @@ fn repack_due(keys: usize, repacked_at: usize, quiet: Duration, turn: u32) -> bo
     quiet >= REPACK_AFTER_QUIET * (1 + turn) && keys >= repacked_at + due
 }
 
-/// When a member repacks, counted in quiet periods after the first: a follower at `place` among
-/// `voters` (or a learner, `None`: no vote to hold up) in its place's turn, the leader after every
-/// voter. Members apply the same entries, so they all go quiet at once, and with one wait all of
-/// them held their drivers together (slow-round logs of 191, 212 and 264 ms within 80 ms of each
-/// other after a 1M-key load): no commit, no linearizable read, no heartbeat answered for that
-/// long. One at a time, a follower's repack leaves a quorum that answers, and the leader's comes
-/// last, when its followers are done.
-fn repack_turn(leading: bool, place: Option<usize>, voters: usize) -> u32 {
-    let turn = if leading { voters } else { place.unwrap_or(0) };
+/// When a member repacks, counted in quiet periods after the first: the followers one after
+/// another, in their order among the voters (`rank`: the member's place among the voters who do
+/// not lead, `None` for a learner, which holds up no quorum and goes first), the leader once every
+/// follower has had its turn (`leading`, among `voters`). Members apply the same entries, so
+/// they all go quiet at once, and with one wait all of them held their drivers together
+/// (slow-round logs of 191, 212 and 264 ms within 80 ms of each other after a 1M-key load): no
+/// commit, no linearizable read, no heartbeat answered for that long. One at a time, a
+/// follower's repack leaves a quorum that answers, and the leader's comes last.
+fn repack_turn(leading: bool, rank: Option<usize>, voters: usize) -> u32 {
+    let turn = if leading { voters.saturating_sub(1) } else { rank.unwrap_or(0) };
     u32::try_from(turn).unwrap_or(u32::MAX)
 }
 
@@ -1258,9 +1259,9 @@ impl Driver {
             return;
         }
         let keys = self.sm.mvcc.key_count();
-        let voters = &self.raft.membership().voters;
-        let place = voters.iter().position(|&v| v == self.raft.id());
-        let turn = repack_turn(self.raft.role() == Role::Leader, place, voters.len());
+        let (voters, leader) = (&self.raft.membership().voters, self.raft.leader_id());
+        let rank = voters.iter().filter(|&&v| Some(v) != leader).position(|&v| v == self.raft.id());
+        let turn = repack_turn(self.raft.role() == Role::Leader, rank, voters.len());
         if !repack_due(keys, self.repacked_at_keys, now - self.quiet_since.1, turn)
             || self.snapshot_encoding.is_some()
         {
@@ -1576,17 +1577,19 @@ mod tests {
         assert!(!repack_due(10_000, 10_000, 10 * quiet, 0), "a keyspace that does not grow is left alone");
     }
 
-    /// Members repack at least one quiet period apart: followers in their places' order, the leader last.
+    /// Members repack one quiet period apart: followers in their order among the voters, the
+    /// leader last.
     #[test]
     fn repacks_take_turns_followers_first_the_leader_last() {
         let quiet = REPACK_AFTER_QUIET;
-        let turns: Vec<u32> = [(false, Some(0)), (true, Some(1)), (false, Some(2))]
+        let turns: Vec<u32> = [(false, Some(0)), (true, None), (false, Some(1))]
             .into_iter()
-            .map(|(leading, place)| repack_turn(leading, place, 3))
+            .map(|(leading, rank)| repack_turn(leading, rank, 3))
             .collect();
-        assert_eq!(turns, [0, 3, 2], "followers at places 0 and 2, the leader after all three");
+        assert_eq!(turns, [0, 2, 1], "the two followers first, the leader after both");
         assert_eq!(repack_turn(false, None, 3), 0, "a learner holds up no quorum: first");
-        assert_eq!(repack_turn(true, Some(0), 1), 1, "a lone member waits one period more");
+        assert_eq!(repack_turn(true, None, 1), 0, "a lone member waits no longer");
+        assert_eq!(repack_turn(true, None, 5), 4, "five voters: after four followers");
         for turn in 0..4 {
             let due = quiet * (1 + turn);
             assert!(repack_due(1_000_000, 0, due, turn), "turn {turn} is due after {due:?}");

@@ -815,7 +815,7 @@ impl Driver {
                 self.commit_clock();
                 self.refresh_peers();
                 self.publish_attrs();
-                self.repack_if_quiet();
+                self.settle_if_quiet();
             }
             if let Err(e) = self.carry_out_readies().await {
                 // A storage failure (a failed fsync above all) stops the node: its disk can no
@@ -1273,9 +1273,11 @@ impl Driver {
         self.peer_book.send_all(std::mem::take(&mut self.after_replies));
     }
 
-    /// Repacks the key index once the member has been quiet a while and enough keys came since
-    /// the last repack (see [`REPACK_AFTER_QUIET`]); never while a snapshot is being encoded from it.
-    fn repack_if_quiet(&mut self) {
+    /// Once the member has been quiet for its turn: repacks the key index if enough keys came
+    /// since the last repack (see [`REPACK_AFTER_QUIET`]; never while a snapshot is being encoded
+    /// from it), then begins a snapshot if the log since the last one is long
+    /// (`quiet_snapshot_due`).
+    fn settle_if_quiet(&mut self) {
         let (applied, now) = (self.raft.status().last_applied, Instant::now());
         if applied != self.quiet_since.0 {
             self.quiet_since = (applied, now);
@@ -1298,9 +1300,9 @@ impl Driver {
         }
         let snapshotted = self.raft.latest_snapshot().map_or(0, |(meta, _)| meta.last_included_index);
         let busy = self.snapshot_encoding.is_some() || self.snapshot_in_flight.is_some();
-        let log = (applied - snapshotted, self.raft.applied_bytes_since_snapshot());
+        let log = (applied.saturating_sub(snapshotted), self.raft.applied_bytes_since_snapshot());
         if !busy && quiet_snapshot_due(log, self.last_snapshot_bytes(), quiet, turn) {
-            tracing::info!(index = applied, entries = applied - snapshotted, turn, "snapshot while quiet");
+            tracing::info!(index = applied, entries = log.0, turn, "snapshot while quiet");
             self.start_snapshot(applied, None);
         }
     }

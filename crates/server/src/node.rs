@@ -197,7 +197,13 @@ const REPACK_GROWTH_DIVISOR: usize = 8;
 /// is k waits k quiet periods more.
 fn repack_due(keys: usize, repacked_at: usize, quiet: Duration, turn: u32) -> bool {
     let due = REPACK_MIN_NEW_KEYS.max(repacked_at / REPACK_GROWTH_DIVISOR);
-    quiet >= REPACK_AFTER_QUIET * (1 + turn) && keys >= repacked_at + due
+    turn_has_come(quiet, turn) && keys >= repacked_at + due
+}
+
+/// Whether a member quiet for `quiet` has reached its turn ([`repack_turn`]): the member whose
+/// turn is k waits k quiet periods after the first. Repacks and quiet snapshots share it.
+fn turn_has_come(quiet: Duration, turn: u32) -> bool {
+    quiet >= REPACK_AFTER_QUIET * (1 + turn)
 }
 
 /// A member quiet on its turn (see `repack_turn`) with at least this many entries applied since
@@ -220,7 +226,7 @@ fn quiet_snapshot_due(log: (u64, u64), last_snapshot_bytes: u64, quiet: Duration
     let (entries, bytes) = log;
     entries >= QUIET_SNAPSHOT_MIN_ENTRIES
         && bytes >= last_snapshot_bytes / QUIET_SNAPSHOT_MIN_SHARE
-        && quiet >= REPACK_AFTER_QUIET * (1 + turn)
+        && turn_has_come(quiet, turn)
 }
 
 /// When a member repacks, counted in quiet periods after the first: the followers one after

@@ -125,6 +125,20 @@ pub enum BenchCommand {
         #[arg(required = true)]
         results: Vec<PathBuf>,
     },
+    /// Judges issue 7's targets over rounds of `scripts/bench-vs-etcd`: every round's measure,
+    /// the median, how many rounds met each bound, and the verdict on the median.
+    Targets {
+        /// The label of the baseline.
+        #[arg(long, default_value = "etcd")]
+        baseline: String,
+        /// The label of the candidate.
+        #[arg(long, default_value = "balsa")]
+        candidate: String,
+        /// Round directories, as the script writes them (JSON results, and the sweep's under
+        /// `sweep/`).
+        #[arg(required = true)]
+        rounds: Vec<PathBuf>,
+    },
 }
 
 /// The parameters every workload shares.

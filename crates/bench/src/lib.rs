@@ -23,6 +23,7 @@ pub mod noop;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod targets;
 pub mod watch;
 pub mod workload;
 
@@ -107,6 +108,11 @@ pub async fn execute(args: BenchArgs) -> Result<(), BenchError> {
         BenchCommand::Table { baseline, candidate, results } => {
             let results = results.iter().map(|p| RunResult::load(p)).collect::<Result<Vec<_>, _>>()?;
             print!("{}", report::table(&results, &baseline, &candidate));
+            Ok(())
+        }
+        BenchCommand::Targets { baseline, candidate, rounds } => {
+            let rounds = rounds.iter().map(|d| targets::Round::load(d)).collect::<Result<Vec<_>, _>>()?;
+            print!("{}", targets::report(&rounds, &baseline, &candidate));
             Ok(())
         }
     }

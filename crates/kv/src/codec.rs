@@ -28,6 +28,10 @@ pub(crate) struct W(BytesMut);
 pub(crate) use W as Writer;
 
 impl W {
+    /// Bytes written so far.
+    pub(crate) fn written(&self) -> usize {
+        self.0.len()
+    }
     pub(crate) fn u8(&mut self, v: u8) {
         self.0.put_u8(v);
     }
@@ -375,7 +379,8 @@ impl StateMachine {
 
     /// Begins encoding the state as it is now, a step at a time ([`SnapshotEncoder::step`]), so
     /// that a large state need not be encoded in one go on the thread that applies commands.
-    /// Leases, members, sessions and streams are encoded here; the keys as the steps go.
+    /// Leases, members, sessions and the streams' headers are encoded here; the keys and the
+    /// streams' records as the steps go.
     pub fn begin_snapshot(&self, capacity: usize) -> SnapshotEncoder {
         let mut head = W(BytesMut::with_capacity(capacity));
         head.i64(self.mvcc.current);
@@ -396,14 +401,17 @@ impl StateMachine {
             put_member(&mut tail, m);
         }
         put_sessions(&mut tail, &self.sessions);
-        crate::streams::put_streams(&mut tail, &self.streams);
+        crate::streams::put_streams_head(&mut tail, &self.streams);
+        let streams = self.streams.streams.iter().map(|(name, st)| StreamPart::of(name, st)).collect();
         SnapshotEncoder {
             w: head,
             revision: self.mvcc.current,
             compacted: self.mvcc.compacted,
             keys: 0,
             resume_after: None,
+            keys_done: false,
             tail: tail.0.freeze(),
+            streams,
             done: false,
         }
     }
@@ -568,8 +576,12 @@ fn read_every_line(value: &[u8]) -> u8 {
 /// the snapshot began can be read from a later state: every key's versions up to the revision it
 /// began at. That holds as long as nothing those versions were is removed in between, and only a
 /// compaction removes versions: a caller applying commands between steps finishes the encoding
-/// before it applies one that compacts ([`Command::compacts`]). The bytes are those
-/// [`StateMachine::encode`] gives for the state at the beginning.
+/// before it applies one that compacts ([`Command::compacts`]). Log streams' records are read
+/// from the live state too, up to each stream's end when the snapshot began; a caller applying
+/// commands between steps calls [`SnapshotEncoder::before_apply`] first, which encodes a
+/// stream's remaining records before a command removes some of them (a trim, a delete, an append
+/// its retention makes drop records). The bytes are those [`StateMachine::encode`] gives for
+/// the state at the beginning.
 pub struct SnapshotEncoder {
     /// The encoding so far: revision, compaction point, key count (filled in last), keys.
     w: W,
@@ -581,17 +593,118 @@ pub struct SnapshotEncoder {
     keys: usize,
     /// The last key encoded by a step that ran out of budget: the next resumes after it.
     resume_after: Option<Key>,
-    /// Leases, members, sessions and streams as they were when the snapshot began.
+    /// Every key is in, and the tail after them.
+    keys_done: bool,
+    /// Leases, members, sessions and the streams' count as they were when the snapshot began:
+    /// what follows the keys.
     tail: Bytes,
-    /// Every key is in.
+    /// The streams still to encode after the tail, in order. A stream kept without limits held
+    /// hundreds of MB after a minute of appends, and encoding its records in one go held the
+    /// driver for seconds (docs/BENCHMARKS.md, eighteenth pass).
+    streams: std::collections::VecDeque<StreamPart>,
+    /// Everything is in.
     done: bool,
 }
 
+/// One stream's part of a snapshot being encoded: its header as it was when the snapshot
+/// began, then its records, read from the live stream as the steps go, or encoded ahead of the
+/// steps when a command was about to remove some ([`SnapshotEncoder::before_apply`]).
+#[derive(Debug)]
+struct StreamPart {
+    /// The header, until it is written out.
+    header: Option<Bytes>,
+    /// The records.
+    records: PartRecords,
+}
+
+#[derive(Debug)]
+enum PartRecords {
+    /// Encoded ahead of the steps.
+    Encoded(Bytes),
+    /// Read from the live stream.
+    Live(crate::streams::LiveRecords),
+}
+
+impl StreamPart {
+    fn of(name: &str, st: &crate::streams::Stream) -> Self {
+        let mut header = W(BytesMut::new());
+        crate::streams::put_stream_header(&mut header, name, st);
+        let records = PartRecords::Live(crate::streams::LiveRecords::of(name, st));
+        Self { header: Some(header.0.freeze()), records }
+    }
+}
+
 impl SnapshotEncoder {
-    /// Encodes keys of `sm` in order until this step has added `budget_bytes` or every key is
-    /// in; returns whether every key is. `sm` is the state the snapshot began at or one reached
-    /// from it without a compaction (a broken invariant: panics otherwise).
+    /// Encodes keys of `sm` in order, then the rest (leases, members, sessions, streams), until
+    /// this step has added `budget_bytes` or everything is in; returns whether everything is.
+    /// `sm` is the state the snapshot began at or one reached from it without a command that
+    /// compacts ([`Command::compacts`]; a broken invariant: panics otherwise).
     pub fn step(&mut self, sm: &StateMachine, budget_bytes: usize) -> bool {
+        assert!(!self.done, "a step after the snapshot was finished");
+        let limit = self.w.0.len().saturating_add(budget_bytes);
+        if !self.keys_done {
+            if !self.step_keys(sm, budget_bytes) {
+                return false;
+            }
+            self.keys_done = true;
+            self.w.0.extend_from_slice(&self.tail);
+        }
+        self.done = self.step_streams(sm, limit);
+        self.done
+    }
+
+    /// To be called before `command` is applied to `sm` while the encoding is in progress: if it
+    /// would remove records of a stream still read from the live state (a trim, a delete, or an
+    /// append that its stream's retention makes drop records), encodes that stream's remaining
+    /// records now, ahead of the steps. The stall is at most that stream's records (what the
+    /// whole snapshot's streams cost before steps read them live), and only when a stream loses
+    /// records during an encoding; appends within a retention cost nothing here.
+    pub fn before_apply(&mut self, sm: &StateMachine, command: &Command) {
+        let mut command = command;
+        while let Command::Sessioned { command: inner, .. } = command {
+            command = inner;
+        }
+        let Command::Stream(command) = command else { return };
+        let Some(name) = sm.streams.would_remove_records(command) else { return };
+        for part in &mut self.streams {
+            let PartRecords::Live(live) = &mut part.records else { continue };
+            if live.name != name {
+                continue;
+            }
+            let mut ahead = W(BytesMut::new());
+            let done = live.step(&sm.streams, &mut ahead, usize::MAX);
+            assert!(done, "an unlimited step encodes every record");
+            part.records = PartRecords::Encoded(ahead.0.freeze());
+        }
+    }
+
+    /// Encodes the streams' records (after the keys and the tail) until `w` holds `limit`
+    /// bytes; returns whether every stream is in.
+    fn step_streams(&mut self, sm: &StateMachine, limit: usize) -> bool {
+        while let Some(part) = self.streams.front_mut() {
+            if self.w.0.len() >= limit {
+                return false;
+            }
+            if let Some(header) = part.header.take() {
+                self.w.0.extend_from_slice(&header);
+            }
+            let finished = match &mut part.records {
+                PartRecords::Encoded(bytes) => {
+                    self.w.0.extend_from_slice(bytes);
+                    true
+                }
+                PartRecords::Live(live) => live.step(&sm.streams, &mut self.w, limit),
+            };
+            if !finished {
+                return false;
+            }
+            self.streams.pop_front();
+        }
+        true
+    }
+
+    /// The keys' part of [`SnapshotEncoder::step`]: returns whether every key is in.
+    fn step_keys(&mut self, sm: &StateMachine, budget_bytes: usize) -> bool {
         assert_eq!(sm.mvcc.compacted, self.compacted, "the keyspace was compacted during a snapshot");
         let start_len = self.w.0.len();
         let from = match self.resume_after.take() {
@@ -638,7 +751,6 @@ impl SnapshotEncoder {
                 return false;
             }
         }
-        self.done = true;
         true
     }
 
@@ -660,9 +772,7 @@ impl SnapshotEncoder {
         head.extend_from_slice(&self.revision.to_le_bytes());
         head.extend_from_slice(&self.compacted.to_le_bytes());
         head.extend_from_slice(&count.to_le_bytes());
-        let mut last = self.w.0.split();
-        last.extend_from_slice(&self.tail);
-        (head, last.freeze())
+        (head, self.w.0.split().freeze())
     }
 
     /// The whole encoding, once [`step`](Self::step) has said every key is in.
@@ -670,7 +780,6 @@ impl SnapshotEncoder {
         assert!(self.done, "a snapshot finished before every key was encoded");
         let count = u32::try_from(self.keys).expect("fewer than 2^32 keys");
         self.w.0[16..20].copy_from_slice(&count.to_le_bytes());
-        self.w.0.extend_from_slice(&self.tail);
         self.w.0.freeze()
     }
 }

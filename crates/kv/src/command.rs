@@ -260,7 +260,10 @@ impl Command {
 
     /// Whether applying the command may remove versions from the keyspace: a compaction, alone
     /// or in a session. Nothing else does (a delete writes a tombstone), which is what lets a
-    /// [`crate::SnapshotEncoder`] read an earlier state from a later one.
+    /// [`crate::SnapshotEncoder`] read an earlier state from a later one; a caller finishes the
+    /// encoding before applying a command that compacts. (Log streams' records, which trims,
+    /// deletes and retention remove, are looked after by
+    /// [`crate::SnapshotEncoder::before_apply`].)
     pub fn compacts(&self) -> bool {
         match self {
             Command::Compact { .. } => true,

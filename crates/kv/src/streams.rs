@@ -422,19 +422,101 @@ pub(crate) fn get_command(r: &mut Reader) -> Result<StreamCommand, KvError> {
     })
 }
 
-pub(crate) fn put_streams(w: &mut Writer, s: &Streams) {
+/// The streams' encoding up to the first stream: the next id and the count of streams. Each
+/// stream follows: [`put_stream_header`], then a [`put_record`] per record (the snapshot encoder
+/// writes them, `crate::SnapshotEncoder`; [`get_streams`] reads them).
+pub(crate) fn put_streams_head(w: &mut Writer, s: &Streams) {
     w.u64(s.next_id);
     w.len(s.streams.len());
-    for (name, st) in &s.streams {
-        w.bytes(name.as_bytes());
-        for v in [st.id, st.retention.max_bytes, st.retention.max_age_ms, st.first_offset, st.clock_ms] {
-            w.u64(v);
+}
+
+/// One stream's encoding before its records: name, settings, offsets, clock, record count.
+pub(crate) fn put_stream_header(w: &mut Writer, name: &str, st: &Stream) {
+    w.bytes(name.as_bytes());
+    for v in [st.id, st.retention.max_bytes, st.retention.max_age_ms, st.first_offset, st.clock_ms] {
+        w.u64(v);
+    }
+    w.len(st.records.len());
+}
+
+/// One record's encoding.
+pub(crate) fn put_record(w: &mut Writer, rec: &Record) {
+    w.u64(rec.timestamp_ms);
+    w.bytes(&rec.data);
+}
+
+impl Streams {
+    /// The stream whose records `command` would remove if applied now, if any: a trim, a
+    /// delete, or an append that makes its stream's retention drop records held before it. A
+    /// snapshot being encoded, which reads streams' records from the live state, encodes that
+    /// stream's remaining records before the command is applied (`SnapshotEncoder::before_apply`).
+    pub(crate) fn would_remove_records<'a>(&self, command: &'a StreamCommand) -> Option<&'a str> {
+        match command {
+            StreamCommand::Create { .. } => None,
+            StreamCommand::Trim { stream, .. } | StreamCommand::Delete { stream } => Some(stream),
+            StreamCommand::Append { stream, timestamp_ms, records } => {
+                let st = self.streams.get(stream)?;
+                st.append_removes(*timestamp_ms, records).then_some(stream.as_str())
+            }
         }
-        w.len(st.records.len());
-        for rec in st.records.iter() {
-            w.u64(rec.timestamp_ms);
-            w.bytes(&rec.data);
+    }
+}
+
+impl Stream {
+    /// Whether appending `records` stamped `timestamp_ms` makes the retention remove a record
+    /// held now: [`Stream::apply_retention`] after the append removes the oldest one if the
+    /// stream is then too big or that record too old (at least two records are held then, and
+    /// the newest always stays).
+    fn append_removes(&self, timestamp_ms: u64, records: &[Bytes]) -> bool {
+        let Some(oldest) = self.records.front() else { return false };
+        if records.is_empty() {
+            return false;
         }
+        let Retention { max_bytes, max_age_ms } = self.retention;
+        let bytes = self.bytes + records.iter().map(|r| r.len() as u64).sum::<u64>();
+        let clock_ms = self.clock_ms.max(timestamp_ms);
+        let too_big = max_bytes > 0 && bytes > max_bytes;
+        let too_old = max_age_ms > 0 && oldest.timestamp_ms.saturating_add(max_age_ms) <= clock_ms;
+        too_big || too_old
+    }
+}
+
+/// Where a snapshot being encoded a step at a time stands in a stream it reads live: the stream
+/// (by name, and by id in case it was deleted and created again), the next offset to encode, and
+/// the end offset when the snapshot began (records appended since are not in it).
+#[derive(Debug)]
+pub(crate) struct LiveRecords {
+    pub(crate) name: String,
+    pub(crate) id: u64,
+    pub(crate) next: u64,
+    pub(crate) end: u64,
+}
+
+impl LiveRecords {
+    pub(crate) fn of(name: &str, st: &Stream) -> Self {
+        Self { name: name.to_string(), id: st.id, next: st.first_offset, end: st.end_offset() }
+    }
+
+    /// Encodes records from `streams` until `w` holds `limit` bytes or every record is in;
+    /// returns whether every record is. Panics if the records it still needs are gone (a broken
+    /// invariant: they are encoded before a command that would remove them is applied, see
+    /// [`Streams::would_remove_records`]).
+    pub(crate) fn step(&mut self, streams: &Streams, w: &mut Writer, limit: usize) -> bool {
+        let st = streams
+            .streams
+            .get(&self.name)
+            .filter(|st| st.id == self.id)
+            .unwrap_or_else(|| panic!("stream {:?} was deleted during a snapshot", self.name));
+        assert!(st.first_offset <= self.next, "stream {:?} was trimmed during a snapshot", self.name);
+        let from = usize::try_from(self.next - st.first_offset).expect("an offset in memory");
+        for rec in st.records.iter_from(from) {
+            if self.next == self.end || w.written() >= limit {
+                break;
+            }
+            put_record(w, rec);
+            self.next += 1;
+        }
+        self.next == self.end
     }
 }
 
@@ -467,6 +549,63 @@ mod tests {
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    /// `would_remove_records` foretells what applying the command does, over every small case:
+    /// limits of bytes and of age, held records of a few sizes and times, appends of a few sizes
+    /// and stamps (the answer is checked against the stream's first offset after the append).
+    #[test]
+    fn an_append_is_foretold_to_remove_records_exactly_when_it_does() {
+        let mut cases = 0;
+        for max_bytes in 0..=10u64 {
+            for max_age_ms in [0, 3] {
+                for held in 0..=3usize {
+                    for append_len in 1..=4usize {
+                        for stamp in [0u64, 2, 3, 4, 7] {
+                            let mut streams = Streams::default();
+                            let retention = Retention { max_bytes, max_age_ms };
+                            let create = StreamCommand::Create { stream: "s".into(), retention };
+                            streams.apply(&create).unwrap();
+                            for i in 0..held {
+                                let records = vec![Bytes::from(vec![b'h'; 1 + i])];
+                                let append = StreamCommand::Append {
+                                    stream: "s".into(),
+                                    timestamp_ms: i as u64,
+                                    records,
+                                };
+                                streams.apply(&append).unwrap();
+                            }
+                            let before = streams.get("s").unwrap().first_offset;
+                            let records = vec![Bytes::from(vec![b'a'; append_len])];
+                            let append =
+                                StreamCommand::Append { stream: "s".into(), timestamp_ms: stamp, records };
+                            let foretold = streams.would_remove_records(&append).is_some();
+                            streams.apply(&append).unwrap();
+                            let removed = streams.get("s").unwrap().first_offset > before;
+                            assert_eq!(
+                                foretold, removed,
+                                "max_bytes {max_bytes}, max_age_ms {max_age_ms}, {held} held, {append_len} B at {stamp}"
+                            );
+                            cases += usize::from(removed);
+                        }
+                    }
+                }
+            }
+        }
+        assert!(cases > 100, "the grid reaches appends that remove records: {cases}");
+        let mut streams = Streams::default();
+        let create = StreamCommand::Create { stream: "s".into(), retention: Retention::default() };
+        assert_eq!(streams.would_remove_records(&create), None);
+        streams.apply(&create).unwrap();
+        let trim = StreamCommand::Trim { stream: "s".into(), before_offset: 0 };
+        assert_eq!(streams.would_remove_records(&trim), Some("s"));
+        assert_eq!(streams.would_remove_records(&StreamCommand::Delete { stream: "s".into() }), Some("s"));
+        let unknown = StreamCommand::Append { stream: "t".into(), timestamp_ms: 0, records: vec![b("r")] };
+        assert_eq!(
+            streams.would_remove_records(&unknown),
+            None,
+            "an append to no stream fails and removes nothing"
+        );
     }
 
     fn create(sm: &mut Streams, name: &str, max_bytes: u64, max_age_ms: u64) {

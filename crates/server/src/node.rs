@@ -1060,6 +1060,11 @@ impl Driver {
                     // A compaction removes versions the snapshot being encoded still needs.
                     self.continue_snapshot(usize::MAX);
                 }
+                if let Some(encoding) = &mut self.snapshot_encoding {
+                    // A trim, a delete or a retention may remove a stream's records it still
+                    // reads: those are encoded now.
+                    encoding.encoder.before_apply(&self.sm, &command);
+                }
                 let result = if record {
                     self.sm.apply_recording(&command, &mut events)
                 } else {

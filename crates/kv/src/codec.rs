@@ -761,12 +761,12 @@ impl SnapshotEncoder {
         self.w.0.split().freeze()
     }
 
-    /// For an encoding taken out a step at a time ([`SnapshotEncoder::take_output`]), once every
-    /// key is in: the encoding's first bytes as they must finally read (the key count, unknown
+    /// For an encoding taken out a step at a time ([`SnapshotEncoder::take_output`]), once
+    /// everything is in: the encoding's first bytes as they must finally read (the key count, unknown
     /// until now, filled in) and its last bytes, to follow what was taken. The first bytes
     /// replace the same number of bytes at the start of what was taken.
     pub fn finish_streamed(mut self) -> (Vec<u8>, Bytes) {
-        assert!(self.done, "a snapshot finished before every key was encoded");
+        assert!(self.done, "a snapshot finished before everything was encoded");
         let count = u32::try_from(self.keys).expect("fewer than 2^32 keys");
         let mut head = Vec::with_capacity(20);
         head.extend_from_slice(&self.revision.to_le_bytes());
@@ -775,9 +775,9 @@ impl SnapshotEncoder {
         (head, self.w.0.split().freeze())
     }
 
-    /// The whole encoding, once [`step`](Self::step) has said every key is in.
+    /// The whole encoding, once [`step`](Self::step) has said everything is in.
     pub fn finish(mut self) -> Bytes {
-        assert!(self.done, "a snapshot finished before every key was encoded");
+        assert!(self.done, "a snapshot finished before everything was encoded");
         let count = u32::try_from(self.keys).expect("fewer than 2^32 keys");
         self.w.0[16..20].copy_from_slice(&count.to_le_bytes());
         self.w.0.freeze()

@@ -712,7 +712,7 @@ struct Driver {
     wake: InputSender,
     /// The snapshot being written on another thread; at most one at a time.
     snapshot_in_flight: Option<SnapshotInFlight>,
-    /// A snapshot still being encoded, a step per round; written once every key is in.
+    /// A snapshot still being encoded, a step per round; written once everything is in.
     snapshot_encoding: Option<SnapshotEncoding>,
     /// Whether this member began a snapshot since it started: until then its thresholds are
     /// staggered by its place among the voters ([`staggered_threshold`]).
@@ -1403,7 +1403,7 @@ impl Driver {
     }
 
     /// Encodes up to `budget_bytes` more of the snapshot being encoded, if any, and hands the
-    /// bytes to its writer; once every key is in, tells the writer to finish the file. No step is
+    /// bytes to its writer; once everything is in, tells the writer to finish the file. No step is
     /// taken while the writer has no room for the last one's bytes.
     fn continue_snapshot(&mut self, budget_bytes: usize) {
         if let Some(f) = &mut self.snapshot_in_flight {

@@ -660,11 +660,7 @@ impl SnapshotEncoder {
     /// whole snapshot's streams cost before steps read them live), and only when a stream loses
     /// records during an encoding; appends within a retention cost nothing here.
     pub fn before_apply(&mut self, sm: &StateMachine, command: &Command) {
-        let mut command = command;
-        while let Command::Sessioned { command: inner, .. } = command {
-            command = inner;
-        }
-        let Command::Stream(command) = command else { return };
+        let Command::Stream(command) = command.unsessioned() else { return };
         let Some(name) = sm.streams.would_remove_records(command) else { return };
         for part in &mut self.streams {
             let PartRecords::Live(live) = &mut part.records else { continue };

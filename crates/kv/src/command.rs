@@ -265,11 +265,17 @@ impl Command {
     /// deletes and retention remove, are looked after by
     /// [`crate::SnapshotEncoder::before_apply`].)
     pub fn compacts(&self) -> bool {
-        match self {
-            Command::Compact { .. } => true,
-            Command::Sessioned { command, .. } => command.compacts(),
-            _ => false,
+        matches!(self.unsessioned(), Command::Compact { .. })
+    }
+
+    /// The command a session wraps (through any depth of wrapping), or this one: what it does
+    /// to the state, whoever asked.
+    pub fn unsessioned(&self) -> &Command {
+        let mut command = self;
+        while let Command::Sessioned { command: inner, .. } = command {
+            command = inner;
         }
+        command
     }
 }
 
